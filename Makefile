@@ -1,0 +1,34 @@
+# plug_jax developer commands. `make test` is the README's test command.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed-stamp
+# Parallel workers for the default test run (2 on the reference machine).
+TEST_WORKERS ?= 2
+
+.PHONY: install test test-slow bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade --quiet pip
+
+$(STAMP): setup.py | $(PY)
+	$(PIP) install --quiet -e ".[test,convert]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Default suite (excludes tests marked `slow`).
+test: $(STAMP)
+	$(PY) -m pytest -n $(TEST_WORKERS) -q
+
+# Long tests only (large conversions, long decodes).
+test-slow: $(STAMP)
+	$(PY) -m pytest -n $(TEST_WORKERS) -q -m slow
+
+bench: $(STAMP)
+	$(PY) benchmarks/decode_vs_transformers.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

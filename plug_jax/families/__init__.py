@@ -1,0 +1,1 @@
+"""One sub-package per AliceMind family."""

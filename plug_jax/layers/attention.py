@@ -1,0 +1,193 @@
+"""Multi-head attention with grouped KV heads, masks for packed inputs, and a KV cache.
+
+Masks are boolean ``[batch, 1, q_len, kv_len]`` arrays (True = may attend) built
+with the helpers below and combined with :func:`combine_masks`:
+
+* :func:`causal_mask` -- key index <= query index (per packed row; packing is
+  handled by the segment mask, since positions increase within a segment).
+* :func:`segment_mask` -- query and key in the same segment; segment 0 is padding.
+* :func:`prefix_mask`  -- causal, plus full attention among prefix tokens (prefix LM).
+
+Incremental decoding (``decode=True``) keeps ``cached_key``, ``cached_value``,
+``cached_mask`` (which cache slots hold real tokens) and ``cache_index`` in the
+``cache`` collection. Every cache leaf has the batch as its axis 0. The cache is
+created by initialising with an input of the full cache length; after that each
+call writes its tokens at ``cache_index`` and attends causally to every valid
+slot written so far. Rows advance in lock step, so prompts of different lengths
+are left-padded (their padding slots are marked invalid).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from plug_jax.layers.dense import DenseGeneral, default_kernel_init
+from plug_jax.partitioning import axes as A
+from plug_jax.partitioning.constraints import with_logical_constraint
+
+NEG_INF = -1e10
+
+
+# --------------------------------------------------------------------------- masks
+def causal_mask(batch: int, q_len: int, kv_len: int | None = None, offset: int = 0):
+    """``[batch, 1, q_len, kv_len]``: key j visible to query i iff j <= i + offset."""
+    kv_len = q_len if kv_len is None else kv_len
+    q = jnp.arange(q_len)[:, None] + offset
+    k = jnp.arange(kv_len)[None, :]
+    return jnp.broadcast_to((k <= q)[None, None], (batch, 1, q_len, kv_len))
+
+
+def segment_mask(q_segment_ids, kv_segment_ids=None):
+    """Same-segment mask; segment id 0 marks padding and is never attended to."""
+    kv_segment_ids = q_segment_ids if kv_segment_ids is None else kv_segment_ids
+    same = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+    valid = (kv_segment_ids != 0)[:, None, :]
+    return (same & valid)[:, None]
+
+
+def padding_mask(q_valid, kv_valid=None):
+    """Mask from boolean validity vectors (1 = real token)."""
+    kv_valid = q_valid if kv_valid is None else kv_valid
+    return (jnp.asarray(kv_valid, bool)[:, None, :]
+            & jnp.ones_like(jnp.asarray(q_valid, bool))[:, :, None])[:, None]
+
+
+def prefix_mask(is_prefix):
+    """Prefix-LM mask: causal, plus bidirectional among tokens with ``is_prefix``."""
+    b, length = is_prefix.shape
+    causal = causal_mask(b, length)
+    p = jnp.asarray(is_prefix, bool)
+    both = (p[:, :, None] & p[:, None, :])[:, None]
+    return causal | both
+
+
+def combine_masks(*masks):
+    """Logical AND of the non-None masks (None if all are None)."""
+    masks = [m for m in masks if m is not None]
+    if not masks:
+        return None
+    return functools.reduce(jnp.logical_and, masks)
+
+
+# ------------------------------------------------------------------------ attention
+def dot_product_attention(query, key, value, mask=None, *, dropout_rng=None,
+                          dropout_rate: float = 0.0, deterministic: bool = True,
+                          dtype=jnp.float32):
+    """Scaled dot-product attention with grouped KV heads.
+
+    query ``[b, q, h, d]``; key/value ``[b, k, kvh, d]`` with ``h % kvh == 0``;
+    mask broadcastable to ``[b, h, q, k]``. Softmax is computed in float32.
+    """
+    b, q_len, heads, head_dim = query.shape
+    kv_heads = key.shape[2]
+    if heads % kv_heads:
+        raise ValueError(f"num_heads {heads} is not a multiple of num_kv_heads {kv_heads}")
+    groups = heads // kv_heads
+    query = query / jnp.sqrt(head_dim).astype(query.dtype)
+    query = query.reshape(b, q_len, kv_heads, groups, head_dim)
+    logits = jnp.einsum("bqkgd,bskd->bkgqs", query, key,
+                        preferred_element_type=jnp.float32)
+    logits = logits.reshape(b, heads, q_len, key.shape[1])
+    if mask is not None:
+        logits = jnp.where(mask, logits, NEG_INF)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    if not deterministic and dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        weights = weights * keep / (1.0 - dropout_rate)
+    weights = weights.astype(dtype).reshape(b, kv_heads, groups, q_len, key.shape[1])
+    out = jnp.einsum("bkgqs,bskd->bqkgd", weights, value.astype(dtype))
+    return out.reshape(b, q_len, heads, head_dim)
+
+
+class MultiHeadAttention(nn.Module):
+    """Self- or cross-attention with optional grouped KV heads and a KV cache.
+
+    Parameters: ``query`` ``[embed, heads, kv]``, ``key``/``value``
+    ``[embed, kv_heads, kv]``, ``out`` ``[heads, kv, embed]`` (with biases when
+    ``use_bias``).
+    """
+
+    num_heads: int
+    head_dim: int
+    num_kv_heads: int | None = None
+    use_bias: bool = True
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Any = default_kernel_init
+    out_kernel_init: Any = None
+
+    @nn.compact
+    def __call__(self, inputs_q, inputs_kv=None, mask=None, *, decode: bool = False,
+                 token_mask=None, deterministic: bool = True):
+        """Attends ``inputs_q`` to ``inputs_kv`` (``inputs_q`` when None).
+
+        Args:
+          mask: boolean ``[b, 1|h, q, k]`` mask (ignored in cached decoding, which
+            builds its own causal-over-cache mask).
+          decode: use / fill the KV cache (self-attention only).
+          token_mask: ``[b, q]`` validity of the new tokens when decoding.
+        """
+        kv_heads = self.num_kv_heads or self.num_heads
+        features = inputs_q.shape[-1]
+        dense = functools.partial(DenseGeneral, use_bias=self.use_bias, dtype=self.dtype,
+                                  param_dtype=self.param_dtype, kernel_init=self.kernel_init)
+        is_self = inputs_kv is None
+        inputs_kv = inputs_q if is_self else inputs_kv
+        query = dense(features=(self.num_heads, self.head_dim),
+                      kernel_axes=(A.EMBED, A.HEADS, A.KV), name="query")(inputs_q)
+        key = dense(features=(kv_heads, self.head_dim),
+                    kernel_axes=(A.EMBED, A.KV_HEADS, A.KV), name="key")(inputs_kv)
+        value = dense(features=(kv_heads, self.head_dim),
+                      kernel_axes=(A.EMBED, A.KV_HEADS, A.KV), name="value")(inputs_kv)
+        query = with_logical_constraint(query, (A.ACT_BATCH, A.ACT_LENGTH, A.ACT_HEADS, A.ACT_KV))
+        key = with_logical_constraint(key, (A.ACT_BATCH, A.ACT_KV_LENGTH, A.ACT_KV_HEADS, A.ACT_KV))
+        value = with_logical_constraint(value, (A.ACT_BATCH, A.ACT_KV_LENGTH, A.ACT_KV_HEADS, A.ACT_KV))
+
+        if decode:
+            if not is_self:
+                raise ValueError("decode=True is only supported for self-attention")
+            key, value, mask = self._update_cache(key, value, token_mask)
+
+        dropout_rng = None
+        if not deterministic and self.dropout_rate > 0.0:
+            dropout_rng = self.make_rng("dropout")
+        out = dot_product_attention(query, key, value, mask, dropout_rng=dropout_rng,
+                                    dropout_rate=self.dropout_rate,
+                                    deterministic=deterministic, dtype=self.dtype)
+        out = with_logical_constraint(out, (A.ACT_BATCH, A.ACT_LENGTH, A.ACT_HEADS, A.ACT_KV))
+        out = DenseGeneral(features=features, axis=(-2, -1),
+                           kernel_axes=(A.HEADS, A.KV, A.EMBED), use_bias=self.use_bias,
+                           dtype=self.dtype, param_dtype=self.param_dtype,
+                           kernel_init=self.out_kernel_init or self.kernel_init,
+                           name="out")(out)
+        return with_logical_constraint(out, (A.ACT_BATCH, A.ACT_LENGTH, A.ACT_EMBED))
+
+    def _update_cache(self, key, value, token_mask):
+        b, n_new = key.shape[:2]
+        initialized = self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        cached_mask = self.variable("cache", "cached_mask", jnp.zeros, key.shape[:2], jnp.bool_)
+        cache_index = self.variable("cache", "cache_index", jnp.zeros, (b,), jnp.int32)
+        if not initialized:
+            # Creating the cache: its length is the length of this (dummy) input.
+            return key, value, causal_mask(b, n_new)
+        max_len = cached_key.value.shape[1]
+        index = cache_index.value[0]
+        if token_mask is None:
+            token_mask = jnp.ones((b, n_new), jnp.bool_)
+        start = (0, index, 0, 0)
+        k_all = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), start)
+        v_all = jax.lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype), start)
+        m_all = jax.lax.dynamic_update_slice(cached_mask.value, jnp.asarray(token_mask, jnp.bool_), (0, index))
+        cached_key.value, cached_value.value, cached_mask.value = k_all, v_all, m_all
+        cache_index.value = cache_index.value + n_new
+        slots = jnp.arange(max_len)[None, :]
+        q_slots = index + jnp.arange(n_new)[:, None]
+        visible = (slots <= q_slots)[None, None] & m_all[:, None, None, :]
+        return k_all, v_all, visible
