@@ -1,7 +1,7 @@
 """plug_jax: JAX/Flax training and inference for the AliceMind / X-PLUG model families."""
 from setuptools import find_packages, setup
 
-# Pinned, known-good set on Python 3.11 (see docs/dependencies.md). Newer jaxlib CPU
+# Pinned, known-good set on Python 3.11 (see docs/decisions.md). Newer jaxlib CPU
 # releases have known slowdowns on small-op workloads, so JAX is pinned exactly.
 JAX_VERSION = "0.10.2"
 

@@ -1,0 +1,267 @@
+"""ModelScope GPT-3 -> GPT3LM: published key names, both QKV layouts, TP shards, errors.
+
+The state dicts are built here from a random GPT3LM params tree with a reverse
+mapping written independently of the converter (explicit loops over heads),
+and the converted model is checked against a small PyTorch forward pass that
+follows ModelScope's ``backbone.py`` / ``distributed_gpt3.py`` attention code.
+"""
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+torch = pytest.importorskip("torch")
+
+from plug_jax.convert import from_modelscope, gpt3_config_from_modelscope  # noqa: E402
+from plug_jax.families.gpt3 import GPT3Config, GPT3LM  # noqa: E402
+
+# ffn 80 != 4 * hidden: the FFN size must come from the weights / ffn_hidden_size.
+CFG = GPT3Config(vocab_size=97, num_layers=2, num_heads=4, hidden_size=32, ffn_size=80,
+                 max_position_embeddings=16, layer_norm_epsilon=1e-5, dropout_rate=0.0,
+                 attention_dropout_rate=0.0)
+MS_CONFIG = {  # a ModelScope config.json for CFG
+    "model_type": "gpt3", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "vocab_size": 97, "max_position_embeddings": 16, "layernorm_epsilon": 1e-5,
+    "ffn_hidden_size": 80, "intermediate_size": 3072, "hidden_act": "gelu",
+    "hidden_dropout": 0.0, "attention_dropout": 0.0, "init_method_std": 0.02,
+}
+NAMES = {
+    "backbone": dict(emb="language_model.", body="language_model.transformer.", attn="attention"),
+    "megatron": dict(emb="language_model.embedding.", body="language_model.encoder.",
+                     attn="self_attention"),
+}
+
+
+@pytest.fixture(scope="module")
+def params():
+    """Random GPT3LM params (unscanned), with non-trivial norms and biases."""
+    cfg = CFG.replace(scan_layers=False)
+    p = nn.unbox(GPT3LM(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    rng = np.random.default_rng(0)
+    return jax.tree_util.tree_map(
+        lambda x: (np.asarray(x) + 0.1 * rng.standard_normal(x.shape)).astype(np.float32), p)
+
+
+def to_modelscope(params, layout):
+    """Independent reverse mapping: GPT3LM params -> ModelScope names, torch [out, in]."""
+    n = NAMES[layout]
+    h, hd, d = CFG.num_heads, CFG.kv_dim, CFG.hidden_size
+    t = lambda a: torch.tensor(np.asarray(a))  # noqa: E731
+    sd = {n["emb"] + "word_embeddings.weight": t(params["token_embed"]["embedding"]),
+          n["emb"] + "position_embeddings.weight": t(params["pos_embed"]["embedding"])}
+    for i in range(CFG.num_layers):
+        layer = params["decoder"][f"layers_{i}"]
+        a = layer["attn"]
+        pre = f"{n['body']}layers.{i}."
+        rows, bias = [], []
+        if layout == "backbone":  # output index = part * d + head * hd + k
+            order = [(part, head, k) for part in range(3) for head in range(h) for k in range(hd)]
+        else:  # output index = head * 3 * hd + part * hd + k
+            order = [(part, head, k) for head in range(h) for part in range(3) for k in range(hd)]
+        for part, head, k in order:
+            proj = a[("query", "key", "value")[part]]
+            rows.append(proj["kernel"][:, head, k])
+            bias.append(proj["bias"][head, k])
+        sd[pre + n["attn"] + ".query_key_value.weight"] = t(np.stack(rows))
+        sd[pre + n["attn"] + ".query_key_value.bias"] = t(np.array(bias))
+        out = a["out"]["kernel"]  # [h, hd, d]; torch weight[j, head * hd + k]
+        sd[pre + n["attn"] + ".dense.weight"] = t(
+            np.stack([np.concatenate([out[head, :, j] for head in range(h)]) for j in range(d)]))
+        sd[pre + n["attn"] + ".dense.bias"] = t(a["out"]["bias"])
+        for ours, theirs in (("pre_attn_norm", "input_layernorm"),
+                             ("pre_mlp_norm", "post_attention_layernorm")):
+            sd[pre + theirs + ".weight"] = t(layer[ours]["scale"])
+            sd[pre + theirs + ".bias"] = t(layer[ours]["bias"])
+        for ours, theirs in (("wi", "dense_h_to_4h"), ("wo", "dense_4h_to_h")):
+            sd[pre + f"mlp.{theirs}.weight"] = t(np.asarray(layer["mlp"][ours]["kernel"]).T)
+            sd[pre + f"mlp.{theirs}.bias"] = t(layer["mlp"][ours]["bias"])
+    sd[n["body"] + "final_layernorm.weight"] = t(params["final_norm"]["scale"])
+    sd[n["body"] + "final_layernorm.bias"] = t(params["final_norm"]["bias"])
+    return sd
+
+
+def modelscope_forward(sd, layout, ids):
+    """Logits of ModelScope's GPT-3 forward pass (causal, no padding), in torch."""
+    n = NAMES[layout]
+    h, hd, eps = CFG.num_heads, CFG.kv_dim, CFG.layer_norm_epsilon
+    b, s = ids.shape
+    x = sd[n["emb"] + "word_embeddings.weight"][ids] + \
+        sd[n["emb"] + "position_embeddings.weight"][torch.arange(s)][None]
+    ln = lambda y, p: torch.nn.functional.layer_norm(  # noqa: E731
+        y, y.shape[-1:], sd[p + ".weight"], sd[p + ".bias"], eps)
+    lin = lambda y, p: torch.nn.functional.linear(y, sd[p + ".weight"], sd[p + ".bias"])  # noqa
+    causal = torch.tril(torch.ones(s, s, dtype=torch.bool))
+    for i in range(CFG.num_layers):
+        pre = f"{n['body']}layers.{i}."
+        y = ln(x, pre + "input_layernorm")
+        mixed = lin(y, pre + n["attn"] + ".query_key_value")
+        if layout == "backbone":  # backbone.py: split last dim in 3, then view [h, hd]
+            q, k, v = (m.view(b, s, h, hd) for m in torch.split(mixed, h * hd, dim=-1))
+        else:  # distributed_gpt3.py: view [h, 3 * hd], then split last dim in 3
+            q, k, v = torch.split(mixed.view(b, s, h, 3 * hd), hd, dim=-1)
+        q, k, v = (z.permute(0, 2, 1, 3) for z in (q, k, v))
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
+        scores = scores.masked_fill(~causal, -10000.0)
+        ctx = (scores.softmax(-1) @ v).permute(0, 2, 1, 3).reshape(b, s, h * hd)
+        x = x + lin(ctx, pre + n["attn"] + ".dense")
+        y = ln(x, pre + "post_attention_layernorm")
+        x = x + lin(torch.nn.functional.gelu(lin(y, pre + "mlp.dense_h_to_4h")),
+                    pre + "mlp.dense_4h_to_h")
+    x = ln(x, n["body"] + "final_layernorm")
+    return torch.nn.functional.linear(x, sd[n["emb"] + "word_embeddings.weight"])
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def assert_trees_equal(a, b):
+    fa, fb = _flat(a), _flat(b)
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
+
+
+@pytest.mark.parametrize("layout", ["backbone", "megatron"])
+def test_params_and_logits_match(params, layout):
+    sd = to_modelscope(params, layout)
+    cfg, got = from_modelscope(sd, config=MS_CONFIG)
+    assert cfg.scan_layers and cfg.activation == "gelu" and cfg.mlp_dim == 80
+    assert cfg.num_heads == 4 and cfg.layer_norm_epsilon == 1e-5 and cfg.tie_word_embeddings
+    assert got["decoder"]["layers"]["attn"]["query"]["kernel"].shape == (2, 32, 4, 8)
+    cfg_u, got_u = from_modelscope(sd, config=MS_CONFIG, scan_layers=False)
+    assert not cfg_u.scan_layers
+    assert_trees_equal(got_u, params)
+
+    ids = np.random.default_rng(3).integers(0, CFG.vocab_size, (2, 7))
+    with torch.no_grad():
+        ref = modelscope_forward(sd, layout, torch.tensor(ids)).numpy()
+    logits = np.asarray(GPT3LM(cfg).apply({"params": got}, jnp.asarray(ids)))
+    np.testing.assert_allclose(logits, ref, atol=1e-4, rtol=0)
+    original = np.asarray(GPT3LM(cfg_u).apply({"params": params}, jnp.asarray(ids)))
+    np.testing.assert_allclose(logits, original, atol=1e-5, rtol=0)
+
+
+def test_layouts_are_not_interchangeable(params):
+    """Reading megatron tensors as blockwise q|k|v gives different weights."""
+    sd = to_modelscope(params, "megatron")
+    _, right = from_modelscope(sd, config=MS_CONFIG, scan_layers=False)
+    renamed = {k.replace("language_model.embedding.", "language_model.")
+                .replace(".encoder.", ".transformer.").replace("self_attention", "attention"): v
+               for k, v in sd.items()}
+    _, wrong = from_modelscope(renamed, config=MS_CONFIG, scan_layers=False)
+    q = lambda p: p["decoder"]["layers_0"]["attn"]["query"]["kernel"]  # noqa: E731
+    assert not np.array_equal(q(right), q(wrong))
+    _, forced = from_modelscope(renamed, config=MS_CONFIG, scan_layers=False,
+                                qkv_order="per_head")
+    assert_trees_equal(forced, right)
+
+
+def test_wrappers_prefixes_and_config_objects(params):
+    sd = to_modelscope(params, "backbone")
+    variants = [
+        {"state_dict": {"model." + k: v for k, v in sd.items()}},  # from_pretrained's unwrap
+        {"module": {"module." + k: v for k, v in sd.items()}, "global_steps": 3},  # DeepSpeed
+        {k: v.numpy() for k, v in sd.items()},
+    ]
+    for v in variants:
+        _, got = from_modelscope(v, config=MS_CONFIG, scan_layers=False)
+        assert_trees_equal(got, params)
+    cfg, got = from_modelscope(sd, config=CFG, scan_layers=False)
+    assert cfg == CFG.replace(scan_layers=False)
+    assert_trees_equal(got, params)
+
+
+def test_megatron_nested_dict_and_tensor_parallel_shards(params, tmp_path):
+    sd = to_modelscope(params, "megatron")
+    # Megatron's own nested checkpoint dict {'model': {'language_model': {...}}}.
+    nested: dict = {}
+    for k, v in sd.items():
+        node = nested
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    _, got = from_modelscope({"model": nested, "iteration": 5}, config=MS_CONFIG,
+                             scan_layers=False)
+    assert_trees_equal(got, params)
+
+    # Two tensor-parallel ranks, split like Megatron's ColumnParallel/RowParallel layers.
+    def shard(k, v, r):
+        if k.endswith(("query_key_value.weight", "query_key_value.bias", "dense_h_to_4h.weight",
+                       "dense_h_to_4h.bias", "word_embeddings.weight")):
+            return torch.chunk(v, 2, dim=0)[r].clone()
+        if k.endswith(("attention.dense.weight", "dense_4h_to_h.weight")):
+            return torch.chunk(v, 2, dim=1)[r].clone()
+        return v.clone()
+
+    (tmp_path / "model").mkdir()
+    for r in range(2):
+        torch.save({"module": {k: shard(k, v, r) for k, v in sd.items()}},
+                   tmp_path / "model" / f"mp_rank_{r:02d}_model_states.pt")
+    (tmp_path / "config.json").write_text(json.dumps(MS_CONFIG))
+    cfg, got = from_modelscope(str(tmp_path), scan_layers=False)
+    assert cfg.num_heads == 4
+    assert_trees_equal(got, params)
+
+
+def test_directory_with_pytorch_model_bin(params, tmp_path):
+    sd = to_modelscope(params, "backbone")
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    (tmp_path / "config.json").write_text(json.dumps(MS_CONFIG))
+    cfg, got = from_modelscope(tmp_path)
+    assert cfg.scan_layers
+    _, want = from_modelscope(sd, config=MS_CONFIG)
+    assert_trees_equal(got, want)
+
+
+def test_modelscope_config_dict():
+    cfg = gpt3_config_from_modelscope({
+        "hidden_size": 2560, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "vocab_size": 25600, "max_position_embeddings": 2048, "layernorm_epsilon": 1e-5,
+        "intermediate_size": 3072, "hidden_dropout": 0.1, "attention_dropout": 0.1})
+    assert (cfg.num_layers, cfg.num_heads, cfg.hidden_size, cfg.kv_dim) == (32, 32, 2560, 80)
+    assert cfg.mlp_dim == 4 * 2560  # intermediate_size is unused by ModelScope's model code
+    assert cfg.layer_norm_epsilon == 1e-5 and cfg.activation == "gelu"
+    assert gpt3_config_from_modelscope({"hidden_size": 64, "num_attention_heads": 4,
+                                        "ffn_hidden_size": 100}).mlp_dim == 100
+    with pytest.raises(ValueError, match="apply_residual_connection_post_layernorm"):
+        gpt3_config_from_modelscope({"apply_residual_connection_post_layernorm": True})
+
+
+def test_key_name_mismatch_names_the_missing_key(params):
+    sd = to_modelscope(params, "backbone")
+    renamed = {k.replace("layers.1.input_layernorm", "layers.1.ln_1"): v for k, v in sd.items()}
+    with pytest.raises(ValueError) as e:
+        from_modelscope(renamed, config=MS_CONFIG)
+    msg = str(e.value)
+    assert "'language_model.transformer.layers.1.input_layernorm.weight'" in msg
+    assert "missing tensor" in msg and "\n" not in msg
+    sd2 = dict(sd)
+    del sd2["language_model.transformer.final_layernorm.bias"]
+    with pytest.raises(ValueError, match=r"'language_model\.transformer\.final_layernorm\.bias'"):
+        from_modelscope(sd2, config=MS_CONFIG)
+    with pytest.raises(ValueError, match="not a ModelScope GPT-3 state dict"):
+        from_modelscope({"transformer.h.0.ln_1.weight": torch.ones(3)}, config=MS_CONFIG)
+
+
+def test_config_errors(params):
+    sd = to_modelscope(params, "backbone")
+    with pytest.raises(ValueError, match="hidden_size=64 does not match the weights"):
+        from_modelscope(sd, config={**MS_CONFIG, "hidden_size": 64})
+    with pytest.raises(ValueError, match="pass config="):
+        from_modelscope(sd)
+    with pytest.raises(ValueError, match="check num_attention_heads"):
+        from_modelscope(sd, config={**MS_CONFIG, "num_attention_heads": 8, "kv_channels": 8})
+    with pytest.raises(ValueError, match="supported families: gpt3"):
+        from_modelscope(sd, family="mplug", config=MS_CONFIG)
