@@ -1,0 +1,463 @@
+"""Autoregressive decoding over a KV cache: greedy, sampling (temperature / top-k / top-p)
+and beam search, model-agnostic and compiled end to end.
+
+A model plugs in through two functions (see :func:`flax_lm_adapter` for flax LMs such
+as ``GPT3LM``)::
+
+    step_fn(params, cache, token_ids, positions, token_mask) -> (logits, new_cache)
+        token_ids / positions int [B, L]; token_mask bool [B, L] (True = real token);
+        logits float [B, L, V] for the L new tokens; the tokens are appended to the cache
+        (all rows in lock step) and attend causally to every valid slot so far.
+    init_cache_fn(batch, max_len) -> cache
+        an empty cache with room for ``max_len`` tokens. Every leaf has the batch on
+        axis 0 (beam search reorders beams by gathering axis 0 of every leaf).
+    step_fn.prepare_params(params) -> params   (optional attribute)
+        if present, called once per decode inside the jit, before the prefill; its
+        result is what ``step_fn`` receives (e.g. unstacking scanned layers once
+        instead of slicing them in every step).
+
+``step_fn`` and ``init_cache_fn`` are static arguments of the jits: they must be
+hashable and compare equal from call to call (module-level functions or frozen
+dataclasses such as :class:`FlaxLMStep`), or every call recompiles.
+
+Conventions (details in ``docs/decoding.md``):
+
+* Prompts are **left-padded**: ``prompt_mask`` is 1 for real tokens, 0 for padding,
+  and the last column is a real token for every row. Positions are
+  ``max(cumsum(mask) - 1, 0)``, so each row's first real token is at position 0 and
+  generated token ``t`` of a row with ``n`` real prompt tokens is at position ``n + t``
+  (the same convention as ``transformers`` ``generate``).
+* The prompt is prefilled with one ``step_fn`` call; each further token is one
+  ``step_fn`` call of length 1 inside a ``jax.lax.while_loop``. The whole decode
+  (cache creation included) is one jitted computation, compiled once per
+  (shapes, method, static options) combination; ``params`` are arguments, not
+  closure constants, so new weights never recompile.
+* EOS: once a row emits ``eos_id`` it is finished; its later tokens are ``pad_id``.
+  The loop exits as soon as every row is finished.
+* Beam search scores a hypothesis as ``sum(log p) / length ** length_penalty`` where
+  ``length`` is the number of generated tokens including the EOS token (the
+  ``transformers`` convention).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+StepFn = Callable[..., tuple[jax.Array, Any]]
+InitCacheFn = Callable[[int, int], Any]
+
+METHODS = ("greedy", "sample")
+
+
+# ------------------------------------------------------------------------ outputs
+class DecodeFns(NamedTuple):
+    """``(step_fn, init_cache_fn)``; unpack into :func:`generate` / :func:`beam_search`."""
+
+    step_fn: StepFn
+    init_cache_fn: InitCacheFn
+
+
+class GenerateOutput(NamedTuple):
+    tokens: jax.Array     # int32 [B, max_new_tokens]; pad_id after a row's EOS
+    lengths: jax.Array    # int32 [B]: generated tokens per row, EOS included
+    done: jax.Array       # bool [B]: the row emitted EOS
+    num_steps: jax.Array  # int32 []: token positions produced before the loop stopped
+
+
+class BeamSearchOutput(NamedTuple):
+    sequences: jax.Array      # int32 [B, max_new_tokens]: best hypothesis, pad after EOS
+    scores: jax.Array         # float32 [B]: its length-normalised score
+    lengths: jax.Array        # int32 [B]: its length (EOS included)
+    all_sequences: jax.Array  # int32 [B, num_beams, max_new_tokens], best first
+    all_scores: jax.Array     # float32 [B, num_beams]
+    all_lengths: jax.Array    # int32 [B, num_beams]
+
+
+# ---------------------------------------------------------------- flax adapter
+def unstack_scanned_params(params):
+    """Scanned layer stacks (``{'layers': leaves with a leading layer axis}``, as written
+    by ``LayerStack(scan=True)``) -> the unrolled layout (``layers_0 .. layers_{n-1}``).
+    Logical-partitioning boxes are stripped first."""
+    from flax.core import meta  # local: keeps import plug_jax.decoding light
+
+    def walk(tree):
+        if not isinstance(tree, Mapping):
+            return tree
+        out = {}
+        for key, value in tree.items():
+            if key == "layers" and isinstance(value, Mapping):
+                n = jax.tree_util.tree_leaves(value)[0].shape[0]
+                for i in range(n):
+                    out[f"layers_{i}"] = jax.tree_util.tree_map(lambda a, i=i: a[i], value)
+            else:
+                out[key] = walk(value)
+        return out
+
+    return walk(meta.unbox(params))
+
+
+@dataclasses.dataclass(frozen=True)
+class FlaxLMStep:
+    """``step_fn`` of a flax LM with the ``GPT3LM`` decode interface.
+
+    The module must accept ``(input_ids, positions=..., attention_mask=..., decode=True)``,
+    return logits ``[B, L, V]`` and keep its KV cache in the ``cache`` collection. This
+    and :class:`FlaxLMInitCache` are frozen dataclasses that hash and compare by the
+    module, so they are stable static arguments of the decoding jits: wrapping an equal
+    module again reuses the compiled code (a bound method or a fresh closure would not).
+
+    With ``unstack=True`` the module is the unrolled twin of a scanned model and
+    :meth:`prepare_params` (called once per decode, before the loop) unstacks the
+    scanned parameters.
+    """
+
+    model: Any
+    unstack: bool = False
+
+    def prepare_params(self, params):
+        return unstack_scanned_params(params) if self.unstack else params
+
+    def __call__(self, params, cache, token_ids, positions, token_mask):
+        logits, mutated = self.model.apply(
+            {"params": params, "cache": cache}, token_ids, positions=positions,
+            attention_mask=token_mask, decode=True, mutable=["cache"])
+        return logits, mutated["cache"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FlaxLMInitCache:
+    """``init_cache_fn`` of a flax LM: zeros shaped like its ``cache`` collection."""
+
+    model: Any
+
+    def __call__(self, batch: int, max_len: int):
+        ids = jnp.zeros((batch, max_len), jnp.int32)
+        shapes = jax.eval_shape(
+            lambda: self.model.init(jax.random.PRNGKey(0), ids, positions=ids, decode=True))
+        return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+
+
+def flax_lm_adapter(model, *, unroll_layers: bool = True) -> DecodeFns:
+    """``(step_fn, init_cache_fn)`` for a ``GPT3LM``-like flax module.
+
+    ``unroll_layers``: when the module's ``config.scan_layers`` is True, decode with the
+    unrolled twin of the model (``config.replace(scan_layers=False)``) and unstack the
+    scanned parameters once per decode call, before the loop. Slicing one layer's
+    weights out of the stacked arrays inside every step costs a copy of all weights
+    per token, which roughly halves single-sequence decoding speed on CPU. Callers still
+    pass the parameters in the model's own (scanned) layout.
+    """
+    config = getattr(model, "config", None)
+    if unroll_layers and getattr(config, "scan_layers", False):
+        unrolled = model.clone(config=config.replace(scan_layers=False))
+        return DecodeFns(FlaxLMStep(unrolled, unstack=True), FlaxLMInitCache(unrolled))
+    return DecodeFns(FlaxLMStep(model), FlaxLMInitCache(model))
+
+
+# ----------------------------------------------------------------- filters
+def top_k_filter(logits: jax.Array, k: int) -> jax.Array:
+    """Sets every logit below the k-th largest (along the last axis) to ``-inf``.
+
+    ``k <= 0`` or ``k >= vocab`` is a no-op. Logits tied with the k-th largest are kept
+    (as in ``transformers``). ``k`` must be a Python int.
+    """
+    k = int(k)
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = jax.lax.top_k(logits, k)[0][..., -1:]
+    return jnp.where(logits < kth, -jnp.inf, logits)
+
+
+def top_p_filter(logits: jax.Array, p) -> jax.Array:
+    """Nucleus filter: keeps the smallest set of most likely tokens whose probability
+    sums to at least ``p`` (softmax along the last axis) and sets the rest to ``-inf``.
+
+    The most likely token is always kept (so ``p <= 0`` means greedy); ``p >= 1`` keeps
+    everything. Tokens tied with the least likely kept token are kept too. ``p`` may be
+    a traced scalar.
+    """
+    p = jnp.asarray(p, jnp.float32)
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits.astype(jnp.float32), axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs  # probability of the better tokens
+    keep = mass_before < p
+    keep = keep.at[..., 0].set(True)
+    # The smallest kept logit is the threshold.
+    cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    filtered = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return jnp.where(p >= 1.0, logits, filtered)
+
+
+def prompt_positions(prompt_mask: jax.Array) -> jax.Array:
+    """Positions of a left-padded prompt: ``max(cumsum(mask) - 1, 0)``."""
+    mask = jnp.asarray(prompt_mask, jnp.int32)
+    return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)
+
+
+def _sample(logits, rng, method, temperature, top_k, top_p, use_top_p):
+    if method == "greedy":
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32) / temperature
+    logits = top_k_filter(logits, top_k)
+    if use_top_p:
+        logits = top_p_filter(logits, top_p)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def _prepare(step_fn, params):
+    """``step_fn.prepare_params(params)`` when the step defines it (once per decode)."""
+    prepare = getattr(step_fn, "prepare_params", None)
+    return params if prepare is None else prepare(params)
+
+
+def _prefill(step_fn, init_cache_fn, params, prompt_ids, prompt_mask, max_len):
+    batch = prompt_ids.shape[0]
+    cache = init_cache_fn(batch, max_len)
+    logits, cache = step_fn(params, cache, prompt_ids, prompt_positions(prompt_mask),
+                            prompt_mask)
+    return logits[:, -1].astype(jnp.float32), cache
+
+
+# ---------------------------------------------------------------- sampling loop
+@functools.partial(jax.jit, static_argnames=(
+    "step_fn", "init_cache_fn", "max_new_tokens", "method", "top_k", "use_top_p",
+    "eos_id", "pad_id"))
+def _generate_jit(params, prompt_ids, prompt_mask, temperature, top_p, rng, *, step_fn,
+                  init_cache_fn, max_new_tokens, method, top_k, use_top_p, eos_id, pad_id):
+    batch, prompt_len = prompt_ids.shape
+    n = max_new_tokens
+    params = _prepare(step_fn, params)
+    # The last generated token is never fed back, so P + N - 1 slots suffice.
+    logits, cache = _prefill(step_fn, init_cache_fn, params, prompt_ids, prompt_mask,
+                             prompt_len + n - 1)
+    first_pos = jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32)  # position of token 0
+    pick = functools.partial(_sample, method=method, temperature=temperature,
+                             top_k=top_k, top_p=top_p, use_top_p=use_top_p)
+
+    def choose(t, logits, done):
+        tok = pick(logits, jax.random.fold_in(rng, t))
+        tok = jnp.where(done, pad_id, tok)
+        new_done = done if eos_id is None else done | (tok == eos_id)
+        return tok, new_done
+
+    tok, done = choose(0, logits, jnp.zeros((batch,), jnp.bool_))
+    tokens = jnp.full((batch, n), pad_id, jnp.int32).at[:, 0].set(tok)
+    lengths = jnp.ones((batch,), jnp.int32)
+
+    def cond(state):
+        t, _, _, done, _, _ = state
+        return (t < n) & ~jnp.all(done)
+
+    def body(state):
+        t, tok, tokens, done, lengths, cache = state
+        logits, cache = step_fn(params, cache, tok[:, None], (first_pos + t - 1)[:, None],
+                                jnp.ones((batch, 1), jnp.bool_))
+        new_tok, new_done = choose(t, logits[:, -1].astype(jnp.float32), done)
+        tokens = jax.lax.dynamic_update_slice(tokens, new_tok[:, None], (0, t))
+        lengths = lengths + (~done).astype(jnp.int32)
+        return t + 1, new_tok, tokens, new_done, lengths, cache
+
+    state = (jnp.int32(1), tok, tokens, done, lengths, cache)
+    t, _, tokens, done, lengths, _ = jax.lax.while_loop(cond, body, state)
+    return GenerateOutput(tokens, lengths, done, t)
+
+
+def _check_prompt(prompt_ids, prompt_mask, max_new_tokens):
+    prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
+    if prompt_ids.ndim != 2 or prompt_ids.shape[1] < 1:
+        raise ValueError(f"prompt_ids must be int [batch, length>=1], got {prompt_ids.shape}")
+    if prompt_mask is None:
+        prompt_mask = jnp.ones(prompt_ids.shape, jnp.bool_)
+    prompt_mask = jnp.asarray(prompt_mask).astype(jnp.bool_)
+    if prompt_mask.shape != prompt_ids.shape:
+        raise ValueError(f"prompt_mask shape {prompt_mask.shape} != prompt_ids shape "
+                         f"{prompt_ids.shape}")
+    if not isinstance(prompt_mask, jax.core.Tracer) and not bool(jnp.all(prompt_mask[:, -1])):
+        raise ValueError("prompts must be left-padded: the last column of prompt_mask must "
+                         "be 1 in every row (move the padding to the left)")
+    if int(max_new_tokens) < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    return prompt_ids, prompt_mask
+
+
+def generate(step_fn: StepFn, init_cache_fn: InitCacheFn, params, prompt_ids,
+             prompt_mask=None, max_new_tokens: int = 32, *, method: str = "greedy",
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             eos_id: int | None = None, pad_id: int = 0, rng=None) -> GenerateOutput:
+    """Greedy or sampled continuation of left-padded prompts.
+
+    Args:
+      step_fn, init_cache_fn: the model (see the module docstring, :func:`flax_lm_adapter`).
+      params: passed to ``step_fn`` (after ``step_fn.prepare_params`` if it has one); a
+        traced argument of the jit.
+      prompt_ids: int ``[B, P]``, left-padded.
+      prompt_mask: ``[B, P]`` 1 for real tokens, 0 for left padding (default all 1).
+      max_new_tokens: number of tokens to produce (static).
+      method: ``'greedy'`` (argmax) or ``'sample'``; ``temperature == 0`` means greedy.
+      temperature: logits are divided by it before filtering and sampling (traced).
+      top_k: keep the ``top_k`` most likely tokens (0 = off; static).
+      top_p: nucleus filter (1.0 = off; traced, but on/off is static).
+      eos_id: token that finishes a row (None = rows never finish early).
+      pad_id: written after a row's EOS and where the loop stopped early.
+      rng: PRNG key, required for sampling; step ``t`` uses ``fold_in(rng, t)``.
+
+    Returns:
+      :class:`GenerateOutput` ``(tokens [B, N], lengths [B], done [B], num_steps)``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown decoding method {method!r}; choose one of {METHODS}")
+    prompt_ids, prompt_mask = _check_prompt(prompt_ids, prompt_mask, max_new_tokens)
+    if method == "sample" and isinstance(temperature, (int, float)) and temperature == 0:
+        method = "greedy"
+    if method == "sample":
+        if rng is None:
+            raise ValueError("method='sample' needs an rng (a jax.random key)")
+        if isinstance(temperature, (int, float)) and temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        use_top_p = not (isinstance(top_p, (int, float)) and top_p >= 1.0)
+        top_k = int(top_k)
+    else:  # options that do not change greedy decoding must not cause recompiles
+        temperature, top_k, top_p, use_top_p = 1.0, 0, 1.0, False
+    if rng is None:
+        rng = jax.random.PRNGKey(0)
+    return _generate_jit(params, prompt_ids, prompt_mask, jnp.float32(temperature),
+                         jnp.float32(top_p), rng, step_fn=step_fn,
+                         init_cache_fn=init_cache_fn, max_new_tokens=int(max_new_tokens),
+                         method=method, top_k=top_k, use_top_p=use_top_p,
+                         eos_id=None if eos_id is None else int(eos_id), pad_id=int(pad_id))
+
+
+# ------------------------------------------------------------------ beam search
+def _take(x, idx):
+    """``x[b, idx[b, j], ...]`` for ``x`` ``[B, K, ...]`` and ``idx`` ``[B, J]``."""
+    idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, idx, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "step_fn", "init_cache_fn", "max_new_tokens", "num_beams", "eos_id", "pad_id"))
+def _beam_search_jit(params, prompt_ids, prompt_mask, length_penalty, *, step_fn,
+                     init_cache_fn, max_new_tokens, num_beams, eos_id, pad_id):
+    batch, prompt_len = prompt_ids.shape
+    n, k = max_new_tokens, num_beams
+    params = _prepare(step_fn, params)
+    alpha = length_penalty
+    logits, cache = _prefill(step_fn, init_cache_fn, params, prompt_ids, prompt_mask,
+                             prompt_len + n - 1)
+    vocab = logits.shape[-1]
+    if vocab < 2 * k:
+        raise ValueError(f"beam search needs vocab >= 2 * num_beams, got {vocab} < {2 * k}")
+    # Expand the prompt cache to batch * num_beams rows (row b*k + j = beam j of b).
+    cache = jax.tree_util.tree_map(lambda x: jnp.repeat(x, k, axis=0), cache)
+    logits = jnp.repeat(logits, k, axis=0)
+    first_pos = jnp.repeat(jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32), k)
+    neg_inf = jnp.float32(-jnp.inf)
+
+    def norm(logp, length):
+        return logp / jnp.asarray(length, jnp.float32) ** alpha
+
+    def select(t, logits, alive_seqs, alive_logp, fin_seqs, fin_scores, fin_lens):
+        """Extends the alive beams by token ``t``; EOS extensions move to finished."""
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(batch, k, vocab)
+        cand = (alive_logp[:, :, None] + logp).reshape(batch, k * vocab)
+        # 2k candidates: at most k of them end in EOS (one per beam), so >= k stay alive.
+        vals, idx = jax.lax.top_k(cand, 2 * k)
+        src, tok = idx // vocab, (idx % vocab).astype(jnp.int32)
+        seqs = _take(alive_seqs, src)
+        seqs = jnp.where(jnp.arange(n) == t, tok[:, :, None], seqs)
+        if eos_id is not None:
+            is_eos = tok == eos_id
+            # As in transformers: only EOS candidates ranked within the top k finish.
+            new_fin = jnp.where(is_eos & (jnp.arange(2 * k) < k), norm(vals, t + 1), neg_inf)
+            all_scores = jnp.concatenate([fin_scores, new_fin], axis=1)
+            all_seqs = jnp.concatenate([fin_seqs, seqs], axis=1)
+            all_lens = jnp.concatenate([fin_lens, jnp.full((batch, 2 * k), t + 1, jnp.int32)], 1)
+            fin_scores, top = jax.lax.top_k(all_scores, k)
+            fin_seqs, fin_lens = _take(all_seqs, top), _take(all_lens, top)
+            vals = jnp.where(is_eos, neg_inf, vals)
+        alive_logp, sel = jax.lax.top_k(vals, k)
+        alive_seqs, src, tok = _take(seqs, sel), _take(src, sel), _take(tok, sel)
+        return tok, src, alive_seqs, alive_logp, fin_seqs, fin_scores, fin_lens
+
+    def reorder(cache, src):
+        rows = (jnp.arange(batch)[:, None] * k + src).reshape(-1)
+        return jax.tree_util.tree_map(lambda x: jnp.take(x, rows, axis=0), cache)
+
+    alive_seqs = jnp.full((batch, k, n), pad_id, jnp.int32)
+    alive_logp = jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, neg_inf)[None], (batch, 1))
+    fin_seqs = jnp.full((batch, k, n), pad_id, jnp.int32)
+    fin_scores = jnp.full((batch, k), neg_inf)
+    fin_lens = jnp.zeros((batch, k), jnp.int32)
+    tok, src, alive_seqs, alive_logp, fin_seqs, fin_scores, fin_lens = select(
+        0, logits, alive_seqs, alive_logp, fin_seqs, fin_scores, fin_lens)
+    cache = reorder(cache, src)
+
+    def all_done(t, alive_logp, fin_scores):
+        if eos_id is None:
+            return jnp.bool_(False)
+        # Exact bound on what an alive beam can still score (log-probs only decrease):
+        # with alpha > 0 the best case is the longest length, otherwise the current one.
+        best = jnp.max(alive_logp, axis=1)
+        bound = jnp.where(alpha > 0, norm(best, n), norm(best, t))
+        worst = fin_scores[:, -1]
+        done = ((worst > neg_inf) & (bound <= worst)) | (best == neg_inf)
+        return jnp.all(done)
+
+    def cond(state):
+        t, _, alive_seqs, alive_logp, _, fin_scores, _, _ = state
+        return (t < n) & ~all_done(t, alive_logp, fin_scores)
+
+    def body(state):
+        t, tok, alive_seqs, alive_logp, fin_seqs, fin_scores, fin_lens, cache = state
+        logits, cache = step_fn(params, cache, tok.reshape(batch * k, 1),
+                                (first_pos + t - 1)[:, None],
+                                jnp.ones((batch * k, 1), jnp.bool_))
+        tok, src, alive_seqs, alive_logp, fin_seqs, fin_scores, fin_lens = select(
+            t, logits[:, -1], alive_seqs, alive_logp, fin_seqs, fin_scores, fin_lens)
+        return t + 1, tok, alive_seqs, alive_logp, fin_seqs, fin_scores, fin_lens, reorder(cache, src)
+
+    state = (jnp.int32(1), tok, alive_seqs, alive_logp, fin_seqs, fin_scores, fin_lens, cache)
+    t, _, alive_seqs, alive_logp, fin_seqs, fin_scores, fin_lens, _ = jax.lax.while_loop(
+        cond, body, state)
+    # Unfinished beams compete at their final length (finished ones win ties).
+    scores = jnp.concatenate([fin_scores, norm(alive_logp, t)], axis=1)
+    seqs = jnp.concatenate([fin_seqs, alive_seqs], axis=1)
+    lens = jnp.concatenate([fin_lens, jnp.full((batch, k), t, jnp.int32)], axis=1)
+    scores, top = jax.lax.top_k(scores, k)
+    seqs, lens = _take(seqs, top), _take(lens, top)
+    return BeamSearchOutput(seqs[:, 0], scores[:, 0], lens[:, 0], seqs, scores, lens)
+
+
+def beam_search(step_fn: StepFn, init_cache_fn: InitCacheFn, params, prompt_ids,
+                prompt_mask=None, max_new_tokens: int = 32, *, num_beams: int = 4,
+                length_penalty: float = 1.0, eos_id: int | None = None,
+                pad_id: int = 0) -> BeamSearchOutput:
+    """Beam search with separately tracked finished hypotheses (t5x / transformers style).
+
+    Each step extends the ``num_beams`` alive beams of every row to their ``2 * num_beams``
+    best continuations; those ending in ``eos_id`` (and ranked within the top
+    ``num_beams``) join the row's finished pool, the best ``num_beams`` others stay
+    alive. A hypothesis scores ``sum(log p) / length ** length_penalty``, ``length`` being
+    the number of generated tokens including EOS (transformers' convention). Beams still
+    alive at ``max_new_tokens`` compete at that length. The loop stops early once no
+    alive beam of any row can beat that row's worst finished hypothesis (an exact bound,
+    so stopping early never changes the result). The cache is expanded to
+    ``B * num_beams`` rows after the prefill and gathered along axis 0 on reordering.
+
+    Returns:
+      :class:`BeamSearchOutput`: best ``sequences [B, N]`` (pad after EOS), ``scores [B]``,
+      ``lengths [B]``, and every row's ``num_beams`` hypotheses, best first.
+    """
+    prompt_ids, prompt_mask = _check_prompt(prompt_ids, prompt_mask, max_new_tokens)
+    if int(num_beams) < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    return _beam_search_jit(params, prompt_ids, prompt_mask, jnp.float32(length_penalty),
+                            step_fn=step_fn, init_cache_fn=init_cache_fn,
+                            max_new_tokens=int(max_new_tokens), num_beams=int(num_beams),
+                            eos_id=None if eos_id is None else int(eos_id),
+                            pad_id=int(pad_id))
