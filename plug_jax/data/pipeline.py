@@ -1,0 +1,297 @@
+"""Batches of numpy arrays from seqio tasks, with a checkpointable position.
+
+``get_batch_iterator`` turns a seqio Task or Mixture into an iterator of global batches
+(``DecoderFeatureConverter``, packed by default) and hands each process its rows:
+
+* every process builds the same global batch stream (all shuffles are seeded) and keeps rows
+  ``p*B/P : (p+1)*B/P`` of global batch ``n``, so the stream does not depend on the process
+  count and a run can resume on a different number of processes;
+* ``BatchIterator.step`` counts global batches; ``state()`` is a small JSON-able dict and
+  ``BatchIterator.from_state`` (or ``start_step=``) resumes at exactly the batch the state
+  points to. Resuming skips ``step`` batches through the tf.data pipeline, so it costs
+  about as much as producing them (tokenizing and packing, no model work).
+
+TensorFlow runs on the CPU only (GPUs hidden, logging quiet).
+"""
+from __future__ import annotations
+
+import atexit
+import difflib
+import gc
+import logging
+import weakref
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from plug_jax.data import configure_tensorflow
+
+tf = configure_tensorflow()
+
+import seqio  # noqa: E402
+
+STATE_VERSION = 1
+DECODER_FEATURES = ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
+                    "decoder_segment_ids", "decoder_positions")
+
+
+class _DropFunctionSourceWarning(logging.Filter):
+    """seqio warns that uncached FunctionDataSources shuffle poorly; Shop World sources
+    permute indices fully before generating text, so the warning does not apply."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "uncached FunctionDataset" not in str(record.msg)
+
+
+logging.getLogger("absl").addFilter(_DropFunctionSourceWarning())
+
+
+_LIVE_ITERATORS: "weakref.WeakSet[BatchIterator]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_iterators() -> None:
+    """Delete tf.data iterators while the runtime is intact.
+
+    A tf.data iterator that still has prefetch work in flight when the interpreter tears
+    down its modules can deadlock in its destructor (the process never exits); deleting it
+    from an atexit hook, before the teardown, is clean.
+    """
+    for it in list(_LIVE_ITERATORS):
+        it.close()
+    gc.collect()
+
+
+def _provider(name: str) -> seqio.DatasetProviderBase:
+    registered = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+    if name not in registered:
+        try:  # the project's own registrations are one import away
+            import plug_jax.tasks  # noqa: F401,PLC0415
+        except ImportError:
+            pass
+        registered = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+    if name not in registered:
+        close = difflib.get_close_matches(name, sorted(registered), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown seqio task or mixture {name!r}{hint}; import the module "
+                         f"that registers it first (plug_jax.tasks registers the project's)")
+    return seqio.get_mixture_or_task(name)
+
+
+def task_vocabulary(mixture_or_task_name: str, feature: str = "targets") -> seqio.Vocabulary:
+    """The vocabulary of ``feature`` in a registered task or mixture (for decoding prompts,
+    printing samples and ``vocab_fingerprint``)."""
+    provider = _provider(mixture_or_task_name)
+    features = provider.output_features
+    if feature not in features:
+        raise ValueError(f"{mixture_or_task_name!r} has no output feature {feature!r}; use one "
+                         f"of {sorted(features)}")
+    return features[feature].vocabulary
+
+
+def _check_args(name: str, provider, task_feature_lengths, split: str, global_batch_size: int,
+                process_index: int, process_count: int, start_step: int) -> None:
+    if not isinstance(global_batch_size, (int, np.integer)) or global_batch_size < 1:
+        raise ValueError(f"global_batch_size must be a positive integer, got "
+                         f"{global_batch_size!r}")
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} is not in [0, process_count="
+                         f"{process_count}); pass jax.process_index() and jax.process_count()")
+    if global_batch_size % process_count:
+        raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
+                         f"process_count={process_count}; use a multiple of {process_count}, "
+                         f"e.g. {-(-global_batch_size // process_count) * process_count}")
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}")
+    splits = getattr(provider, "splits", None)
+    if splits and split not in splits:
+        raise ValueError(f"{name!r} has no split {split!r}; use one of {sorted(splits)}")
+    if "targets" not in task_feature_lengths:
+        raise ValueError(f"task_feature_lengths {dict(task_feature_lengths)} has no 'targets' "
+                         f"length; pass e.g. {{'targets': 256}}")
+
+
+def global_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                   split: str, global_batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                   repeat: bool = True, pack: bool = True) -> tf.data.Dataset:
+    """The tf.data stream of global batches (not sliced per process, not skipped).
+
+    With ``repeat=False`` the last, partial batch is kept (``BatchIterator`` pads it).
+    """
+    provider = _provider(mixture_or_task_name)
+    extra = {"try_in_mem_cache": False} if isinstance(provider, seqio.Task) else {}
+    ds = provider.get_dataset(
+        sequence_length=dict(task_feature_lengths), split=split, use_cached=False,
+        shuffle=shuffle, seed=int(seed), num_epochs=None if repeat else 1, **extra)
+    ds = seqio.DecoderFeatureConverter(pack=pack)(ds, dict(task_feature_lengths))
+    return ds.batch(int(global_batch_size), drop_remainder=repeat)
+
+
+class BatchIterator:
+    """Iterator of this process's rows of each global batch (dicts of int32 numpy arrays).
+
+    ``step`` is the number of global batches yielded so far, ``start_step`` included.
+    """
+
+    def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                 split: str, global_batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 repeat: bool = True, pack: bool = True, process_index: int = 0,
+                 process_count: int = 1, start_step: int = 0):
+        provider = _provider(mixture_or_task_name)
+        _check_args(mixture_or_task_name, provider, task_feature_lengths, split,
+                    global_batch_size, process_index, process_count, start_step)
+        self.task = mixture_or_task_name
+        self.feature_lengths = {k: int(v) for k, v in task_feature_lengths.items()}
+        self.split = split
+        self.global_batch_size = int(global_batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.repeat = bool(repeat)
+        self.pack = bool(pack)
+        self.process_index = int(process_index)
+        self.process_count = int(process_count)
+        self.local_batch_size = self.global_batch_size // self.process_count
+        self.step = int(start_step)
+        self._rows = slice(self.process_index * self.local_batch_size,
+                           (self.process_index + 1) * self.local_batch_size)
+        ds = global_dataset(mixture_or_task_name, self.feature_lengths, split,
+                            self.global_batch_size, shuffle=shuffle, seed=seed, repeat=repeat,
+                            pack=pack)
+        self._dataset = ds.skip(self.step).prefetch(2)
+        self._it = None
+        _LIVE_ITERATORS.add(self)
+
+    # Shapes, for abstract initialisation and jit ahead of the first batch.
+    @property
+    def feature_shapes(self) -> dict[str, tuple[int, int]]:
+        lengths = seqio.DecoderFeatureConverter(pack=self.pack).get_model_feature_lengths(
+            self.feature_lengths)
+        return {k: (self.local_batch_size, int(v)) for k, v in lengths.items()}
+
+    def __iter__(self) -> "BatchIterator":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._it is None:
+            if self._dataset is None:
+                raise StopIteration  # closed
+            self._it = self._dataset.as_numpy_iterator()
+        batch = next(self._it)  # StopIteration ends a repeat=False epoch
+        out = {}
+        for k, v in batch.items():
+            v = np.asarray(v, dtype=np.int32)
+            if v.shape[0] < self.global_batch_size:  # last batch of a finite epoch
+                pad = np.zeros((self.global_batch_size - v.shape[0],) + v.shape[1:], np.int32)
+                v = np.concatenate([v, pad])
+            out[k] = v[self._rows]
+        self.step += 1
+        return out
+
+    def close(self) -> None:
+        """Release the tf.data pipeline (also done for every live iterator at exit)."""
+        self._it = None
+        self._dataset = None
+
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable position: feed it to ``BatchIterator.from_state``."""
+        return {
+            "version": STATE_VERSION,
+            "task": self.task,
+            "split": self.split,
+            "seed": self.seed,
+            "step": self.step,
+            "global_batch_size": self.global_batch_size,
+            "feature_lengths": dict(self.feature_lengths),
+            "pack": self.pack,
+            "shuffle": self.shuffle,
+            "repeat": self.repeat,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], *, process_index: int = 0,
+                   process_count: int = 1) -> "BatchIterator":
+        """The iterator at ``state["step"]``, on any process count dividing the batch."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"batch iterator state version {state.get('version')!r} is not "
+                             f"{STATE_VERSION}; it was written by another plug_jax version")
+        return cls(state["task"], state["feature_lengths"], state["split"],
+                   state["global_batch_size"], shuffle=state["shuffle"], seed=state["seed"],
+                   repeat=state["repeat"], pack=state["pack"], process_index=process_index,
+                   process_count=process_count, start_step=state["step"])
+
+    def __repr__(self) -> str:
+        return (f"BatchIterator(task={self.task!r}, split={self.split!r}, step={self.step}, "
+                f"rows={self._rows.start}:{self._rows.stop} of {self.global_batch_size})")
+
+
+def get_batch_iterator(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                       split: str, global_batch_size: int, *, shuffle: bool = True,
+                       seed: int = 0, repeat: bool = True, pack: bool = True,
+                       process_index: int = 0, process_count: int = 1,
+                       start_step: int = 0) -> BatchIterator:
+    """Batches of ``mixture_or_task_name`` for this process.
+
+    Yields dicts of int32 arrays ``[global_batch_size // process_count, length]``:
+    ``decoder_target_tokens``, ``decoder_input_tokens`` (targets shifted right within each
+    segment, 0 first), ``decoder_loss_weights`` (1 on real tokens), and when ``pack``
+    ``decoder_segment_ids`` (1, 2, ... per row, 0 on padding) and ``decoder_positions``.
+    Process ``p`` gets rows ``p*B/P : (p+1)*B/P`` of global batch ``n``; ``start_step=n``
+    starts at global batch ``n`` of the same stream. With ``repeat=False`` the stream ends
+    after one epoch and its last batch is padded with all-zero rows (loss weight 0).
+    """
+    return BatchIterator(mixture_or_task_name, task_feature_lengths, split, global_batch_size,
+                         shuffle=shuffle, seed=seed, repeat=repeat, pack=pack,
+                         process_index=process_index, process_count=process_count,
+                         start_step=start_step)
+
+
+def unigram_baseline(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                     vocab_size: int, num_batches: int = 20, *, global_batch_size: int = 16,
+                     seed: int = 0, pack: bool = True, train_split: str = "train",
+                     eval_split: str = "validation",
+                     num_eval_batches: Optional[int] = None) -> dict[str, float]:
+    """Loss (nats/token) and token accuracy of a unigram model on ``eval_split``.
+
+    Token frequencies are counted over the loss-weighted targets of ``num_batches`` shuffled
+    train batches and add-one smoothed over ``vocab_size`` ids; the evaluation runs over
+    ``num_eval_batches`` batches (default: the whole split, one epoch) with the same loss
+    weights. A model that learned nothing beyond token frequencies cannot beat it.
+    """
+    counts = np.zeros(int(vocab_size), np.float64)
+    train = get_batch_iterator(mixture_or_task_name, task_feature_lengths, train_split,
+                               global_batch_size, shuffle=True, seed=seed, repeat=True,
+                               pack=pack)
+    for _ in range(int(num_batches)):
+        b = next(train)
+        counts += _weighted_counts(b, vocab_size)
+    logp = np.log((counts + 1.0) / (counts.sum() + vocab_size))
+    best = int(np.argmax(counts))
+    evaluation = get_batch_iterator(mixture_or_task_name, task_feature_lengths, eval_split,
+                                    global_batch_size, shuffle=False, repeat=False, pack=pack)
+    nll = correct = weight = 0.0
+    for i, b in enumerate(evaluation):
+        if num_eval_batches is not None and i >= num_eval_batches:
+            break
+        tokens = b["decoder_target_tokens"]
+        w = b["decoder_loss_weights"].astype(np.float64)
+        _check_ids(tokens, vocab_size)
+        nll += float(-(w * logp[tokens]).sum())
+        correct += float((w * (tokens == best)).sum())
+        weight += float(w.sum())
+    if weight == 0:
+        raise ValueError(f"{mixture_or_task_name!r} {eval_split!r} gave no tokens to evaluate")
+    return {"loss": nll / weight, "accuracy": correct / weight,
+            "train_tokens": float(counts.sum()), "eval_tokens": weight}
+
+
+def _check_ids(tokens: np.ndarray, vocab_size: int) -> None:
+    if tokens.size and int(tokens.max()) >= vocab_size:
+        raise ValueError(f"token id {int(tokens.max())} >= vocab_size={vocab_size}; pass the "
+                         f"task vocabulary's vocab_size")
+
+
+def _weighted_counts(batch: Mapping[str, np.ndarray], vocab_size: int) -> np.ndarray:
+    tokens = batch["decoder_target_tokens"]
+    _check_ids(tokens, vocab_size)
+    w = batch["decoder_loss_weights"].astype(np.float64)
+    return np.bincount(tokens.ravel(), weights=w.ravel(), minlength=vocab_size)

@@ -1,0 +1,9 @@
+"""seqio Task and Mixture registrations, one module per family.
+
+Installed as ``plug_jax.tasks`` (setup.py maps this folder there), so the name cannot
+collide with another installed ``tasks`` package. Importing it registers every task;
+registration is idempotent.
+"""
+from . import gpt3  # noqa: F401
+
+__all__ = ["gpt3"]

@@ -1,0 +1,120 @@
+"""seqio tasks of the Chinese GPT-3 family.
+
+``gpt3_shoplm_zh_v1`` / ``gpt3_shoplm_en_v1``: language modelling on Shop World documents
+(``title \\n description \\n 买家评价：review``), one document per example, tokenized with the
+Shop World SentencePiece vocabulary of the language, EOS appended after trimming. Pack and
+batch them with ``plug_jax.data.pipeline.get_batch_iterator`` (``DecoderFeatureConverter``).
+
+Registration is idempotent: importing this module again (or under both ``tasks.gpt3`` and
+``plug_jax.tasks.gpt3``), or calling ``register_shoplm_task`` again with the same arguments,
+returns the registered task.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Mapping, Optional
+
+import numpy as np
+
+from plug_jax.data import configure_tensorflow
+
+tf = configure_tensorflow()
+
+import seqio  # noqa: E402
+
+from plug_jax.data import shop_world  # noqa: E402
+from plug_jax.data.vocab import ShopWorldVocabulary  # noqa: E402
+
+# Fixed split sizes (number of documents; indices 0..n-1 of each Shop World split).
+SHOPLM_SPLIT_SIZES = {"train": 50_000, "validation": 1_000, "test": 1_000}
+WORLD_SEED = 0
+_GENERATION_CHUNK = 64  # documents generated per numpy_function call
+# The source already permutes the whole split every epoch, so seqio's example-level shuffle
+# only needs a small buffer (it must fill before the first batch: 128 docs, not 1000).
+SHUFFLE_BUFFER_SIZE = 128
+
+
+def _generate(indices: np.ndarray, *, split: str, lang: str, world_seed: int) -> np.ndarray:
+    return np.array([shop_world.lm_document(world_seed, split, int(i), lang).encode("utf-8")
+                     for i in indices], dtype=object)
+
+
+def shop_world_lm_dataset(split: str, shuffle_files: bool, seed: Optional[int] = None, *,
+                          lang: str, world_seed: int,
+                          split_sizes: Mapping[str, int]) -> tf.data.Dataset:
+    """``{"index": int64, "text": string}`` for documents ``0..n-1`` of ``split``.
+
+    With ``shuffle_files`` the indices are fully permuted (``seed``-determined, a new
+    permutation each epoch when the dataset is repeated) before any text is generated, so
+    shuffling costs nothing and needs no large buffer.
+    """
+    n = int(split_sizes[split])
+    ds = tf.data.Dataset.range(n)
+    if shuffle_files:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    gen = functools.partial(_generate, split=split, lang=lang, world_seed=world_seed)
+
+    def to_text(idx):
+        text = tf.numpy_function(gen, [idx], tf.string, stateful=False)
+        text.set_shape(idx.shape)
+        return {"index": idx, "text": text}
+
+    return ds.batch(_GENERATION_CHUNK).map(to_text).unbatch()
+
+
+def shop_world_lm_source(lang: str = "zh", *, world_seed: int = WORLD_SEED,
+                         split_sizes: Mapping[str, int] = SHOPLM_SPLIT_SIZES
+                         ) -> seqio.FunctionDataSource:
+    split_sizes = {k: int(v) for k, v in split_sizes.items()}
+    for split in split_sizes:
+        shop_world.world.check_split(split)
+    fn = functools.partial(shop_world_lm_dataset, lang=lang, world_seed=int(world_seed),
+                           split_sizes=split_sizes)
+    return seqio.FunctionDataSource(fn, splits=tuple(split_sizes),
+                                    num_input_examples=split_sizes)
+
+
+def register_shoplm_task(name: str, lang: str = "zh", *, world_seed: int = WORLD_SEED,
+                         split_sizes: Mapping[str, int] = SHOPLM_SPLIT_SIZES,
+                         vocab_size: Optional[int] = None) -> seqio.Task:
+    """Register (once) a Shop World LM task; returns the registered task.
+
+    Re-registering ``name`` with the same arguments returns the existing task; with
+    different arguments it raises, since two meanings of one task name would make
+    checkpoints and evaluations ambiguous.
+    """
+    shop_world.world.check_lang(lang)
+    vocab = ShopWorldVocabulary(vocab_size, seed=world_seed, lang=lang)
+    spec = {"kind": "shoplm", "lang": lang, "world_seed": int(world_seed),
+            "split_sizes": {k: int(v) for k, v in split_sizes.items()},
+            "vocab": {k: v for k, v in vocab.spec.items() if k != "cache_dir"}}
+    if name in seqio.TaskRegistry.names():
+        task = seqio.TaskRegistry.get(name)
+        old = getattr(task, "plug_jax_spec", None)
+        if old is not None and old != spec:
+            raise ValueError(f"seqio task {name!r} is already registered with {old}, not "
+                             f"{spec}; pick another task name (or bump its _vN version)")
+        return task
+    task = seqio.TaskRegistry.add(
+        name,
+        source=shop_world_lm_source(lang, world_seed=world_seed, split_sizes=split_sizes),
+        preprocessors=[
+            functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+            functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+            seqio.CacheDatasetPlaceholder(),
+            seqio.preprocessors.append_eos_after_trim,
+        ],
+        output_features={
+            "targets": seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32),
+        },
+        shuffle_buffer_size=SHUFFLE_BUFFER_SIZE,
+    )
+    task.plug_jax_spec = spec
+    return task
+
+
+SHOPLM_ZH = "gpt3_shoplm_zh_v1"
+SHOPLM_EN = "gpt3_shoplm_en_v1"
+
+register_shoplm_task(SHOPLM_ZH, "zh")
+register_shoplm_task(SHOPLM_EN, "en")
