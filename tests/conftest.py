@@ -18,3 +18,8 @@ def pytest_sessionstart(session):
         raise pytest.UsageError(
             f"tests need {_DEVICES} fake CPU devices but jax sees {n}; jax was imported "
             "before tests/conftest.py could set XLA_FLAGS/JAX_PLATFORMS")
+
+# The Shop World SentencePiece vocabulary is trained once and cached; tests share one
+# cache outside the user's home (atomic writes make concurrent workers safe).
+os.environ.setdefault("PLUG_JAX_CACHE", os.path.join(
+    os.environ.get("TMPDIR", "/tmp"), "plug_jax_test_cache"))

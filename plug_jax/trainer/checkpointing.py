@@ -1,6 +1,8 @@
 """Checkpoints: the only module of plug_jax that imports orbax.
 
-For now this holds the *params checkpoint* that converters and exports write::
+Two kinds: training-run checkpoints (:class:`TrainCheckpointer`, at the end: an orbax
+``CheckpointManager`` over ``MODEL_DIR/checkpoints``) and the *params checkpoint* that
+converters and exports write::
 
     DIR/params/         orbax StandardCheckpointer tree of the parameters (host numpy)
     DIR/config.json     the family config (``dataclasses.asdict`` of e.g. GPT3Config)
@@ -149,3 +151,160 @@ def load_params(directory: str | os.PathLike) -> tuple[dict, Any, dict]:
     finally:
         checkpointer.close()
     return config_dict, params, metadata
+
+
+# ===================================================================== train runs
+# MODEL_DIR/checkpoints/<step>/{state,data,config,metadata}: an orbax CheckpointManager
+# directory. ``state`` holds {'step', 'params', 'opt_state'} (sharded arrays, restored
+# onto whatever mesh the target shardings name), ``data`` the data iterator position,
+# ``config`` the operative gin config, ``metadata`` family / preset / vocabulary / mesh.
+CHECKPOINT_SUBDIR = "checkpoints"
+ITEMS = ("state", "data", "config", "metadata")
+# Metadata keys that must match for a run to resume from a checkpoint.
+IDENTITY_KEYS = ("family", "preset", "scanned", "vocab_fingerprint")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def _flat_keys(tree: Any) -> dict[str, tuple]:
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        key = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                       for k in path)
+        out[key] = tuple(getattr(leaf, "shape", ()))
+    return out
+
+
+class TrainCheckpointer:
+    """Async, ``max_to_keep``-bounded checkpoints of a training run (orbax CheckpointManager)."""
+
+    def __init__(self, model_dir: str, max_to_keep: int | None = 3, async_save: bool = True,
+                 create: bool = True):
+        self.directory = os.path.join(os.path.abspath(model_dir), CHECKPOINT_SUBDIR)
+        if create:
+            os.makedirs(self.directory, exist_ok=True)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=create)
+        handlers = {"state": ocp.PyTreeCheckpointHandler(),
+                    "data": ocp.JsonCheckpointHandler(),
+                    "config": ocp.JsonCheckpointHandler(),
+                    "metadata": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_handlers=handlers)
+
+    # ------------------------------------------------------------------ query
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def read_json_item(self, step: int, item: str) -> Any:
+        """A JSON item of a saved step, read directly (no arrays restored)."""
+        path = os.path.join(self.step_dir(step), item, "metadata")
+        if not os.path.exists(path):
+            # Orbax's JsonCheckpointHandler writes ``<item>/metadata``; be lenient.
+            cands = [os.path.join(self.step_dir(step), item, f)
+                     for f in (os.listdir(os.path.join(self.step_dir(step), item))
+                               if os.path.isdir(os.path.join(self.step_dir(step), item)) else [])]
+            cands = [c for c in cands if os.path.isfile(c) and not c.endswith("_METADATA")]
+            if not cands:
+                raise CheckpointError(
+                    f"checkpoint {self.step_dir(step)} has no readable '{item}' item; it is "
+                    f"incomplete or damaged; fix: move that step directory away (the run "
+                    f"then resumes from the previous step) or use another MODEL_DIR")
+            path = cands[0]
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(
+                f"checkpoint file {path} is unreadable ({_first_line(e)}); fix: move "
+                f"{self.step_dir(step)} away (the run then resumes from the previous step) "
+                f"or use another MODEL_DIR") from None
+
+    # ------------------------------------------------------------------- save
+    def save(self, step: int, state_arrays: Any, data_state: Mapping, config_text: str,
+             metadata: Mapping, force: bool = False) -> bool:
+        """Starts an async save (arrays are copied off the devices before it returns)."""
+        args = ocp.args.Composite(
+            state=ocp.args.PyTreeSave(state_arrays),
+            data=ocp.args.JsonSave(dict(data_state)),
+            config=ocp.args.JsonSave({"gin": config_text}),
+            metadata=ocp.args.JsonSave(dict(metadata)))
+        return self.manager.save(int(step), args=args, force=force)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    # ---------------------------------------------------------------- restore
+    def check_identity(self, step: int, expected: Mapping) -> dict:
+        """Raises a one-line CheckpointError when the saved run is another model."""
+        saved = self.read_json_item(step, "metadata")
+        for key in IDENTITY_KEYS:
+            if key in expected and key in saved and saved[key] != expected[key]:
+                raise CheckpointError(
+                    f"MODEL_DIR checkpoint {self.step_dir(step)} holds {key}={saved[key]!r} but "
+                    f"this run has {key}={expected[key]!r}; fix: use a new MODEL_DIR for a "
+                    f"different model (nothing was changed in {self.directory})")
+        return saved
+
+    def saved_param_shapes(self, step: int) -> dict[str, tuple]:
+        try:
+            meta = self.manager.item_metadata(step)["state"]
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(
+                f"cannot read the state metadata of {self.step_dir(step)} "
+                f"({type(e).__name__}: {_first_line(e)}); the checkpoint is damaged; fix: move "
+                f"that step directory away or use another MODEL_DIR") from None
+        tree = getattr(meta, "tree", meta)
+        return _flat_keys(tree["params"])
+
+    def restore(self, step: int, abstract_state: Any, items: tuple[str, ...] = ("state", "data"),
+                partial: bool = False) -> dict:
+        """Restores ``items`` of ``step``; arrays land with ``abstract_state``'s shardings.
+
+        ``abstract_state`` is a tree of ``jax.ShapeDtypeStruct`` with ``sharding`` set (the
+        *target* layout, so a checkpoint written on another mesh is resharded). With
+        ``partial=True`` only the leaves present in ``abstract_state`` are read.
+        """
+        kw = {}
+        if "state" in items:
+            restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
+            kw["state"] = ocp.args.PyTreeRestore(item=abstract_state, restore_args=restore_args,
+                                                 partial_restore=partial)
+        for name in items:
+            if name != "state":
+                kw[name] = ocp.args.JsonRestore()
+        try:
+            out = self.manager.restore(int(step), args=ocp.args.Composite(**kw))
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+            raise CheckpointError(
+                f"cannot restore checkpoint {self.step_dir(step)} ({type(e).__name__}: "
+                f"{_first_line(e)}); the checkpoint is damaged or incompatible; fix: move that "
+                f"step directory away (the run then resumes from the previous step) or use "
+                f"another MODEL_DIR") from None
+        return {name: out[name] for name in items}
+
+
+def key_match_report(model_keys: Mapping[str, tuple], ckpt_keys: Mapping[str, tuple]) -> tuple[
+        list[str], list[str], list[str], list[str]]:
+    """``(matched, missing_in_checkpoint, unexpected_in_checkpoint, shape_mismatch)``."""
+    matched, mismatch = [], []
+    for k, shape in model_keys.items():
+        if k in ckpt_keys:
+            (matched if tuple(ckpt_keys[k]) == tuple(shape) else mismatch).append(k)
+    missing = sorted(k for k in model_keys if k not in ckpt_keys)
+    unexpected = sorted(k for k in ckpt_keys if k not in model_keys)
+    return sorted(matched), missing, unexpected, sorted(mismatch)

@@ -1,0 +1,635 @@
+"""The training loop, evaluation and inference entry points (called by ``plug_jax.main``).
+
+One readable loop: build the mesh and partitioner, the model state directly sharded,
+the data iterator, restore whatever ``MODEL_DIR`` (or ``init_checkpoint``) holds, then
+``train_step`` until ``train_steps`` with periodic logging, evaluation and checkpoints.
+
+Every argument is a plain Python value so the functions can be bound from gin (the run
+files in ``gin_configs/runs/`` do that) or called from a notebook.
+
+Guarantees:
+* resume: the checkpoint holds params, optimizer state, step and the data position;
+  the RNG of step ``s`` is ``fold_in(PRNGKey(seed), s)``, so a resumed run repeats the
+  uninterrupted run bit for bit;
+* SIGTERM (preemption) saves a checkpoint of the current step, waits for it, and the
+  process exits 0; a later start with the same ``MODEL_DIR`` resumes from it;
+* a non-finite loss or gradient norm never reaches the parameters (see
+  :mod:`plug_jax.trainer.step`); with ``nonfinite='stop'`` the run stops at once with a
+  message and the last checkpoint written is the last good state;
+* bad input (mesh vs. batch, a checkpoint of another model, a damaged checkpoint) raises
+  a one-line error before anything in ``MODEL_DIR`` is changed.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from plug_jax.partitioning import Partitioner, create_mesh
+from plug_jax.partitioning.mesh import mesh_shape
+from plug_jax.trainer import checkpointing as ckpt_lib
+from plug_jax.trainer.metrics import MetricsLogger, format_duration, measure_matmul_flops
+from plug_jax.trainer.state import TrainState
+from plug_jax.trainer.step import finalize_eval, make_eval_step, make_train_step
+
+RESTORE_MODES = ("full", "params_only", "params_fresh_opt")
+NONFINITE_POLICIES = ("skip", "stop")
+
+
+class TrainError(RuntimeError):
+    """A one-line, user-facing failure of a run (non-finite stop, bad settings)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+    """Which seqio task or mixture feeds a run, and how it is batched."""
+
+    mixture_or_task_name: str
+    task_feature_lengths: Mapping[str, int]
+    split: str = "train"
+    batch_size: int = 8  # global batch size
+    shuffle: bool = True
+    seed: int = 0
+    pack: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Mesh degrees (``('data', 'fsdp', 'expert', 'model')``, one ``-1`` fills) and rules."""
+
+    ici: Sequence[int] = (1, -1, 1, 1)
+    dcn: Sequence[int] = (1, 1, 1, 1)
+    rules: str = "fsdp"
+    num_devices: int | None = None  # use only the first N devices (None: all)
+
+    def partitioner(self) -> Partitioner:
+        devices = jax.devices()
+        if self.num_devices is not None:
+            if not 0 < self.num_devices <= len(devices):
+                raise TrainError(f"MeshConfig.num_devices={self.num_devices} but "
+                                 f"{len(devices)} devices exist; fix: choose 1..{len(devices)}")
+            devices = devices[:self.num_devices]
+        return Partitioner(create_mesh(tuple(self.ici), tuple(self.dcn), devices), self.rules)
+
+
+def _say(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise TrainError(f"{name}={value!r} is not one of {list(choices)}; fix: choose one of "
+                         f"them (gin: --gin.{name}=...)")
+
+
+def _batch_iterator(cfg: DatasetConfig, *, repeat: bool, start_step: int = 0,
+                    shuffle: bool | None = None, split: str | None = None):
+    from plug_jax.data.pipeline import get_batch_iterator
+    return get_batch_iterator(
+        cfg.mixture_or_task_name, dict(cfg.task_feature_lengths), split or cfg.split,
+        cfg.batch_size, shuffle=cfg.shuffle if shuffle is None else shuffle, seed=cfg.seed,
+        repeat=repeat, pack=cfg.pack, process_index=jax.process_index(),
+        process_count=jax.process_count(), start_step=start_step)
+
+
+def _dummy_batch(cfg: DatasetConfig) -> dict:
+    length = int(cfg.task_feature_lengths["targets"])
+    z = np.zeros((cfg.batch_size, length), np.int32)
+    return {"decoder_input_tokens": z, "decoder_target_tokens": z,
+            "decoder_loss_weights": z, "decoder_segment_ids": z, "decoder_positions": z}
+
+
+def _vocab_fingerprint(cfg: DatasetConfig) -> str | None:
+    try:
+        from plug_jax.data.pipeline import task_vocabulary
+        from plug_jax.data.vocab import vocab_fingerprint
+        return vocab_fingerprint(task_vocabulary(cfg.mixture_or_task_name))
+    except Exception:  # noqa: BLE001 - a task without a SentencePiece vocab
+        return None
+
+
+# ---------------------------------------------------------------------- state
+class StateBuilder:
+    """Abstract state, shardings and directly sharded initialisation for a model."""
+
+    def __init__(self, model, part: Partitioner, tx, example_batch: dict):
+        self.model, self.part, self.tx = model, part, tx
+        batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in example_batch.items()}
+        self._batch = batch
+
+        def boxed_arrays(rng):
+            params = model.init_params(rng, batch)
+            return {"step": jnp.zeros((), jnp.int32), "params": params,
+                    "opt_state": tx.init(params)}
+
+        self._boxed_arrays = boxed_arrays
+        with _activate(part):
+            self.boxed_abstract = jax.eval_shape(boxed_arrays, jax.random.PRNGKey(0))
+        self.shardings = part.param_shardings(self.boxed_abstract)  # unboxed structure
+        self.abstract = jax.tree_util.tree_map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            nn.unbox(self.boxed_abstract), self.shardings)
+
+    def init(self, rng) -> dict:
+        fn = lambda r: nn.unbox(self._boxed_arrays(r))  # noqa: E731
+        with _activate(self.part):
+            return jax.jit(fn, out_shardings=self.shardings)(rng)
+
+    def state(self, arrays: dict) -> TrainState:
+        return TrainState(step=arrays["step"], params=arrays["params"],
+                          opt_state=arrays["opt_state"], tx=self.tx)
+
+    def state_shardings(self) -> TrainState:
+        return self.state(self.shardings)
+
+    def param_keys(self) -> dict[str, tuple]:
+        return ckpt_lib._flat_keys(self.abstract["params"])
+
+
+@contextlib.contextmanager
+def _activate(part: Partitioner):
+    from plug_jax.partitioning import activate
+    with activate(part.mesh, part.rules):
+        yield
+
+
+def _restore(checkpointer: ckpt_lib.TrainCheckpointer, step: int, builder: StateBuilder,
+             mode: str, fresh: dict, identity: Mapping) -> tuple[dict, dict | None]:
+    """Returns ``(state arrays, data state or None)`` restored from ``step`` with ``mode``."""
+    checkpointer.check_identity(step, identity) if mode == "full" else None
+    where = checkpointer.step_dir(step)
+    if mode == "full":
+        out = checkpointer.restore(step, builder.abstract, items=("state", "data"))
+        _say(f"restored step {step} (mode full: params, optimizer state, data position) "
+             f"from {where}")
+        return out["state"], out["data"]
+    saved = checkpointer.saved_param_shapes(step)
+    model_keys = builder.param_keys()
+    matched, missing, unexpected, mismatch = ckpt_lib.key_match_report(model_keys, saved)
+    _say(f"restore {where} (mode {mode}): {len(matched)} parameter arrays matched, "
+         f"{len(missing)} missing in the checkpoint (kept freshly initialised), "
+         f"{len(unexpected)} in the checkpoint but not in the model (ignored), "
+         f"{len(mismatch)} with another shape")
+    for title, keys in (("missing", missing), ("unexpected", unexpected)):
+        for k in keys[:20]:
+            _say(f"  {title}: {k}")
+    if mismatch:
+        k = mismatch[0]
+        raise ckpt_lib.CheckpointError(
+            f"checkpoint parameter {k} has shape {saved[k]} but the model's is "
+            f"{model_keys[k]}; fix: restore a checkpoint of the same model size")
+    if not matched:
+        raise ckpt_lib.CheckpointError(
+            f"no parameter of {where} matches the model; fix: check the checkpoint path "
+            f"and the model family / preset")
+    flat_abstract = {k: v for k, v in _flatten(builder.abstract["params"]).items() if k in matched}
+    target = {"params": _unflatten(flat_abstract)}
+    if mode == "params_fresh_opt":
+        target["step"] = builder.abstract["step"]
+    out = checkpointer.restore(step, target, items=("state",), partial=True)["state"]
+    flat = _flatten(fresh["params"])
+    flat.update(_flatten(out["params"]))
+    arrays = dict(fresh)
+    arrays["params"] = _unflatten(flat)
+    data_state = None
+    if mode == "params_fresh_opt":
+        arrays["step"] = out["step"]
+        data_state = checkpointer.restore(step, None, items=("data",))["data"]
+    return arrays, data_state
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+def _unflatten(flat: Mapping) -> dict:
+    out: dict = {}
+    for key, v in flat.items():
+        node = out
+        *parents, last = key.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = v
+    return out
+
+
+# ---------------------------------------------------------------------- train
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks after every step."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread (e.g. a notebook worker)
+            self._old = None
+        return self
+
+    def _handler(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
+
+
+def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: DatasetConfig,
+          eval_dataset_cfg: DatasetConfig | None = None, mesh: MeshConfig = MeshConfig(),
+          optimizer: Callable = None, learning_rate: Callable | float = 1e-3,
+          num_microbatches: int = 1, seed: int = 0, log_period: int = 10,
+          eval_period: int = 0, eval_steps: int = 20, checkpoint_period: int = 100,
+          keep_checkpoints: int | None = 3, async_checkpoints: bool = True,
+          nonfinite: str = "skip", restore_mode: str = "full",
+          init_checkpoint: str | None = None, peak_flops: float | None = None,
+          metric_writer: Any = None, config_text: Callable[[], str] | str = "",
+          on_start: Callable[[str], None] | None = None,
+          extra_metadata: Mapping | None = None, eval_baseline: bool = False,
+          nan_at_steps: Sequence[int] = ()) -> dict:
+    """Trains ``model`` and returns ``{'step', 'final_eval', 'stopped'}``.
+
+    Args (the gin run files bind most of them):
+      model: a task wrapper from :mod:`plug_jax.models` (e.g. ``DecoderOnlyLM``).
+      model_dir: checkpoints, ``config.gin``, ``metrics.jsonl`` and TensorBoard events.
+      train_steps: the step to train to (a resumed run continues up to it).
+      train_dataset_cfg / eval_dataset_cfg: data (eval uses its ``split``, no shuffle).
+      mesh: mesh degrees and rule preset.
+      optimizer: ``f(learning_rate) -> optax.GradientTransformation`` (e.g.
+        ``plug_jax.optim.adamw``, other hyper-parameters bound in gin).
+      learning_rate: a schedule ``step -> rate`` or a float.
+      num_microbatches: gradient accumulation steps per train step (``lax.scan``).
+      log_period / eval_period / checkpoint_period: in steps (0 disables eval).
+      nonfinite: ``'skip'`` the step or ``'stop'`` the run on a non-finite loss or
+        gradient norm.
+      restore_mode: ``'full'``, ``'params_only'`` or ``'params_fresh_opt'``; applies to the
+        checkpoint found in ``model_dir`` or else to ``init_checkpoint``.
+      peak_flops: peak FLOP/s of all devices together for MFU; ``None`` measures the
+        float32 matmul rate of this machine once (CPU runs).
+      metric_writer: object with ``write_scalars(step, dict)`` and ``flush()`` (a clu
+        writer), or a function ``model_dir -> writer``.
+      config_text: the operative gin config (or a function returning it), saved in
+        checkpoints.
+      on_start: called with ``model_dir`` once it exists (``main`` writes config.gin).
+      eval_baseline: with evaluation, also score a unigram model (train-split token
+        frequencies) on the same eval batches and print it beside each evaluation: the
+        loss / accuracy that a model which learned nothing beyond frequencies reaches.
+      nan_at_steps: testing aid: the loss of these steps is made NaN (never set in runs).
+    """
+    _check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
+    _check_choice("restore_mode", restore_mode, RESTORE_MODES)
+    if optimizer is None:
+        from plug_jax.optim import adamw as optimizer
+    if int(train_steps) < 0:
+        raise TrainError(f"train_steps must be >= 0, got {train_steps}")
+    model_dir = os.path.abspath(model_dir)
+    part = mesh.partitioner()
+    multiple = part.batch_size_multiple
+    batch = train_dataset_cfg.batch_size
+    k = int(num_microbatches or 1)
+    if batch % k or (batch // k) % multiple:
+        raise TrainError(
+            f"global batch size {batch} with {k} microbatches gives microbatches of "
+            f"{batch / k:g} rows, which the batch mesh axes ('data', 'fsdp', 'expert') of "
+            f"total size {multiple} (mesh {dict(part.mesh.shape)}) do not divide; fix: use a "
+            f"batch size that is a multiple of {k * multiple} or change the mesh")
+    schedule = learning_rate if callable(learning_rate) else (lambda s: jnp.float32(learning_rate))
+    tx = optimizer(learning_rate=schedule)
+    builder = StateBuilder(model, part, tx, _dummy_batch(train_dataset_cfg))
+    length = int(train_dataset_cfg.task_feature_lengths["targets"])
+    identity = dict(model.metadata())
+    identity["vocab_fingerprint"] = _vocab_fingerprint(train_dataset_cfg)
+    identity.update(extra_metadata or {})
+    identity["mesh"] = dict(part.mesh.shape)
+    identity["rules"] = mesh.rules
+
+    # Look at MODEL_DIR before writing anything into it.
+    checkpointer = ckpt_lib.TrainCheckpointer(model_dir, keep_checkpoints, async_checkpoints,
+                                              create=False)
+    latest = checkpointer.latest_step() if os.path.isdir(checkpointer.directory) else None
+    source, source_step = None, None
+    if latest is not None:
+        source, source_step = checkpointer, latest
+    elif init_checkpoint:
+        path = os.path.abspath(os.path.normpath(init_checkpoint))
+        step_name = os.path.basename(path)
+        if step_name.isdigit():  # MODEL_DIR/checkpoints/<step>
+            src_dir = os.path.dirname(os.path.dirname(path))
+        elif step_name == ckpt_lib.CHECKPOINT_SUBDIR:  # MODEL_DIR/checkpoints
+            src_dir = os.path.dirname(path)
+        else:  # MODEL_DIR
+            src_dir = path
+        src = ckpt_lib.TrainCheckpointer(src_dir, None, False, create=False)
+        has = os.path.isdir(src.directory)
+        source_step = int(step_name) if step_name.isdigit() else (
+            src.latest_step() if has else None)
+        if source_step is None or not has or source_step not in src.all_steps():
+            raise ckpt_lib.CheckpointError(
+                f"init_checkpoint {init_checkpoint} holds no checkpoint; fix: point it at a "
+                f"MODEL_DIR of an earlier run or at one of its checkpoints/<step> directories")
+        source = src
+
+    rng = jax.random.PRNGKey(seed)
+    arrays = builder.init(jax.random.fold_in(rng, 0x1A17))
+    data_state = None
+    if source is not None:
+        arrays, data_state = _restore(source, source_step, builder, restore_mode, arrays,
+                                      identity)
+    state = builder.state(arrays)
+    start = int(jax.device_get(state.step))
+    data_start = int(data_state["step"]) if data_state else 0
+    if data_state and data_start != start:
+        _say(f"note: data position {data_start} differs from the step {start}")
+
+    # From here on MODEL_DIR is written.
+    os.makedirs(model_dir, exist_ok=True)
+    checkpointer = ckpt_lib.TrainCheckpointer(model_dir, keep_checkpoints, async_checkpoints)
+    get_config = config_text if callable(config_text) else (lambda: config_text)
+    if on_start is not None:
+        on_start(model_dir)
+    if callable(metric_writer) and not hasattr(metric_writer, "write_scalars"):
+        metric_writer = metric_writer(model_dir) if jax.process_index() == 0 else None
+    logger = MetricsLogger(model_dir, metric_writer)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
+    flops_per_step = model.flops_per_token(length) * batch * length
+    if peak_flops is None:
+        peak_flops = measure_matmul_flops()
+        peak_note = f"measured float32 matmul rate {peak_flops / 1e9:.1f} GFLOP/s"
+    else:
+        peak_note = f"peak {peak_flops / 1e12:.1f} TFLOP/s"
+    _say(f"model {identity.get('family')}/{identity.get('preset')}: {n_params:,} params; mesh "
+         f"{dict(part.mesh.shape)} rules {mesh.rules!r}; batch {batch} x {length} tokens, "
+         f"{k} microbatch(es); steps {start} -> {train_steps}; MFU vs {peak_note}")
+
+    train_step = make_train_step(model, k, schedule)
+    if nan_at_steps:
+        bad = jnp.asarray(sorted(nan_at_steps), jnp.int32)
+        inner = train_step
+
+        def train_step(st, b, r):  # noqa: F811 - testing aid only
+            poisoned = jnp.any(bad == st.step + 1)
+            b = dict(b)
+            w = b["decoder_loss_weights"].astype(jnp.float32)
+            b["decoder_loss_weights"] = jnp.where(poisoned, w * jnp.nan, w)
+            return inner(st, b, r)
+
+    state_sh = builder.state_shardings()
+    batch_sh = part.data_sharding(2)  # every batch feature is [batch, length]
+    step_fn = part.jit(train_step, in_shardings=(state_sh, batch_sh, None),
+                       out_shardings=(state_sh, None), donate_argnums=(0,))
+    eval_fn = part.jit(make_eval_step(model)) if eval_dataset_cfg else None
+
+    def save(step: int, force: bool = False):
+        data = train_it.state() if train_it is not None else {"step": step}
+        meta = dict(identity)
+        meta["step"] = step
+        checkpointer.save(step, state.arrays(), data, get_config(), meta, force=force)
+
+    def run_eval(step: int) -> dict:
+        it = _batch_iterator(eval_dataset_cfg, repeat=False, shuffle=False)
+        sums = None
+        for i, b in enumerate(it):
+            if i >= eval_steps:
+                break
+            out = jax.device_get(eval_fn(state.params, part.shard_batch(b)))
+            sums = out if sums is None else {n: sums[n] + out[n] for n in sums}
+        if sums is None:
+            raise TrainError(f"evaluation split {eval_dataset_cfg.split!r} of "
+                             f"{eval_dataset_cfg.mixture_or_task_name} gave no batches")
+        res = finalize_eval(sums)
+        row = {f"eval/{n}": v for n, v in res.items()}
+        base = unigram() if eval_baseline else None
+        if base is not None:
+            row.update({"eval/unigram_loss": base["loss"], "eval/unigram_accuracy": base["accuracy"]})
+        logger.write(step, row)
+        _say(f"eval @ step {step}: loss {res['loss']:.4f}  perplexity {res['perplexity']:.2f}"
+             f"  token accuracy {res['accuracy']:.4f}")
+        if base is not None:
+            beats = res["loss"] < base["loss"] and res["accuracy"] > base["accuracy"]
+            _say(f"  unigram baseline on the same batches: loss {base['loss']:.4f}  token "
+                 f"accuracy {base['accuracy']:.4f}  -> the model "
+                 f"{'beats' if beats else 'does NOT beat'} it")
+        return res
+
+    baseline_cache = []
+
+    def unigram() -> dict:
+        if not baseline_cache:
+            from plug_jax.data.pipeline import unigram_baseline
+            cfg = eval_dataset_cfg
+            baseline_cache.append(unigram_baseline(
+                cfg.mixture_or_task_name, dict(cfg.task_feature_lengths), model.config.vocab_size,
+                num_batches=50, global_batch_size=cfg.batch_size, seed=cfg.seed,
+                pack=cfg.pack, train_split=train_dataset_cfg.split, eval_split=cfg.split,
+                num_eval_batches=eval_steps))
+        return baseline_cache[0]
+
+    train_it = None
+    final_eval = None
+    stopped = None
+    if start < train_steps:
+        train_it = _batch_iterator(train_dataset_cfg, repeat=True, start_step=data_start)
+    else:
+        _say(f"nothing to train: the checkpoint is at step {start} >= train_steps {train_steps}")
+    t_window, steps_window, t_start = time.time(), 0, time.time()
+    start_for_eta, first_step_s = start, 0.0
+    pending_skips = []
+    with _Preemption() as preempt:
+        step = start
+        while step < train_steps:
+            b = part.shard_batch(next(train_it))
+            state, metrics = step_fn(state, b, rng)
+            step += 1
+            if step == start + 1:  # keep compilation out of the speed figures
+                jax.block_until_ready(metrics)
+                first_step_s = time.time() - t_start
+                _say(f"first step (compilation included) took {first_step_s:.1f}s")
+                t_window = t_start = time.time()
+                start_for_eta = step
+            else:
+                steps_window += 1
+            if nonfinite == "stop":
+                if int(metrics["skipped"]):
+                    last = checkpointer.latest_step()
+                    checkpointer.close()
+                    logger.close()
+                    raise TrainError(
+                        f"non-finite loss or gradient norm at step {step} (loss "
+                        f"{float(metrics['loss'])}, grad_norm {float(metrics['grad_norm'])}); "
+                        f"stopping (nonfinite='stop'); the last good checkpoint is step "
+                        f"{last} in {checkpointer.directory}; fix: lower the learning rate or "
+                        f"set --gin.NONFINITE=\"'skip'\"")
+            else:
+                pending_skips.append(metrics["skipped"])
+            if step % log_period == 0 or step == train_steps:
+                metrics = jax.device_get(metrics)
+                skipped = int(sum(int(s) for s in jax.device_get(pending_skips)))
+                pending_skips = []
+                now = time.time()
+                if steps_window == 0:  # only the first (compiling) step in this window
+                    dt, steps_window = first_step_s, 1
+                else:
+                    dt = max(now - t_window, 1e-9)
+                tok_s = steps_window * batch * length / dt
+                row = {k_: float(v) for k_, v in metrics.items() if k_ not in ("skipped",)}
+                row.update(tokens_per_sec=tok_s, steps_per_sec=steps_window / dt,
+                           mfu=flops_per_step * steps_window / dt / peak_flops,
+                           skipped_steps=skipped)
+                logger.write(step, row)
+                done = step - start_for_eta
+                eta = (train_steps - step) * (now - t_start) / max(done, 1)
+                _say(f"step {step}/{train_steps} | loss {row['loss']:.4f} | "
+                     f"{row['steps_per_sec']:.2f} steps/s | {tok_s:,.0f} tok/s | "
+                     f"mfu {100 * row['mfu']:.1f}% | ETA {format_duration(eta)}"
+                     + (f" | skipped {skipped} non-finite step(s)" if skipped else ""))
+                t_window, steps_window = time.time(), 0
+            if eval_fn is not None and eval_period and step % eval_period == 0:
+                t0 = time.time()
+                final_eval = run_eval(step)
+                t_window += time.time() - t0  # keep eval out of the training speed
+                t_start += time.time() - t0
+            if preempt.requested:
+                save(step, force=True)
+                checkpointer.wait()
+                _say(f"SIGTERM: saved checkpoint of step {step} in {checkpointer.directory}; "
+                     f"start the same command again to resume")
+                stopped = "preempted"
+                break
+            if checkpoint_period and step % checkpoint_period == 0 and step < train_steps:
+                t0 = time.time()
+                save(step)
+                t_window += time.time() - t0
+        if stopped is None:
+            if eval_fn is not None and (final_eval is None or not eval_period
+                                        or step % eval_period):
+                final_eval = run_eval(step)
+            if checkpointer.latest_step() != step:
+                save(step, force=True)
+    checkpointer.close()
+    logger.close()
+    return {"step": step, "final_eval": final_eval, "stopped": stopped, "state": state,
+            "model_dir": model_dir,
+            "partitioner": part, "builder": builder}
+
+
+# ---------------------------------------------------------------- eval / infer
+def load_for_inference(model, model_dir: str, dataset_cfg: DatasetConfig,
+                       mesh: MeshConfig = MeshConfig(), step: int | None = None):
+    """``(params, step)`` restored from ``model_dir``'s checkpoints (params only)."""
+    checkpointer = ckpt_lib.TrainCheckpointer(model_dir, None, False, create=False)
+    if not os.path.isdir(checkpointer.directory) or checkpointer.latest_step() is None:
+        raise ckpt_lib.CheckpointError(
+            f"{model_dir} holds no checkpoint; fix: train first (plug-train) or pass the "
+            f"MODEL_DIR of a trained run")
+    step = checkpointer.latest_step() if step is None else step
+    part = mesh.partitioner()
+    from plug_jax.optim import adamw
+    builder = StateBuilder(model, part, adamw(1e-3), _dummy_batch(dataset_cfg))
+    identity = dict(model.metadata())
+    checkpointer.check_identity(step, identity)
+    target = {"params": builder.abstract["params"]}
+    params = checkpointer.restore(step, target, items=("state",), partial=True)["state"]["params"]
+    checkpointer.close()
+    return params, step, part
+
+
+def evaluate(*, model, model_dir: str, eval_dataset_cfg: DatasetConfig,
+             mesh: MeshConfig = MeshConfig(), eval_steps: int = 20,
+             metric_writer: Any = None) -> dict:
+    """Loss, perplexity and token accuracy of the latest checkpoint in ``model_dir``."""
+    params, step, part = load_for_inference(model, model_dir, eval_dataset_cfg, mesh)
+    eval_fn = part.jit(make_eval_step(model))
+    sums = None
+    it = _batch_iterator(eval_dataset_cfg, repeat=False, shuffle=False)
+    for i, b in enumerate(it):
+        if i >= eval_steps:
+            break
+        out = jax.device_get(eval_fn(params, part.shard_batch(b)))
+        sums = out if sums is None else {n: sums[n] + out[n] for n in sums}
+    res = finalize_eval(sums)
+    logger = MetricsLogger(model_dir, metric_writer)
+    logger.write(step, {f"eval/{n}": v for n, v in res.items()})
+    logger.close()
+    _say(f"eval of {model_dir} @ step {step} on {eval_dataset_cfg.mixture_or_task_name}/"
+         f"{eval_dataset_cfg.split}: loss {res['loss']:.4f} perplexity {res['perplexity']:.2f} "
+         f"token accuracy {res['accuracy']:.4f}")
+    return res
+
+
+def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequence[str],
+          mesh: MeshConfig = MeshConfig(rules="dp"), max_new_tokens: int = 48,
+          methods: Sequence[str] = ("greedy", "top_p", "beam"), temperature: float = 0.8,
+          top_k: int = 0, top_p: float = 0.9, num_beams: int = 4,
+          length_penalty: float = 1.0, seed: int = 0, vocabulary=None,
+          params=None) -> list[dict]:
+    """Prints continuations of ``prompts`` with each decoding method; returns them."""
+    from plug_jax import decoding
+    if vocabulary is None:
+        from plug_jax.data.pipeline import task_vocabulary
+        vocabulary = task_vocabulary(dataset_cfg.mixture_or_task_name)
+    if params is None:
+        params, step, _ = load_for_inference(model, model_dir, dataset_cfg, mesh)
+    else:
+        step = None
+    params = jax.device_get(params)
+    step_fn, init_cache = model.decode_fns()
+    encoded = [list(vocabulary.encode(p)) for p in prompts]
+    width = max(len(e) for e in encoded)
+    ids = np.zeros((len(prompts), width), np.int32)
+    mask = np.zeros((len(prompts), width), np.int32)
+    for r, e in enumerate(encoded):
+        ids[r, width - len(e):] = e
+        mask[r, width - len(e):] = 1
+    eos = getattr(vocabulary, "eos_id", None)
+    results = []
+    for method in methods:
+        if method == "greedy":
+            out = decoding.generate(step_fn, init_cache, params, ids, mask, max_new_tokens,
+                                    eos_id=eos).tokens
+        elif method in ("sample", "top_p", "top_k"):
+            out = decoding.generate(step_fn, init_cache, params, ids, mask, max_new_tokens,
+                                    method="sample", temperature=temperature, top_k=top_k,
+                                    top_p=top_p if method != "top_k" else 1.0, eos_id=eos,
+                                    rng=jax.random.PRNGKey(seed)).tokens
+        elif method == "beam":
+            out = decoding.beam_search(step_fn, init_cache, params, ids, mask, max_new_tokens,
+                                       num_beams=num_beams, length_penalty=length_penalty,
+                                       eos_id=eos).sequences
+        else:
+            raise TrainError(f"unknown decoding method {method!r}; fix: use greedy, top_p, "
+                             f"top_k or beam")
+        out = np.asarray(out)
+        for r, prompt in enumerate(prompts):
+            toks = [int(t) for t in out[r]]
+            if eos is not None and eos in toks:
+                toks = toks[:toks.index(eos)]
+            text = vocabulary.decode([t for t in toks if t > 0])
+            results.append({"method": method, "prompt": prompt, "continuation": text})
+    if jax.process_index() == 0:
+        print(f"continuations from {model_dir}" + (f" @ step {step}" if step is not None else ""))
+        for res in results:
+            print(f"[{res['method']}] {res['prompt']} ▸ {res['continuation']}", flush=True)
+    return results
+
+
+__all__ = ["DatasetConfig", "MeshConfig", "TrainError", "train", "evaluate", "infer",
+           "load_for_inference", "StateBuilder"]

@@ -1,0 +1,104 @@
+"""The jitted train and eval steps.
+
+``train_step(state, batch, rng) -> (state, metrics)``:
+
+* the global batch is split into ``num_microbatches`` along the batch axis and the
+  per-microbatch sums of loss and gradients are accumulated with ``lax.scan``; the
+  gradient is divided by the total loss weight once, so ``k`` microbatches give the
+  update of one full batch;
+* ``grad_norm`` is the global norm before clipping (clipping is part of the optax chain);
+* a non-finite loss or gradient norm never reaches the parameters: the step keeps the
+  old params and optimizer state (``skipped = 1``) and only the step counter advances,
+  so the data position stays in step with the counter. Whether the loop then goes on
+  or stops is the ``nonfinite`` policy of the loop.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from plug_jax.trainer.state import TrainState
+
+
+def _split(batch: dict, k: int) -> dict:
+    def leaf(x):
+        if x.shape[0] % k:
+            raise ValueError(f"batch dimension {x.shape[0]} is not divisible by "
+                             f"num_microbatches {k}; fix: choose a divisor of the batch size")
+        return x.reshape((k, x.shape[0] // k) + x.shape[1:])
+    return jax.tree_util.tree_map(leaf, batch)
+
+
+def make_train_step(model, num_microbatches: int = 1,
+                    learning_rate_fn: Callable | None = None) -> Callable:
+    """Builds ``train_step(state, batch, rng) -> (state, metrics)`` (not yet jitted)."""
+    k = int(num_microbatches or 1)
+
+    def sums_and_grads(params, mb, rng):
+        def f(p):
+            sums = model.loss_sums(p, mb, rng, deterministic=False)
+            return sums["loss"], sums
+        (_, sums), grads = jax.value_and_grad(f, has_aux=True)(params)
+        return sums, grads
+
+    def train_step(state: TrainState, batch: dict, rng: jax.Array):
+        rng = jax.random.fold_in(rng, state.step)
+        if k == 1:
+            sums, grads = sums_and_grads(state.params, batch, rng)
+        else:
+            mbs = _split(batch, k)
+
+            def body(carry, xs):
+                i, mb = xs
+                s, g = sums_and_grads(state.params, mb, jax.random.fold_in(rng, i))
+                acc_s, acc_g = carry
+                return (jax.tree_util.tree_map(jnp.add, acc_s, s),
+                        jax.tree_util.tree_map(jnp.add, acc_g, g)), None
+
+            zero_g = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+            zero_s = {n: jnp.zeros((), jnp.float32)
+                      for n in ("loss", "z_loss", "correct", "weight")}
+            (sums, grads), _ = jax.lax.scan(body, (zero_s, zero_g), (jnp.arange(k), mbs))
+        denom = jnp.maximum(sums["weight"], 1.0)
+        grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
+        loss = sums["loss"] / denom
+        grad_norm = optax.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt = state.tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
+            lambda a, b: jnp.where(ok, a, b), new, old)
+        new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
+                                  opt_state=keep(new_opt, state.opt_state))
+        metrics = {
+            "loss": loss,
+            "z_loss": sums["z_loss"] / denom,
+            "accuracy": sums["correct"] / denom,
+            "grad_norm": grad_norm,
+            "tokens": sums["weight"],
+            "skipped": (~ok).astype(jnp.int32),
+        }
+        if learning_rate_fn is not None:
+            metrics["learning_rate"] = learning_rate_fn(state.step)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model) -> Callable:
+    """``eval_step(params, batch) -> sums`` (no dropout); add the sums over batches."""
+    def eval_step(params, batch):
+        return model.loss_sums(params, batch, None, deterministic=True)
+    return eval_step
+
+
+def finalize_eval(sums: dict[str, Any]) -> dict[str, float]:
+    """Loss, perplexity and token accuracy from summed eval outputs."""
+    import math
+    w = max(float(sums["weight"]), 1.0)
+    loss = float(sums["loss"]) / w
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+            "accuracy": float(sums["correct"]) / w, "tokens": float(sums["weight"])}
