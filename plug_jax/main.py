@@ -1,0 +1,119 @@
+"""Command line: ``plug-train``, ``plug-eval``, ``plug-infer`` (= ``python -m plug_jax.main --mode=...``).
+
+t5x-style flags::
+
+    plug-train --gin_file=experiments/gpt3/shop_tiny.gin --gin.MODEL_DIR=/tmp/run \\
+               --gin.TRAIN_STEPS=200 [--gin_search_paths=DIR,DIR] [--print_config]
+
+* ``--gin_file`` (repeated) is resolved against ``--gin_search_paths`` (default: the
+  installed ``gin_configs/``); later files and then ``--gin.NAME=VALUE`` bindings win.
+* ``--print_config`` prints every binding with the file and line (or flag) that set it,
+  then exits without running.
+* The operative config is written to ``MODEL_DIR/config.gin``.
+* ``plug-infer`` prints continuations of the gin-bound prompts (or ``--prompt`` flags).
+* A user error (unknown gin name, missing REQUIRED value, mesh vs. batch, a checkpoint
+  of another model, a damaged checkpoint) prints one ``error:`` line and exits 2; nothing
+  already in ``MODEL_DIR`` is removed.
+
+TensorFlow is imported here (metric writers) and by the data layer, never by model code.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+MODES = ("train", "eval", "infer")
+
+
+def _parser(prog: str, mode: str | None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    if mode is None:
+        ap.add_argument("--mode", choices=MODES, default="train")
+    ap.add_argument("--gin_file", action="append", default=[],
+                    help="gin file (repeatable), relative to the search paths or a path")
+    ap.add_argument("--gin_search_paths", default=None,
+                    help="comma-separated folders for gin files and includes "
+                         "(default: the installed gin_configs/)")
+    ap.add_argument("--print_config", action="store_true",
+                    help="print every gin binding and where it was set, then exit")
+    ap.add_argument("--prompt", action="append", default=None,
+                    help="(infer) a prompt; repeatable; overrides the gin-bound prompts")
+    return ap
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from plug_jax.gin_utils import GinConfigError
+    from plug_jax.partitioning import MeshError, PartitioningError
+    from plug_jax.trainer.checkpointing import CheckpointError
+    from plug_jax.trainer.loop import TrainError
+    return (GinConfigError, MeshError, PartitioningError, CheckpointError, TrainError)
+
+
+def _tensorboard_writer(model_dir: str):
+    from clu import metric_writers
+    return metric_writers.SummaryWriter(os.path.join(model_dir, "tensorboard"))
+
+
+def run(argv: Sequence[str] | None = None, mode: str | None = None, prog: str = "plug_jax") -> int:
+    from plug_jax import gin_utils
+    argv = list(sys.argv[1:] if argv is None else argv)
+    bindings, rest = gin_utils.split_gin_flags(argv)
+    args = _parser(prog, mode).parse_args(rest)
+    mode = mode or args.mode
+    search = ([p for p in args.gin_search_paths.split(",") if p]
+              if args.gin_search_paths else gin_utils.default_search_paths())
+    try:
+        sources = gin_utils.parse_gin(args.gin_file, bindings, search)
+        if args.print_config:
+            print(sources.format())
+            return 0
+        import gin
+        from plug_jax.trainer import hardware, loop
+        peak = gin_utils.call_with_gin_errors(_configurable(hardware.hardware))
+        if mode == "train":
+            out = gin_utils.call_with_gin_errors(
+                _configurable(loop.train), metric_writer=_tensorboard_writer,
+                config_text=gin.config_str,
+                on_start=lambda d: gin_utils.write_operative_config(d, sources),
+                peak_flops=peak)
+            gin_utils.write_operative_config(out["model_dir"], sources)
+        elif mode == "eval":
+            gin_utils.call_with_gin_errors(_configurable(loop.evaluate))
+        else:
+            kw = {"prompts": args.prompt} if args.prompt else {}
+            gin_utils.call_with_gin_errors(_configurable(loop.infer), **kw)
+    except _user_errors() as e:
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+def _configurable(fn):
+    """gin's configured version of ``fn`` when a gin file binds it, else ``fn`` itself."""
+    import gin
+    try:
+        return gin.get_configurable(fn)
+    except (KeyError, ValueError):
+        return fn
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(argv)
+
+
+def train_main() -> int:
+    return run(mode="train", prog="plug-train")
+
+
+def eval_main() -> int:
+    return run(mode="eval", prog="plug-eval")
+
+
+def infer_main() -> int:
+    return run(mode="infer", prog="plug-infer")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
