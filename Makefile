@@ -7,7 +7,10 @@ STAMP  := $(VENV)/.installed-stamp
 # Parallel workers for the default test run (2 on the reference machine).
 TEST_WORKERS ?= 2
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo demo-core test test-slow bench clean
+# Where `make demo` trains (kept between runs: a second `make demo` resumes / re-evaluates).
+DEMO_DIR ?= runs/shop_tiny
+DEMO_GIN := --gin_file=experiments/gpt3/shop_tiny.gin --gin.MODEL_DIR=$(DEMO_DIR)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +22,17 @@ $(STAMP): setup.py | $(PY)
 
 install: $(STAMP)
 
-# Core-library demo on 8 fake CPU devices (see README).
+# The main job on the embedded default data (see README): train a tiny Chinese GPT-3 on
+# Shop World product text on the CPU, evaluate against a unigram baseline, and print
+# continuations of held-out product prompts.
 demo: $(STAMP)
+	JAX_PLATFORMS=cpu $(VENV)/bin/plug-train $(DEMO_GIN)
+	JAX_PLATFORMS=cpu $(VENV)/bin/plug-infer $(DEMO_GIN)
+	@echo "demo: checkpoint, config.gin, metrics.jsonl and TensorBoard events are in $(DEMO_DIR);"
+	@echo "      look at the curves with: $(VENV)/bin/tensorboard --logdir $(DEMO_DIR)/tensorboard"
+
+# Core-library demo on 8 fake CPU devices: sharding, conversion, decoding.
+demo-core: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu $(PY) -m plug_jax.demo
 
 # Default suite (excludes tests marked `slow`).
@@ -33,6 +45,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/decode_vs_transformers.py
+	$(PY) benchmarks/train_vs_transformers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

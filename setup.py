@@ -1,4 +1,7 @@
 """plug_jax: JAX/Flax training and inference for the AliceMind / X-PLUG model families."""
+import glob
+import os
+
 from setuptools import find_packages, setup
 
 # Pinned, known-good set on Python 3.11 (see docs/decisions.md). Newer jaxlib CPU
@@ -12,6 +15,16 @@ INSTALL_REQUIRES = [
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
     "numpy==2.4.6",
+    # Trainer, CLI and metrics.
+    "gin-config==0.5.0",
+    "clu==0.0.12",
+    "tensorboard==2.21.0",
+    # Data layer (TensorFlow is imported only by plug_jax.data, tasks/ and main).
+    "seqio==0.0.20",
+    "tensorflow==2.21.0",
+    "tensorflow-text==2.21.1",
+    "tensorflow-datasets==4.9.10",
+    "sentencepiece==0.2.3",
 ]
 
 EXTRAS = {
@@ -22,6 +35,16 @@ EXTRAS = {
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
 }
 
+
+def _gin_data_files():
+    """gin_configs/ ships as <prefix>/share/plug_jax/gin_configs for non-editable installs."""
+    out = {}
+    for path in sorted(glob.glob("gin_configs/**/*.gin", recursive=True)):
+        folder = os.path.join("share", "plug_jax", os.path.dirname(path))
+        out.setdefault(folder, []).append(path)
+    return sorted(out.items())
+
+
 setup(
     name="plug_jax",
     version="0.1.0",
@@ -29,12 +52,19 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["plug_jax", "plug_jax.*"]),
+    # tasks/ (seqio registrations) installs as plug_jax.tasks: a top-level "tasks" package
+    # would collide with other projects' folders of the same name.
+    packages=find_packages(include=["plug_jax", "plug_jax.*"]) + ["plug_jax.tasks"],
+    package_dir={"plug_jax.tasks": "tasks"},
+    data_files=_gin_data_files(),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
             "plug-convert=plug_jax.convert.cli:main",
+            "plug-train=plug_jax.main:train_main",
+            "plug-eval=plug_jax.main:eval_main",
+            "plug-infer=plug_jax.main:infer_main",
         ],
     },
     classifiers=[
