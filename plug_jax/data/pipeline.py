@@ -31,6 +31,12 @@ tf = configure_tensorflow()
 import seqio  # noqa: E402
 
 STATE_VERSION = 1
+# Feature converters by name: what a task's features become for the model.
+FEATURE_CONVERTERS = {
+    "decoder": seqio.DecoderFeatureConverter,     # decoder-only LM (GPT-3)
+    "encdec": seqio.EncDecFeatureConverter,       # encoder-decoder (PALM, PLUG)
+    "prefix_lm": seqio.PrefixLMFeatureConverter,  # decoder-only with a bidirectional prefix
+}
 DECODER_FEATURES = ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
                     "decoder_segment_ids", "decoder_positions")
 
@@ -80,7 +86,13 @@ def _provider(name: str) -> seqio.DatasetProviderBase:
 
 def task_vocabulary(mixture_or_task_name: str, feature: str = "targets") -> seqio.Vocabulary:
     """The vocabulary of ``feature`` in a registered task or mixture (for decoding prompts,
-    printing samples and ``vocab_fingerprint``)."""
+    printing samples and ``vocab_fingerprint``). For a curriculum: its first stage's."""
+    from plug_jax.data import curriculum  # noqa: PLC0415
+    if mixture_or_task_name not in seqio.TaskRegistry.names() and \
+            mixture_or_task_name not in seqio.MixtureRegistry.names() and \
+            curriculum.is_curriculum(mixture_or_task_name):
+        mixture_or_task_name = curriculum.get_curriculum(
+            mixture_or_task_name).stages[0].mixture_or_task_name
     provider = _provider(mixture_or_task_name)
     features = provider.output_features
     if feature not in features:
@@ -111,9 +123,17 @@ def _check_args(name: str, provider, task_feature_lengths, split: str, global_ba
                          f"length; pass e.g. {{'targets': 256}}")
 
 
+def feature_converter(name: str, pack: bool = True) -> seqio.FeatureConverter:
+    if name not in FEATURE_CONVERTERS:
+        raise ValueError(f"unknown feature converter {name!r}; use one of "
+                         f"{sorted(FEATURE_CONVERTERS)}")
+    return FEATURE_CONVERTERS[name](pack=pack)
+
+
 def global_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                    split: str, global_batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                   repeat: bool = True, pack: bool = True) -> tf.data.Dataset:
+                   repeat: bool = True, pack: bool = True,
+                   converter: str = "decoder") -> tf.data.Dataset:
     """The tf.data stream of global batches (not sliced per process, not skipped).
 
     With ``repeat=False`` the last, partial batch is kept (``BatchIterator`` pads it).
@@ -123,7 +143,7 @@ def global_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
     ds = provider.get_dataset(
         sequence_length=dict(task_feature_lengths), split=split, use_cached=False,
         shuffle=shuffle, seed=int(seed), num_epochs=None if repeat else 1, **extra)
-    ds = seqio.DecoderFeatureConverter(pack=pack)(ds, dict(task_feature_lengths))
+    ds = feature_converter(converter, pack)(ds, dict(task_feature_lengths))
     return ds.batch(int(global_batch_size), drop_remainder=repeat)
 
 
@@ -136,8 +156,9 @@ class BatchIterator:
     def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                  split: str, global_batch_size: int, *, shuffle: bool = True, seed: int = 0,
                  repeat: bool = True, pack: bool = True, process_index: int = 0,
-                 process_count: int = 1, start_step: int = 0):
+                 process_count: int = 1, start_step: int = 0, converter: str = "decoder"):
         provider = _provider(mixture_or_task_name)
+        feature_converter(converter)  # validates the name
         _check_args(mixture_or_task_name, provider, task_feature_lengths, split,
                     global_batch_size, process_index, process_count, start_step)
         self.task = mixture_or_task_name
@@ -148,6 +169,7 @@ class BatchIterator:
         self.seed = int(seed)
         self.repeat = bool(repeat)
         self.pack = bool(pack)
+        self.converter = converter
         self.process_index = int(process_index)
         self.process_count = int(process_count)
         self.local_batch_size = self.global_batch_size // self.process_count
@@ -156,7 +178,7 @@ class BatchIterator:
                            (self.process_index + 1) * self.local_batch_size)
         ds = global_dataset(mixture_or_task_name, self.feature_lengths, split,
                             self.global_batch_size, shuffle=shuffle, seed=seed, repeat=repeat,
-                            pack=pack)
+                            pack=pack, converter=converter)
         self._dataset = ds.skip(self.step).prefetch(2)
         self._it = None
         _LIVE_ITERATORS.add(self)
@@ -164,7 +186,7 @@ class BatchIterator:
     # Shapes, for abstract initialisation and jit ahead of the first batch.
     @property
     def feature_shapes(self) -> dict[str, tuple[int, int]]:
-        lengths = seqio.DecoderFeatureConverter(pack=self.pack).get_model_feature_lengths(
+        lengths = feature_converter(self.converter, self.pack).get_model_feature_lengths(
             self.feature_lengths)
         return {k: (self.local_batch_size, int(v)) for k, v in lengths.items()}
 
@@ -205,6 +227,7 @@ class BatchIterator:
             "pack": self.pack,
             "shuffle": self.shuffle,
             "repeat": self.repeat,
+            "converter": self.converter,
         }
 
     @classmethod
@@ -217,7 +240,8 @@ class BatchIterator:
         return cls(state["task"], state["feature_lengths"], state["split"],
                    state["global_batch_size"], shuffle=state["shuffle"], seed=state["seed"],
                    repeat=state["repeat"], pack=state["pack"], process_index=process_index,
-                   process_count=process_count, start_step=state["step"])
+                   process_count=process_count, start_step=state["step"],
+                   converter=state.get("converter", "decoder"))
 
     def __repr__(self) -> str:
         return (f"BatchIterator(task={self.task!r}, split={self.split!r}, step={self.step}, "
@@ -228,7 +252,7 @@ def get_batch_iterator(mixture_or_task_name: str, task_feature_lengths: Mapping[
                        split: str, global_batch_size: int, *, shuffle: bool = True,
                        seed: int = 0, repeat: bool = True, pack: bool = True,
                        process_index: int = 0, process_count: int = 1,
-                       start_step: int = 0) -> BatchIterator:
+                       start_step: int = 0, converter: str = "decoder") -> BatchIterator:
     """Batches of ``mixture_or_task_name`` for this process.
 
     Yields dicts of int32 arrays ``[global_batch_size // process_count, length]``:
@@ -242,7 +266,7 @@ def get_batch_iterator(mixture_or_task_name: str, task_feature_lengths: Mapping[
     return BatchIterator(mixture_or_task_name, task_feature_lengths, split, global_batch_size,
                          shuffle=shuffle, seed=seed, repeat=repeat, pack=pack,
                          process_index=process_index, process_count=process_count,
-                         start_step=start_step)
+                         start_step=start_step, converter=converter)
 
 
 def unigram_baseline(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],

@@ -92,8 +92,21 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
 
 
 def _batch_iterator(cfg: DatasetConfig, *, repeat: bool, start_step: int = 0,
-                    shuffle: bool | None = None, split: str | None = None):
+                    shuffle: bool | None = None, split: str | None = None,
+                    total_examples: int | None = None, data_state: Mapping | None = None):
+    from plug_jax.data import curriculum
     from plug_jax.data.pipeline import get_batch_iterator
+    if repeat and curriculum.is_curriculum(cfg.mixture_or_task_name):
+        if data_state and "curriculum" in data_state:  # keep the saved stage boundaries
+            return curriculum.CurriculumIterator.from_state(
+                data_state, process_index=jax.process_index(),
+                process_count=jax.process_count())
+        return curriculum.CurriculumIterator(
+            cfg.mixture_or_task_name, dict(cfg.task_feature_lengths), split or cfg.split,
+            cfg.batch_size, total_examples=total_examples,
+            shuffle=cfg.shuffle if shuffle is None else shuffle, seed=cfg.seed, pack=cfg.pack,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+            start_step=start_step)
     return get_batch_iterator(
         cfg.mixture_or_task_name, dict(cfg.task_feature_lengths), split or cfg.split,
         cfg.batch_size, shuffle=cfg.shuffle if shuffle is None else shuffle, seed=cfg.seed,
@@ -447,7 +460,13 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
     final_eval = None
     stopped = None
     if start < train_steps:
-        train_it = _batch_iterator(train_dataset_cfg, repeat=True, start_step=data_start)
+        train_it = _batch_iterator(train_dataset_cfg, repeat=True, start_step=data_start,
+                                   total_examples=train_steps * batch, data_state=data_state)
+        if hasattr(train_it, "stage"):
+            _say(f"curriculum {train_it.curriculum.name!r}: stages "
+                 f"{[st.mixture_or_task_name for st in train_it.curriculum.stages]} switching "
+                 f"at global batches {list(train_it.batch_boundaries)}; now in stage "
+                 f"{train_it.stage} ({train_it.stage_name})")
     else:
         _say(f"nothing to train: the checkpoint is at step {start} >= train_steps {train_steps}")
     t_window, steps_window, t_start = time.time(), 0, time.time()
@@ -456,7 +475,11 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
     with _Preemption() as preempt:
         step = start
         while step < train_steps:
+            stage_before = getattr(train_it, "stage", None)
             b = part.shard_batch(next(train_it))
+            if stage_before is not None and step > start and step in train_it.batch_boundaries:
+                _say(f"curriculum: step {step + 1} starts stage {stage_before} "
+                     f"({train_it.curriculum.stages[stage_before].mixture_or_task_name})")
             state, metrics = step_fn(state, b, rng)
             step += 1
             if step == start + 1:  # keep compilation out of the speed figures
@@ -494,6 +517,8 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
                 row.update(tokens_per_sec=tok_s, steps_per_sec=steps_window / dt,
                            mfu=flops_per_step * steps_window / dt / peak_flops,
                            skipped_steps=skipped)
+                if stage_before is not None:  # the stage this step's batch came from
+                    row["data_stage"] = stage_before
                 logger.write(step, row)
                 done = step - start_for_eta
                 eta = (train_steps - step) * (now - t_start) / max(done, 1)
