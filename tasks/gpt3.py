@@ -22,7 +22,7 @@ tf = configure_tensorflow()
 
 import seqio  # noqa: E402
 
-from plug_jax.data import shop_world  # noqa: E402
+from plug_jax.data import registry, shop_world  # noqa: E402
 from plug_jax.data.vocab import ShopWorldVocabulary  # noqa: E402
 
 # Fixed split sizes (number of documents; indices 0..n-1 of each Shop World split).
@@ -88,29 +88,24 @@ def register_shoplm_task(name: str, lang: str = "zh", *, world_seed: int = WORLD
     spec = {"kind": "shoplm", "lang": lang, "world_seed": int(world_seed),
             "split_sizes": {k: int(v) for k, v in split_sizes.items()},
             "vocab": {k: v for k, v in vocab.spec.items() if k != "cache_dir"}}
-    if name in seqio.TaskRegistry.names():
-        task = seqio.TaskRegistry.get(name)
-        old = getattr(task, "plug_jax_spec", None)
-        if old is not None and old != spec:
-            raise ValueError(f"seqio task {name!r} is already registered with {old}, not "
-                             f"{spec}; pick another task name (or bump its _vN version)")
-        return task
-    task = seqio.TaskRegistry.add(
-        name,
-        source=shop_world_lm_source(lang, world_seed=world_seed, split_sizes=split_sizes),
-        preprocessors=[
-            functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
-            functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
-            seqio.CacheDatasetPlaceholder(),
-            seqio.preprocessors.append_eos_after_trim,
-        ],
-        output_features={
-            "targets": seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32),
-        },
-        shuffle_buffer_size=SHUFFLE_BUFFER_SIZE,
-    )
-    task.plug_jax_spec = spec
-    return task
+
+    def build():
+        return seqio.TaskRegistry.add(
+            name,
+            source=shop_world_lm_source(lang, world_seed=world_seed, split_sizes=split_sizes),
+            preprocessors=[
+                functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+                functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+                seqio.CacheDatasetPlaceholder(),
+                seqio.preprocessors.append_eos_after_trim,
+            ],
+            output_features={
+                "targets": seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32),
+            },
+            shuffle_buffer_size=SHUFFLE_BUFFER_SIZE,
+        )
+
+    return registry.register_task(name, spec, build)
 
 
 SHOPLM_ZH = "gpt3_shoplm_zh_v1"
