@@ -83,7 +83,7 @@ def _features(provider) -> str:
     for key, f in provider.output_features.items():
         v = f.vocabulary
         parts.append(f"{key}[{type(v).__name__} {v.vocab_size}{', eos' if f.add_eos else ''}]")
-    return ", ".join(parts)
+    return ", ".join(parts) or "untokenized text features"
 
 
 def describe() -> list[str]:
