@@ -173,13 +173,15 @@ def _collapse_runs(tokens, mask, replacement):
 def mlm(ex, seeds, *, vocab_size: int, mask_id: int, noise_density: float = 0.15,
         mask_rate: float = 0.8, random_rate: float = 0.1,
         special_ids: Sequence[int] = DEFAULT_SPECIAL_IDS,
-        random_token_min_id: Optional[int] = None, feature: str = "targets"):
+        random_token_min_id: Optional[int] = None, random_token_max_id: Optional[int] = None,
+        feature: str = "targets"):
     """BERT masked LM on ``ex[feature]``.
 
     ``noise_density`` of the tokens that are neither in ``special_ids`` nor ``mask_id`` are
     selected (stochastically rounded per example, so the rate is exact in expectation); of
     those, ``mask_rate`` become ``mask_id``, ``random_rate`` a token uniform in
-    ``[random_token_min_id, vocab_size)`` (default: one past the largest special id) and the
+    ``[random_token_min_id, random_token_max_id)`` (defaults: one past the largest special
+    id, and ``vocab_size``; pass the sentencepiece size to keep sentinels out) and the
     rest stay unchanged. Produces ``inputs`` (corrupted), ``targets`` (original) and
     ``mlm_weights`` (float32, 1.0 at selected positions).
     """
@@ -189,9 +191,11 @@ def mlm(ex, seeds, *, vocab_size: int, mask_id: int, noise_density: float = 0.15
         raise ValueError(f"mask_rate={mask_rate!r} and random_rate={random_rate!r} must be "
                          f">= 0 with a sum <= 1; lower them (BERT uses 0.8 and 0.1)")
     low = max(special_ids, default=-1) + 1 if random_token_min_id is None else random_token_min_id
-    if not 0 <= low < vocab_size:
-        raise ValueError(f"random_token_min_id={low!r} leaves no random token below "
-                         f"vocab_size={vocab_size}; pass a smaller random_token_min_id")
+    high = vocab_size if random_token_max_id is None else int(random_token_max_id)
+    if not 0 <= low < high <= vocab_size:
+        raise ValueError(f"random tokens from [{low}, {high}) do not fit in vocab_size="
+                         f"{vocab_size}; pass 0 <= random_token_min_id < random_token_max_id "
+                         f"<= vocab_size")
     tokens = tf.cast(_require(ex, feature, "mlm"), tf.int32)
     s_count, s_pick, s_kind, s_rand = _split_seed(seeds[0], 2) + _split_seed(seeds[1], 2)
     eligible = tf.logical_not(_is_special(tokens, tuple(special_ids) + (mask_id,)))
@@ -199,7 +203,7 @@ def mlm(ex, seeds, *, vocab_size: int, mask_id: int, noise_density: float = 0.15
     selected = _choose(eligible, _stochastic_round(noise_density * n_eligible, s_count), s_pick)
     kind = tf.random.stateless_uniform(tf.shape(tokens), s_kind)
     random_tokens = tf.random.stateless_uniform(tf.shape(tokens), s_rand, minval=low,
-                                                maxval=vocab_size, dtype=tf.int32)
+                                                maxval=high, dtype=tf.int32)
     corrupted = tf.where(kind < mask_rate, mask_id,
                          tf.where(kind < mask_rate + random_rate, random_tokens, tokens))
     out = dict(ex)
@@ -433,12 +437,14 @@ def span_corruption(ex, seed, *, vocab_size: int, noise_density: float = 0.15,
 # ---------------------------------------------------------------------- PLUG lengths
 @seqio.map_over_dataset(num_seeds=1)
 def random_lengths(ex, seed, *, min_length: int = 32, max_length: int = 512,
-                   features: Sequence[str] = ("inputs", "targets")):
+                   features: Sequence[str] = ("inputs", "targets"),
+                   keep_end: Sequence[str] = ()):
     """PLUG variable-length training: truncate each of ``features`` independently.
 
     Each feature present in the example is cut to ``L`` tokens with ``L`` uniform in
     ``[min_length, max_length]`` (shorter features are left as they are). Missing features
-    are skipped.
+    are skipped. Features named in ``keep_end`` keep their last ``L`` tokens instead of the
+    first (for a context that a continuation follows: ``keep_end=("inputs",)``).
     """
     if not 1 <= min_length <= max_length:
         raise ValueError(f"min_length={min_length!r}, max_length={max_length!r} must satisfy "
@@ -452,5 +458,9 @@ def random_lengths(ex, seed, *, min_length: int = 32, max_length: int = 512,
     lengths = tf.random.stateless_uniform([len(present)], seed, minval=min_length,
                                           maxval=max_length + 1, dtype=tf.int32)
     for i, key in enumerate(present):
-        out[key] = tf.convert_to_tensor(ex[key])[:lengths[i]]
+        x = tf.convert_to_tensor(ex[key])
+        if key in keep_end:
+            out[key] = x[tf.maximum(tf.shape(x)[0] - lengths[i], 0):]
+        else:
+            out[key] = x[:lengths[i]]
     return out

@@ -309,6 +309,13 @@ def test_random_lengths_bounds():
     # Uniform over the range and independent per feature.
     assert min(lengths["targets"]) == 20 and max(lengths["targets"]) == 50
     assert lengths["inputs"][:40] != lengths["targets"][:40]
+    # keep_end keeps the last tokens of the context (the continuation follows them).
+    fn = functools.partial(pp.random_lengths, min_length=20, max_length=50, keep_end=("inputs",))
+    out = _run(fn, _dataset(docs, key="targets", inputs=other))
+    assert any(len(o["inputs"]) < len(e) for o, e in zip(out, other))
+    for o, e in zip(out, other):
+        n = len(o["inputs"])
+        np.testing.assert_array_equal(o["inputs"], e[len(e) - n:])
 
 
 # ----------------------------------------------------------------- determinism / seqio
