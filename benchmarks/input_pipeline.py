@@ -1,0 +1,119 @@
+"""Input pipeline vs train step: is the Shop World LM pipeline ever the bottleneck?
+
+In one process, on this machine's CPU, with the shapes of ``make demo``
+(``experiments/gpt3/shop_tiny.gin``: tiny GPT-3, vocabulary 1024, global batch 16 x 128,
+packed):
+
+1. the pipeline alone: a warm ``get_batch_iterator("gpt3_shoplm_zh_v1", ...)`` producing
+   batches as fast as it can (examples/s, batches/s, ms per batch);
+2. the train step alone: the jitted tiny GPT-3 step on one fixed, device-resident batch
+   (ms per step, and the examples/s it consumes);
+3. the two together as the trainer runs them: ``next(iterator)`` then the step.
+
+Printed: the pipeline's cost as a share of step time (1 / 2), and the wall-time overhead the
+pipeline adds to the real loop ((3 - 2) / 3). On a 2-core machine both compete for the same
+cores, so (3) includes the contention. Not a test: timings live here only.
+
+    python benchmarks/input_pipeline.py [--batch 16 --length 128 --steps 200]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+
+def _median_ms(fn, n: int) -> float:
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(ts)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="gpt3_shoplm_zh_v1")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--preset", default="tiny")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+    import jax
+    import numpy as np
+    from flax import linen as nn
+
+    import plug_jax.tasks  # noqa: F401
+    from plug_jax import models, optim
+    from plug_jax.data.pipeline import get_batch_iterator, task_vocabulary
+    from plug_jax.trainer.state import TrainState
+    from plug_jax.trainer.step import make_train_step
+
+    lengths = {"targets": args.length}
+    vocab = task_vocabulary(args.task).vocab_size
+
+    # 1. pipeline alone (warm: the first batches build the pipeline and fill the prefetch)
+    it = get_batch_iterator(args.task, lengths, "train", args.batch, seed=0)
+    for _ in range(20):
+        next(it)
+    t0 = time.perf_counter()
+    segs = 0
+    for _ in range(args.steps):
+        b = next(it)
+        segs += int(np.max(b["decoder_segment_ids"], axis=1).sum())
+    pipe_s = (time.perf_counter() - t0) / args.steps
+    docs_per_batch = segs / args.steps
+    it.close()
+
+    # 2. the step alone
+    model = models.gpt3(args.preset, vocab_size=vocab)
+    batch = next(get_batch_iterator(args.task, lengths, "train", args.batch, seed=1))
+    params = nn.unbox(model.init_params(jax.random.PRNGKey(0), batch))
+    state = TrainState.create(params, optim.adamw(1e-3, weight_decay=0.01, clip_norm=1.0))
+    step = jax.jit(make_train_step(model, 1), donate_argnums=(0,))
+    rng = jax.random.PRNGKey(0)
+    dev_batch = jax.device_put(batch)
+    for _ in range(5):
+        state, m = step(state, dev_batch, rng)
+    jax.block_until_ready(m)
+
+    def one_step():
+        nonlocal state
+        state, m = step(state, dev_batch, rng)
+        jax.block_until_ready(m)
+
+    step_ms = _median_ms(one_step, args.steps)
+
+    # 3. the loop as the trainer runs it
+    it = get_batch_iterator(args.task, lengths, "train", args.batch, seed=2)
+    for _ in range(20):
+        state, m = step(state, jax.device_put(next(it)), rng)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        state, m = step(state, jax.device_put(next(it)), rng)
+        jax.block_until_ready(m)
+    loop_ms = 1e3 * (time.perf_counter() - t0) / args.steps
+    it.close()
+
+    n_params = models.count_params(params)
+    print(f"task {args.task}, batch {args.batch} x {args.length} (packed, ~{docs_per_batch:.1f} "
+          f"documents per batch); model gpt3/{args.preset} {n_params:,} params, vocab {vocab}; "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs")
+    print(f"pipeline alone: {1e3 * pipe_s:.2f} ms/batch = {args.batch / pipe_s:,.0f} "
+          f"examples/s ({docs_per_batch / pipe_s:,.0f} documents/s)")
+    print(f"train step alone: {step_ms:.2f} ms/step = consumes {1e3 * args.batch / step_ms:,.0f} "
+          f"examples/s")
+    print(f"loop (next batch + step): {loop_ms:.2f} ms/step")
+    print(f"pipeline cost as a share of step time: {100 * 1e3 * pipe_s / step_ms:.1f}%  "
+          f"(pipeline is {step_ms / (1e3 * pipe_s):.1f}x faster than the step consumes)")
+    print(f"overhead the pipeline adds to the loop: {100 * (loop_ms - step_ms) / loop_ms:.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
