@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Parallel workers for the default test run (2 on the reference machine).
 TEST_WORKERS ?= 2
 
-.PHONY: install demo demo-core test test-slow bench clean
+.PHONY: install demo demo-core test test-slow bench prepare clean
 # Where `make demo` trains (kept between runs: a second `make demo` resumes / re-evaluates).
 DEMO_DIR ?= runs/shop_tiny
 DEMO_GIN := --gin_file=experiments/gpt3/shop_tiny.gin --gin.MODEL_DIR=$(DEMO_DIR)
@@ -35,6 +35,10 @@ demo: $(STAMP)
 demo-core: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu $(PY) -m plug_jax.demo
 
+# Generate the default Shop World TFDS configs into $$PLUG_JAX_CACHE/tfds (done lazily otherwise).
+prepare: $(STAMP)
+	$(PY) -m plug_jax.data.shop_world_tfds
+
 # Default suite (excludes tests marked `slow`).
 test: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) -q
@@ -46,6 +50,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/decode_vs_transformers.py
 	$(PY) benchmarks/train_vs_transformers.py
+	$(PY) benchmarks/input_pipeline.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

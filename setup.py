@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "tensorflow==2.21.0",
     "tensorflow-text==2.21.1",
     "tensorflow-datasets==4.9.10",
+    "importlib_resources==7.1.0",  # tensorflow-datasets imports it when preparing a builder
     "sentencepiece==0.2.3",
 ]
 

@@ -1,0 +1,50 @@
+"""seqio tasks that read Shop World through its TFDS builder (``plug_jax.data.shop_world_tfds``).
+
+``shop_lm_{lang}_v1``: the LM documents (title, description, review) of TFDS config
+``shop_world/text_{lang}``, tokenized with the Shop World SentencePiece vocabulary; the same
+text as ``gpt3_shoplm_{lang}_v1`` (which generates on the fly) but read from prepared TFDS
+files with ``seqio.TfdsDataSource``, like any real dataset. The config is prepared on first
+use (about 10 s per language) or ahead with ``make prepare``.
+"""
+from __future__ import annotations
+
+import functools
+
+from plug_jax.data import configure_tensorflow
+
+tf = configure_tensorflow()
+
+import seqio  # noqa: E402
+
+from plug_jax.data import registry  # noqa: E402
+from plug_jax.data.shop_world_tfds import VERSION, ShopWorldTfdsSource  # noqa: E402
+from plug_jax.data.vocab import ShopWorldVocabulary  # noqa: E402
+
+from .gpt3 import SHUFFLE_BUFFER_SIZE, WORLD_SEED  # noqa: E402
+
+
+def register_tfds_lm_task(name: str, lang: str = "zh"):
+    vocab = ShopWorldVocabulary(None, seed=WORLD_SEED, lang=lang)
+    spec = {"kind": "shop_tfds_lm", "config": f"text_{lang}", "version": VERSION,
+            "vocab": {k: v for k, v in vocab.spec.items() if k != "cache_dir"}}
+
+    def build():
+        return seqio.TaskRegistry.add(
+            name,
+            source=ShopWorldTfdsSource(f"text_{lang}"),
+            preprocessors=[
+                functools.partial(seqio.preprocessors.rekey, key_map={"targets": "lm_document"}),
+                functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+                seqio.CacheDatasetPlaceholder(),
+                seqio.preprocessors.append_eos_after_trim,
+            ],
+            output_features={
+                "targets": seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32)},
+            shuffle_buffer_size=SHUFFLE_BUFFER_SIZE,
+        )
+
+    return registry.register_task(name, spec, build)
+
+
+for _lang in ("zh", "en"):
+    register_tfds_lm_task(f"shop_lm_{_lang}_v1", _lang)
