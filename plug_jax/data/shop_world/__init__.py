@@ -6,7 +6,20 @@ Pure Python + numpy; importing it never imports TensorFlow. See docs/data.md.
     >>> sw.product(0, "train", 0)                      # a Product record
     >>> sw.text_example(0, "train", 0, lang="zh")      # record + title/description/review
     >>> sw.lm_document(0, "train", 0, lang="en")       # "title\\ndescription\\nReview: ..."
+    >>> sw.text_example(0, "train", 0, "en", kinds=("attribute_qa", "dialogue", "glossary",
+    ...                                             "triples"))
+    >>> sw.query_example(0, "train", 0, lang="de")     # record + query/intent/category labels
 """
+from plug_jax.data.shop_world.dialogue import format_dialogue
+from plug_jax.data.shop_world.glossary_terms import glossary, glossary_mentions
+from plug_jax.data.shop_world.qa import QA_ATTRIBUTES, qa_answer
+from plug_jax.data.shop_world.queries import (
+    INTENTS,
+    QUERY_LANGS,
+    check_query_lang,
+    query_example,
+    query_names,
+)
 from plug_jax.data.shop_world.text import (
     DEFAULT_KINDS,
     DESCRIPTION_SLOTS,
@@ -25,6 +38,7 @@ from plug_jax.data.shop_world.text import (
     register_kind,
     text_example,
 )
+from plug_jax.data.shop_world.triples import RELATIONS, product_triples
 from plug_jax.data.shop_world.world import (
     ALL_COMBINATIONS,
     AUDIENCES,
@@ -52,4 +66,8 @@ __all__ = [
     "description_prompts", "format_lm_document", "heldout_combinations", "kind_rng",
     "lm_document", "lm_documents", "product", "register_kind", "split_combinations",
     "text_example",
+    # kinds added by qa / dialogue / glossary_terms / triples / queries
+    "INTENTS", "QA_ATTRIBUTES", "QUERY_LANGS", "RELATIONS", "check_query_lang",
+    "format_dialogue", "glossary", "glossary_mentions", "product_triples", "qa_answer",
+    "query_example", "query_names",
 ]
