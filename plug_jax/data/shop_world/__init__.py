@@ -12,6 +12,14 @@ Pure Python + numpy; importing it never imports TensorFlow. See docs/data.md.
 """
 from plug_jax.data.shop_world.dialogue import format_dialogue
 from plug_jax.data.shop_world.glossary_terms import glossary, glossary_mentions
+from plug_jax.data.shop_world.images import (
+    GLYPHS,
+    POSITIONS,
+    blank_image,
+    glyph_mask,
+    image_example,
+    material_texture,
+)
 from plug_jax.data.shop_world.qa import QA_ATTRIBUTES, qa_answer
 from plug_jax.data.shop_world.queries import (
     INTENTS,
@@ -39,6 +47,7 @@ from plug_jax.data.shop_world.text import (
     text_example,
 )
 from plug_jax.data.shop_world.triples import RELATIONS, product_triples
+from plug_jax.data.shop_world.videos import EVENT_TYPES, shuffle_frames, video_example
 from plug_jax.data.shop_world.world import (
     ALL_COMBINATIONS,
     AUDIENCES,
@@ -70,4 +79,7 @@ __all__ = [
     "INTENTS", "QA_ATTRIBUTES", "QUERY_LANGS", "RELATIONS", "check_query_lang",
     "format_dialogue", "glossary", "glossary_mentions", "product_triples", "qa_answer",
     "query_example", "query_names",
+    # images / videos
+    "EVENT_TYPES", "GLYPHS", "POSITIONS", "blank_image", "glyph_mask", "image_example",
+    "material_texture", "shuffle_frames", "video_example",
 ]
