@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -74,7 +75,7 @@ def _text_example(lang: str):
     return example
 
 
-TEXT_SPLIT_SIZES = {"train": 20_000, "validation": 1_000, "test": 1_000}
+TEXT_SPLIT_SIZES = {"train": 10_000, "validation": 1_000, "test": 1_000}
 
 CONFIG_SPECS: dict[str, ConfigSpec] = {}
 
@@ -89,7 +90,189 @@ def add_config(spec: ConfigSpec) -> None:
 for _lang in ("zh", "en"):
     add_config(ConfigSpec(
         f"text_{_lang}", f"Product records with title, description and review ({_lang}).",
-        _text_features, _text_example(_lang), TEXT_SPLIT_SIZES))
+        _text_features, _text_example(_lang), TEXT_SPLIT_SIZES, default=_lang == "zh"))
+
+
+# ------------------------------------------------------------------- images and videos
+def _seq_text():
+    return tfds.features.Sequence(tfds.features.Text())
+
+
+def _image_features(size: int):
+    f = tfds.features
+    d = {"image": f.Image(shape=(size, size, 3)),
+         "boxes": f.Tensor(shape=(None, 4), dtype=np.int32),
+         "boxes_norm": f.Tensor(shape=(None, 4), dtype=np.float32),
+         "referring_box": f.Tensor(shape=(None, 4), dtype=np.int32),
+         "product_id": f.Text(), "vqa_type": _seq_text()}
+    for k in ("categories", "colours", "materials", "positions", "product_ids"):
+        d[k] = _seq_text()
+    for lang in ("zh", "en"):
+        d[f"caption_{lang}"] = f.Text()
+        for k in ("vqa_question", "vqa_answer", "referring_phrase"):
+            d[f"{k}_{lang}"] = _seq_text()
+    return f.FeaturesDict(d)
+
+
+def _image_example(size: int):
+    def example(seed: int, split: str, index: int) -> dict:
+        out = {}
+        for lang in ("zh", "en"):
+            ex = shop_world.image_example(seed, split, index, size=size, lang=lang)
+            out[f"caption_{lang}"] = ex["caption"]
+            out[f"vqa_question_{lang}"] = [q for q, _, _ in ex["vqa"]]
+            out[f"vqa_answer_{lang}"] = [a for _, a, _ in ex["vqa"]]
+            out[f"referring_phrase_{lang}"] = [p for p, _ in ex["referring"]]
+        out.update(image=ex["image"], boxes=np.asarray(ex["boxes"], np.int32),
+                   boxes_norm=np.asarray(ex["boxes_norm"], np.float32),
+                   referring_box=np.asarray([b for _, b in ex["referring"]], np.int32),
+                   product_id=ex["product_id"], vqa_type=[t for _, _, t in ex["vqa"]],
+                   **{k: list(ex[k]) for k in ("categories", "colours", "materials",
+                                               "positions", "product_ids")})
+        return out
+    return example
+
+
+def _video_features(frames: int, size: int):
+    f = tfds.features
+    d = {"frames": f.Video(shape=(frames, size, size, 3)),
+         "boxes": f.Tensor(shape=(frames, 4), dtype=np.int32),
+         "event_type": _seq_text(),
+         "event_start": f.Tensor(shape=(None,), dtype=np.int32),
+         "event_end": f.Tensor(shape=(None,), dtype=np.int32),
+         "tqa_type": _seq_text()}
+    for k in ("product_id", "category", "colour", "material"):
+        d[k] = f.Text()
+    for lang in ("zh", "en"):
+        d[f"caption_{lang}"] = f.Text()
+        for k in ("event_caption", "tqa_question", "tqa_answer"):
+            d[f"{k}_{lang}"] = _seq_text()
+    return f.FeaturesDict(d)
+
+
+def _video_example(frames: int, size: int):
+    def example(seed: int, split: str, index: int) -> dict:
+        out = {}
+        for lang in ("zh", "en"):
+            ex = shop_world.video_example(seed, split, index, num_frames=frames, size=size,
+                                          lang=lang)
+            out[f"caption_{lang}"] = ex["caption"]
+            out[f"event_caption_{lang}"] = [e["caption"] for e in ex["events"]]
+            out[f"tqa_question_{lang}"] = [q for q, _, _ in ex["temporal_qa"]]
+            out[f"tqa_answer_{lang}"] = [a for _, a, _ in ex["temporal_qa"]]
+        out.update(frames=ex["frames"], boxes=np.asarray(ex["boxes"], np.int32),
+                   event_type=[e["type"] for e in ex["events"]],
+                   event_start=np.asarray([e["start_frame"] for e in ex["events"]], np.int32),
+                   event_end=np.asarray([e["end_frame"] for e in ex["events"]], np.int32),
+                   tqa_type=[t for _, _, t in ex["temporal_qa"]],
+                   **{k: ex[k] for k in ("product_id", "category", "colour", "material")})
+        return out
+    return example
+
+
+# ------------------------------------------------------ queries, knowledge, dialogue
+def _query_features():
+    f = tfds.features
+    return f.FeaturesDict({"query": f.Text(), "lang": f.Text(), "intent": f.Text(),
+                           "intent_label": f.Scalar(np.int64), "category": f.Text(),
+                           "category_label": f.Scalar(np.int64), "product_id": f.Text()})
+
+
+def _query_example(seed: int, split: str, index: int) -> dict:
+    """Example ``i`` is in language ``QUERY_LANGS[i % 6]`` about product ``i // 6``."""
+    langs = shop_world.QUERY_LANGS
+    ex = shop_world.query_example(seed, split, index // len(langs), langs[index % len(langs)])
+    return {"query": ex["query"], "lang": ex["lang"], "intent": ex["intent"],
+            "intent_label": int(ex["intent_label"]), "category": ex["query_category"],
+            "category_label": int(ex["category_label"]), "product_id": ex["product_id"]}
+
+
+def _knowledge_features():
+    f = tfds.features
+    span = {"start": f.Tensor(shape=(None,), dtype=np.int32),
+            "end": f.Tensor(shape=(None,), dtype=np.int32)}
+    return f.FeaturesDict({
+        "product_id": f.Text(), "title": f.Text(), "description": f.Text(),
+        "triple_relation": _seq_text(), "triple_object": _seq_text(),
+        "triple_source": _seq_text(),
+        **{f"triple_{k}": v for k, v in span.items()},
+        "glossary_term": _seq_text(), "glossary_definition": _seq_text(),
+        **{f"glossary_{k}": v for k, v in span.items()},
+        "qa_attribute": _seq_text(), "qa_question": _seq_text(), "qa_answer": _seq_text()})
+
+
+def _knowledge_example(lang: str):
+    def example(seed: int, split: str, index: int) -> dict:
+        ex = shop_world.text_example(seed, split, index, lang,
+                                     kinds=("attribute_qa", "glossary", "triples"))
+        t, g, q = ex["triples"], ex["glossary_entries"], ex["qa_pairs"]
+        return {
+            "product_id": ex["product_id"], "title": ex["triples_title"],
+            "description": ex["triples_text"],
+            "triple_relation": [x["relation"] for x in t],
+            "triple_object": [x["object"] for x in t],
+            "triple_source": [x["source"] for x in t],
+            "triple_start": np.asarray([x["start"] for x in t], np.int32),
+            "triple_end": np.asarray([x["end"] for x in t], np.int32),
+            "glossary_term": [x["term"] for x in g],
+            "glossary_definition": [x["definition"] for x in g],
+            "glossary_start": np.asarray([x["start"] for x in g], np.int32),
+            "glossary_end": np.asarray([x["end"] for x in g], np.int32),
+            "qa_attribute": [x["attribute"] for x in q],
+            "qa_question": [x["question"] for x in q],
+            "qa_answer": [x["answer"] for x in q]}
+    return example
+
+
+def _dialogue_features():
+    f = tfds.features
+    return f.FeaturesDict({
+        "product_id": f.Text(), "dialogue": f.Text(), "speaker": _seq_text(),
+        "turn": _seq_text(), "profile": f.Text(), "persona": _seq_text(),
+        "passage_title": _seq_text(), "passage": _seq_text(),
+        "gold_passage": f.Scalar(np.int64)})
+
+
+def _dialogue_example(lang: str):
+    def example(seed: int, split: str, index: int) -> dict:
+        ex = shop_world.text_example(seed, split, index, lang, kinds=("dialogue",))
+        return {"product_id": ex["product_id"], "dialogue": ex["dialogue_text"],
+                "speaker": [t["speaker"] for t in ex["dialogue_turns"]],
+                "turn": [t["text"] for t in ex["dialogue_turns"]],
+                "profile": ex["dialogue_profile"]["text"],
+                "persona": list(ex["dialogue_persona"]),
+                "passage_title": [p["title"] for p in ex["dialogue_passages"]],
+                "passage": [p["text"] for p in ex["dialogue_passages"]],
+                "gold_passage": int(ex["dialogue_gold_passage"])}
+    return example
+
+
+add_config(ConfigSpec("images_64", "64x64 product images with boxes, captions, VQA and "
+                      "referring phrases (zh, en).", functools.partial(_image_features, 64),
+                      _image_example(64), {"train": 2_000, "validation": 200, "test": 200}))
+add_config(ConfigSpec("images_224", "224x224 product images (as images_64).",
+                      functools.partial(_image_features, 224), _image_example(224),
+                      {"train": 4_000, "validation": 400, "test": 400}, default=False))
+add_config(ConfigSpec("videos_8", "8-frame 64x64 product videos with events, captions, "
+                      "moments and temporal QA (zh, en).",
+                      functools.partial(_video_features, 8, 64), _video_example(8, 64),
+                      {"train": 800, "validation": 100, "test": 100}))
+add_config(ConfigSpec("videos_16", "16-frame 64x64 product videos (as videos_8).",
+                      functools.partial(_video_features, 16, 64), _video_example(16, 64),
+                      {"train": 1_500, "validation": 150, "test": 150}, default=False))
+add_config(ConfigSpec("queries", "Shopping-intent queries in " + ", ".join(
+    shop_world.QUERY_LANGS) + " with intent and category labels.", _query_features,
+    _query_example, {"train": 12_000, "validation": 600, "test": 600}))
+for _lang in ("zh", "en"):
+    add_config(ConfigSpec(f"knowledge_{_lang}", "Descriptions with span-aligned knowledge "
+                          f"triples, glossary mentions and attribute QA ({_lang}).",
+                          _knowledge_features, _knowledge_example(_lang),
+                          {"train": 2_000, "validation": 200, "test": 200},
+                          default=_lang == "zh"))
+    add_config(ConfigSpec(f"dialogue_{_lang}", "Multi-turn shopping dialogues with profile, "
+                          f"persona and retrieved passages ({_lang}).", _dialogue_features,
+                          _dialogue_example(_lang), {"train": 3_000, "validation": 300,
+                                                     "test": 300}, default=_lang == "zh"))
 
 
 # ----------------------------------------------------------------------------- builder

@@ -62,3 +62,40 @@ def test_unknown_config_is_one_line(tfds_env):
     mod, _ = tfds_env
     with pytest.raises(ValueError, match="unknown shop_world config 'images_9'; use one of"):
         mod.prepare("images_9")
+
+
+def test_every_config_encodes_its_examples(tfds_env):
+    """Each config's example function fits its TFDS features (without preparing it)."""
+    mod, _ = tfds_env
+    for name, spec in mod.CONFIG_SPECS.items():
+        features = spec.features()
+        for split in ("train", "test"):
+            ex = spec.example(0, split, 3)
+            assert set(ex) == set(features.keys()), name
+            features.encode_example(ex)  # raises on a shape or dtype mismatch
+
+
+def test_media_and_query_configs_hold_the_generator_labels(tfds_env):
+    from plug_jax.data import shop_world as sw
+    mod, _ = tfds_env
+    img = mod.CONFIG_SPECS["images_64"].example(0, "test", 5)
+    ref = sw.image_example(0, "test", 5, size=64, lang="en")
+    assert np.array_equal(img["image"], ref["image"]) and img["caption_en"] == ref["caption"]
+    assert img["image"].shape == (64, 64, 3)
+    vid = mod.CONFIG_SPECS["videos_8"].example(0, "train", 2)
+    assert vid["frames"].shape == (8, 64, 64, 3)
+    assert list(vid["event_start"]) == sorted(vid["event_start"])
+    langs = [mod.CONFIG_SPECS["queries"].example(0, "train", i)["lang"] for i in range(12)]
+    assert langs == list(sw.QUERY_LANGS) * 2
+
+
+def test_queries_config_prepares_and_reads_back(tfds_env):
+    import tensorflow_datasets as tfds
+    mod, _ = tfds_env
+    d = mod.prepare("queries")
+    ds = tfds.builder("shop_world/queries", data_dir=d).as_dataset(split="validation")
+    rows = list(tfds.as_numpy(ds))
+    assert len(rows) == mod.CONFIG_SPECS["queries"].split_sizes["validation"]
+    from plug_jax.data import shop_world as sw
+    assert {r["lang"].decode() for r in rows} == set(sw.QUERY_LANGS)
+    assert {int(r["intent_label"]) for r in rows} == set(range(len(sw.INTENTS)))
