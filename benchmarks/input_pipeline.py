@@ -4,8 +4,10 @@ In one process, on this machine's CPU, with the shapes of ``make demo``
 (``experiments/gpt3/shop_tiny.gin``: tiny GPT-3, vocabulary 1024, global batch 16 x 128,
 packed):
 
-1. the pipeline alone: a warm ``get_batch_iterator("gpt3_shoplm_zh_v1", ...)`` producing
-   batches as fast as it can (examples/s, batches/s, ms per batch);
+1. the pipeline alone: a warm ``get_batch_iterator(TASK, ...)`` producing batches as fast as
+   it can (examples/s, ms per batch); TASK is ``shop_lm_zh_v1`` (reads the prepared
+   ``shop_world/text_zh`` TFDS files; prepared first if needed) or, with ``--task
+   gpt3_shoplm_zh_v1``, the task that generates the same documents on the fly;
 2. the train step alone: the jitted tiny GPT-3 step on one fixed, device-resident batch
    (ms per step, and the examples/s it consumes);
 3. the two together as the trainer runs them: ``next(iterator)`` then the step.
@@ -14,7 +16,7 @@ Printed: the pipeline's cost as a share of step time (1 / 2), and the wall-time 
 pipeline adds to the real loop ((3 - 2) / 3). On a 2-core machine both compete for the same
 cores, so (3) includes the contention. Not a test: timings live here only.
 
-    python benchmarks/input_pipeline.py [--batch 16 --length 128 --steps 200]
+    python benchmarks/input_pipeline.py [--task shop_lm_zh_v1] [--batch 16 --length 128]
 """
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ def _median_ms(fn, n: int) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--task", default="gpt3_shoplm_zh_v1")
+    ap.add_argument("--task", default="shop_lm_zh_v1",
+                    help="shop_lm_zh_v1 reads the prepared shop_world TFDS files; "
+                         "gpt3_shoplm_zh_v1 generates the same text on the fly")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--steps", type=int, default=200)
