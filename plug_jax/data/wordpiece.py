@@ -402,3 +402,53 @@ def detokenize(tokens: Sequence[str]) -> str:
         out.append(tok)
         prev = tok
     return "".join(out)
+
+
+# ------------------------------------------------------------------ Shop World vocab.txt
+SHOP_WORLD_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def shop_world_vocab_lines(seed: int = 0) -> list[str]:
+    """A character-level Chinese WordPiece vocabulary for Shop World (BERT-Chinese style).
+
+    Specials, then every character of the zh training corpus (in first-seen order, so the
+    file is identical on every machine), then the lower-cased English words of the en
+    corpus and ``##`` continuation pieces of their characters (digits included), so English
+    and numbers inside Chinese text also encode without ``[UNK]``.
+    """
+    from plug_jax.data import vocab as sp_vocab  # noqa: PLC0415  (the fixed corpora)
+    lines, seen = list(SHOP_WORLD_SPECIALS), set(SHOP_WORLD_SPECIALS)
+
+    def add(tok: str) -> None:
+        if tok and tok not in seen:
+            seen.add(tok)
+            lines.append(tok)
+
+    for text in sp_vocab.training_corpus(seed, "zh"):
+        for tok in basic_tokenize(text, do_lower_case=True):
+            if len(tok) == 1:
+                add(tok)
+            else:  # latin words and numbers inside Chinese text: characters as pieces
+                add(tok[0])
+                for ch in tok[1:]:
+                    add("##" + ch)
+    for text in sp_vocab.training_corpus(seed, "en"):
+        for tok in basic_tokenize(text, do_lower_case=True):
+            add(tok)
+            add(tok[0])
+            for ch in tok[1:]:
+                add("##" + ch)
+    return lines
+
+
+def shop_world_wordpiece(seed: int = 0, cache_dir: Optional[str] = None,
+                         **kwargs) -> "WordPieceVocabulary":
+    """``WordPieceVocabulary`` over the Shop World ``vocab.txt``, written once to the cache."""
+    from plug_jax.data import vocab as sp_vocab  # noqa: PLC0415
+    lines = shop_world_vocab_lines(seed)
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    path = sp_vocab.default_cache_dir(cache_dir) / "vocab" / f"shop_world_wordpiece_{digest}.txt"
+    if not path.exists():
+        sp_vocab._write_once(path, data)
+    return WordPieceVocabulary(str(path), **kwargs)

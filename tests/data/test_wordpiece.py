@@ -143,3 +143,18 @@ def test_bad_vocab_file(tmp_path, lines, match):
     with pytest.raises(ValueError, match=match) as info:
         WordPieceVocabulary(path)
     assert "\n" not in str(info.value)
+
+
+def test_shop_world_character_vocabulary_covers_the_world(tmp_path):
+    from plug_jax.data import shop_world as sw
+    from plug_jax.data import wordpiece as wp
+    v = wp.shop_world_wordpiece(cache_dir=str(tmp_path), pad_to_multiple_of=128)
+    assert v.vocab_size % 128 == 0 and v.pad_id == 0 and v.mask_id == 4
+    for lang in ("zh", "en"):
+        for i in range(20):
+            doc = sw.lm_document(0, "test", i, lang)
+            ids = v.encode(doc)
+            assert v.unk_id not in ids, doc
+    zh = sw.lm_document(0, "test", 0, "zh").split("\n")[1]
+    assert len(v.encode(zh[:10])) == len(zh[:10].replace(" ", ""))  # one id per character
+    assert wp.shop_world_wordpiece(cache_dir=str(tmp_path)).vocab_size <= v.vocab_size
