@@ -90,22 +90,30 @@ def register_shoplm_task(name: str, lang: str = "zh", *, world_seed: int = WORLD
             "vocab": {k: v for k, v in vocab.spec.items() if k != "cache_dir"}}
 
     def build():
-        return seqio.TaskRegistry.add(
-            name,
-            source=shop_world_lm_source(lang, world_seed=world_seed, split_sizes=split_sizes),
-            preprocessors=[
-                functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
-                functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
-                seqio.CacheDatasetPlaceholder(),
-                seqio.preprocessors.append_eos_after_trim,
-            ],
-            output_features={
-                "targets": seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32),
-            },
-            shuffle_buffer_size=SHUFFLE_BUFFER_SIZE,
-        )
+        return add_lm_task(name, shop_world_lm_source(lang, world_seed=world_seed,
+                                                      split_sizes=split_sizes), "text", vocab)
 
     return registry.register_task(name, spec, build)
+
+
+def add_lm_task(name: str, source: seqio.DataSource, text_key: str,
+                vocab: seqio.Vocabulary) -> seqio.Task:
+    """``seqio.TaskRegistry.add`` of an LM task: ``source[text_key]`` tokenized as
+    ``targets`` with eos (the preprocessors every Shop World LM task uses)."""
+    return seqio.TaskRegistry.add(
+        name,
+        source=source,
+        preprocessors=[
+            functools.partial(seqio.preprocessors.rekey, key_map={"targets": text_key}),
+            functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+            seqio.CacheDatasetPlaceholder(),
+            seqio.preprocessors.append_eos_after_trim,
+        ],
+        output_features={
+            "targets": seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32),
+        },
+        shuffle_buffer_size=SHUFFLE_BUFFER_SIZE,
+    )
 
 
 SHOPLM_ZH = "gpt3_shoplm_zh_v1"

@@ -8,19 +8,15 @@ use (about 10 s per language) or ahead with ``make prepare``.
 """
 from __future__ import annotations
 
-import functools
-
 from plug_jax.data import configure_tensorflow
 
-tf = configure_tensorflow()
-
-import seqio  # noqa: E402
+configure_tensorflow()
 
 from plug_jax.data import registry  # noqa: E402
 from plug_jax.data.shop_world_tfds import VERSION, ShopWorldTfdsSource  # noqa: E402
 from plug_jax.data.vocab import ShopWorldVocabulary  # noqa: E402
 
-from .gpt3 import SHUFFLE_BUFFER_SIZE, WORLD_SEED  # noqa: E402
+from .gpt3 import WORLD_SEED, add_lm_task  # noqa: E402
 
 
 def register_tfds_lm_task(name: str, lang: str = "zh"):
@@ -29,19 +25,7 @@ def register_tfds_lm_task(name: str, lang: str = "zh"):
             "vocab": {k: v for k, v in vocab.spec.items() if k != "cache_dir"}}
 
     def build():
-        return seqio.TaskRegistry.add(
-            name,
-            source=ShopWorldTfdsSource(f"text_{lang}"),
-            preprocessors=[
-                functools.partial(seqio.preprocessors.rekey, key_map={"targets": "lm_document"}),
-                functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
-                seqio.CacheDatasetPlaceholder(),
-                seqio.preprocessors.append_eos_after_trim,
-            ],
-            output_features={
-                "targets": seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32)},
-            shuffle_buffer_size=SHUFFLE_BUFFER_SIZE,
-        )
+        return add_lm_task(name, ShopWorldTfdsSource(f"text_{lang}"), "lm_document", vocab)
 
     return registry.register_task(name, spec, build)
 

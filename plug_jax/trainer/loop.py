@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from plug_jax.convert.io import flatten_tree, unflatten_tree
 from plug_jax.partitioning import Partitioner, create_mesh
 from plug_jax.partitioning.mesh import mesh_shape
 from plug_jax.trainer import checkpointing as ckpt_lib
@@ -204,42 +205,21 @@ def _restore(checkpointer: ckpt_lib.TrainCheckpointer, step: int, builder: State
         raise ckpt_lib.CheckpointError(
             f"no parameter of {where} matches the model; fix: check the checkpoint path "
             f"and the model family / preset")
-    flat_abstract = {k: v for k, v in _flatten(builder.abstract["params"]).items() if k in matched}
-    target = {"params": _unflatten(flat_abstract)}
+    flat_abstract = {k: v for k, v in flatten_tree(builder.abstract["params"]).items()
+                     if k in matched}
+    target = {"params": unflatten_tree(flat_abstract)}
     if mode == "params_fresh_opt":
         target["step"] = builder.abstract["step"]
     out = checkpointer.restore(step, target, items=("state",), partial=True)["state"]
-    flat = _flatten(fresh["params"])
-    flat.update(_flatten(out["params"]))
+    flat = flatten_tree(fresh["params"])
+    flat.update(flatten_tree(out["params"]))
     arrays = dict(fresh)
-    arrays["params"] = _unflatten(flat)
+    arrays["params"] = unflatten_tree(flat)
     data_state = None
     if mode == "params_fresh_opt":
         arrays["step"] = out["step"]
         data_state = checkpointer.restore(step, None, items=("data",))["data"]
     return arrays, data_state
-
-
-def _flatten(tree: Mapping, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "/"))
-        else:
-            out[key] = v
-    return out
-
-
-def _unflatten(flat: Mapping) -> dict:
-    out: dict = {}
-    for key, v in flat.items():
-        node = out
-        *parents, last = key.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = v
-    return out
 
 
 # ---------------------------------------------------------------------- train
