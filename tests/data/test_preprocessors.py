@@ -31,8 +31,11 @@ def _docs(num, seed=0, min_len=40, max_len=160, eos=True, high=VOCAB - 50):
 def _dataset(docs, key="targets", **extra):
     """``{key: int32[None], extra...: int32[None]}`` examples from lists of arrays."""
     def gen():
+        # Copies: tf.data may wrap a yielded numpy array without copying, and a TF kernel
+        # that forwards its input buffer would then overwrite the test's reference docs.
         for i, doc in enumerate(docs):
-            yield {key: doc, **{k: v[i] for k, v in extra.items()}}
+            yield {key: np.array(doc, copy=True),
+                   **{k: np.array(v[i], copy=True) for k, v in extra.items()}}
 
     spec = {k: tf.TensorSpec([None], tf.int32) for k in (key, *extra)}
     return tf.data.Dataset.from_generator(gen, output_signature=spec)
