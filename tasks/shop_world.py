@@ -25,7 +25,7 @@ def register_tfds_lm_task(name: str, lang: str = "zh"):
             "vocab": {k: v for k, v in vocab.spec.items() if k != "cache_dir"}}
 
     def build():
-        return add_lm_task(name, ShopWorldTfdsSource(f"text_{lang}"), "lm_document", vocab)
+        return add_lm_task(name, ShopWorldTfdsSource(f"text_{lang}", features=["lm_document"]), "lm_document", vocab)
 
     return registry.register_task(name, spec, build)
 

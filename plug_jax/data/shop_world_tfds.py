@@ -349,11 +349,15 @@ class ShopWorldTfdsSource(seqio.TfdsDataSource):
     ``PLUG_JAX_CACHE`` set after import is honoured.
     """
 
-    def __init__(self, config: str, path: Optional[str] = None):
+    def __init__(self, config: str, path: Optional[str] = None,
+                 features: Optional[Sequence[str]] = None):
         _check_config(config)
         self._shop_config, self._shop_path, self._shop_ready = config, path, False
+        decoders = None
+        if features is not None:  # read only these features (TFDS partial decoding)
+            decoders = tfds.decode.PartialDecoding({name: True for name in features})
         super().__init__(tfds_name=f"shop_world/{config}:{VERSION}",
-                         splits=tuple(CONFIG_SPECS[config].split_sizes))
+                         splits=tuple(CONFIG_SPECS[config].split_sizes), decoders=decoders)
 
     def _ensure(self) -> None:
         if not self._shop_ready:
