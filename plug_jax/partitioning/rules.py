@@ -14,6 +14,17 @@ Presets (chosen in gin by name):
 * ``tp``      -- Megatron-style tensor parallelism over ``model``: heads, MLP
                  hidden and vocab sharded; ``embed`` replicated.
 * ``fsdp_tp`` -- both of the above.
+* ``ep_fsdp_tp`` -- ``fsdp_tp`` plus expert parallelism: MoE expert weights and
+                 the expert dimension of dispatched activations over ``expert``.
+* ``ep_dp``   -- ``dp`` plus expert parallelism over ``expert``.
+
+MoE names (see docs/moe.md): expert weights are ``(expert, expert_embed,
+expert_mlp)``; ``expert_embed`` follows ``embed`` (``fsdp`` in the FSDP presets)
+and ``expert_mlp`` follows ``mlp`` (``model`` in the TP presets). ``expert`` and
+``act_expert`` are replicated except in the ``ep_*`` presets. ``act_expert_group``
+(routing groups) follows the batch, ``(data, fsdp, expert)``, and falls back to
+``(data, fsdp)`` when ``expert`` already holds the expert dimension of the same
+array; ``act_capacity`` is replicated.
 
 In every preset the batch is split over ``(data, fsdp, expert)``.
 """
@@ -27,11 +38,18 @@ Rules = tuple[tuple[str, object], ...]
 
 _BATCH = ("data", "fsdp", "expert")
 
+# Routing groups of MoE dispatch follow the batch; when 'expert' already holds
+# the expert dimension of the same array (EP presets) they fall back to the rest.
+_EXPERT_GROUP: Rules = (
+    (A.ACT_EXPERT_GROUP, _BATCH),
+    (A.ACT_EXPERT_GROUP, ("data", "fsdp")),
+)
+
 # Axes that are never sharded by the presets in this module.
 _REPLICATED = (
     A.LAYERS, A.NORM, A.KV, A.RELPOS_BUCKETS, A.PATCH, A.CHANNELS, A.FRAMES,
     A.ACT_LENGTH, A.ACT_KV_LENGTH, A.ACT_EMBED, A.ACT_KV, A.ACT_IMAGE_TOKENS,
-    A.ACT_FRAMES,
+    A.ACT_FRAMES, A.ACT_CAPACITY,
 )
 
 
@@ -41,17 +59,20 @@ def _replicated(*extra: str) -> Rules:
 
 DP: Rules = (
     (A.ACT_BATCH, _BATCH),
-) + _replicated(
+) + _EXPERT_GROUP + _replicated(
     A.VOCAB, A.EMBED, A.MLP, A.HEADS, A.KV_HEADS, A.JOINED_KV,
     A.ACT_MLP, A.ACT_HEADS, A.ACT_KV_HEADS, A.ACT_VOCAB,
+    A.EXPERT, A.EXPERT_EMBED, A.EXPERT_MLP, A.ACT_EXPERT,
 )
 
 FSDP: Rules = (
     (A.ACT_BATCH, _BATCH),
     (A.EMBED, "fsdp"),
-) + _replicated(
+    (A.EXPERT_EMBED, "fsdp"),
+) + _EXPERT_GROUP + _replicated(
     A.VOCAB, A.MLP, A.HEADS, A.KV_HEADS, A.JOINED_KV,
     A.ACT_MLP, A.ACT_HEADS, A.ACT_KV_HEADS, A.ACT_VOCAB,
+    A.EXPERT, A.EXPERT_MLP, A.ACT_EXPERT,
 )
 
 TP: Rules = (
@@ -65,7 +86,8 @@ TP: Rules = (
     (A.ACT_HEADS, "model"),
     (A.ACT_KV_HEADS, "model"),
     (A.ACT_VOCAB, "model"),
-) + _replicated(A.EMBED)
+    (A.EXPERT_MLP, "model"),
+) + _EXPERT_GROUP + _replicated(A.EMBED, A.EXPERT, A.EXPERT_EMBED, A.ACT_EXPERT)
 
 FSDP_TP: Rules = (
     (A.ACT_BATCH, _BATCH),
@@ -79,13 +101,27 @@ FSDP_TP: Rules = (
     (A.ACT_HEADS, "model"),
     (A.ACT_KV_HEADS, "model"),
     (A.ACT_VOCAB, "model"),
-) + _replicated()
+    (A.EXPERT_EMBED, "fsdp"),
+    (A.EXPERT_MLP, "model"),
+) + _EXPERT_GROUP + _replicated(A.EXPERT, A.ACT_EXPERT)
+
+
+def _with_expert_parallelism(rules: Rules) -> Rules:
+    """``rules`` with ``expert``/``act_expert`` over mesh ``expert`` (first match wins)."""
+    return ((A.EXPERT, "expert"), (A.ACT_EXPERT, "expert")) + tuple(
+        r for r in rules if r[0] not in (A.EXPERT, A.ACT_EXPERT))
+
+
+EP_FSDP_TP: Rules = _with_expert_parallelism(FSDP_TP)
+EP_DP: Rules = _with_expert_parallelism(DP)
 
 PRESETS: dict[str, Rules] = {
     "dp": DP,
     "fsdp": FSDP,
     "tp": TP,
     "fsdp_tp": FSDP_TP,
+    "ep_fsdp_tp": EP_FSDP_TP,
+    "ep_dp": EP_DP,
 }
 
 

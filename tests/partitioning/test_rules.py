@@ -83,3 +83,55 @@ def test_unknown_names_replicated_and_first_free_match():
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown partitioning rule preset 'nope'"):
         get_rules("nope")
+
+
+# ------------------------------------------------------------------- MoE names
+
+MOE_WEIGHT = ("expert", "expert_embed", "expert_mlp")
+MOE_ACT = ("act_expert", "act_expert_group", "act_capacity", "act_embed")
+EXPECTED_MOE = {
+    # preset: (expert weight [E, d, h], dispatched activation [E, G, C, d])
+    "dp": ((None, None, None), (None, BATCH, None, None)),
+    "fsdp": ((None, "fsdp", None), (None, BATCH, None, None)),
+    "tp": ((None, None, "model"), (None, BATCH, None, None)),
+    "fsdp_tp": ((None, "fsdp", "model"), (None, BATCH, None, None)),
+    "ep_fsdp_tp": (("expert", "fsdp", "model"), ("expert", ("data", "fsdp"), None, None)),
+    "ep_dp": (("expert", None, None), ("expert", ("data", "fsdp"), None, None)),
+}
+
+
+def test_ep_presets_registered():
+    assert {"ep_fsdp_tp", "ep_dp"} <= set(PRESETS)
+    assert set(EXPECTED_MOE) == set(PRESETS)
+
+
+@pytest.mark.parametrize("preset", sorted(EXPECTED_MOE))
+def test_moe_axes(preset):
+    rules = get_rules(preset)
+    weight, act = EXPECTED_MOE[preset]
+    assert logical_to_mesh_axes(MOE_WEIGHT, rules) == weight
+    assert logical_to_mesh_axes(("expert", "expert_mlp", "expert_embed"), rules) == (
+        weight[0], weight[2], weight[1])
+    assert logical_to_mesh_axes(MOE_ACT, rules) == act
+    # Routing groups before dispatch follow the batch; expert_embed follows embed.
+    assert tuple(one("act_expert_group", rules)) == BATCH
+    assert one("expert_embed", rules) == one("embed", rules)
+    assert one("expert_mlp", rules) == one("mlp", rules)
+
+
+@pytest.mark.parametrize("base, ep", [("fsdp_tp", "ep_fsdp_tp"), ("dp", "ep_dp")])
+def test_ep_presets_only_add_expert_parallelism(base, ep):
+    base_rules, ep_rules = get_rules(base), get_rules(ep)
+    for name in axes.ALL_AXES:
+        if name in ("expert", "act_expert"):
+            assert one(name, base_rules) is None
+            assert one(name, ep_rules) == "expert"
+        else:
+            assert one(name, ep_rules) == one(name, base_rules), name
+
+
+def test_every_axis_has_a_rule_in_every_preset():
+    for preset, rules in PRESETS.items():
+        named = {r[0] for r in rules}
+        missing = [a for a in axes.ALL_AXES if a not in named]
+        assert not missing, (preset, missing)
