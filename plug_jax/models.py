@@ -16,6 +16,7 @@ Batches use seqio's decoder feature names: ``decoder_input_tokens``,
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import jax
@@ -54,9 +55,35 @@ class DecoderOnlyLM:
             deterministic=deterministic, rngs=rngs)
 
     def loss_sums(self, params, batch: dict, rng=None, deterministic: bool = False):
-        logits = self.logits(params, batch, rng, deterministic)
-        return losses.cross_entropy_sums(logits, batch["decoder_target_tokens"],
+        """Summed cross-entropy terms (``loss``, ``z_loss``, ``correct``, ``weight``).
+
+        A mixture-of-experts network also gives, weighted by ``weight`` so that sums over
+        microbatches and eval batches stay additive: ``aux_loss/<name>`` (the sown auxiliary
+        loss summed over MoE layers; the train step adds it to the objective with its gin
+        factor) and per-layer ``moe/<name>`` arrays (``[moe_layers]`` losses and drop
+        fraction, ``[moe_layers, experts]`` share of token assignments per expert).
+        """
+        if not getattr(self.config, "num_experts", 0):
+            logits = self.logits(params, batch, rng, deterministic)
+            return losses.cross_entropy_sums(logits, batch["decoder_target_tokens"],
+                                             batch.get("decoder_loss_weights"), self.z_loss)
+        rngs = None if deterministic or rng is None else {"dropout": rng}
+        logits, sown = self.module.apply(
+            {"params": params}, batch["decoder_input_tokens"],
+            positions=batch.get("decoder_positions"),
+            segment_ids=batch.get("decoder_segment_ids"),
+            deterministic=deterministic, rngs=rngs, mutable=list(SOWN_COLLECTIONS))
+        sums = losses.cross_entropy_sums(logits, batch["decoder_target_tokens"],
                                          batch.get("decoder_loss_weights"), self.z_loss)
+        w = sums["weight"]
+        for name, per_layer in collect_sown(sown.get("aux_loss", {})).items():
+            sums[f"aux_loss/{name}"] = jnp.sum(per_layer) * w
+            sums[f"moe/{name}"] = per_layer * w
+        for name, per_layer in collect_sown(sown.get("moe_metrics", {})).items():
+            if per_layer.ndim == 2:  # counts per expert -> share of the layer's assignments
+                per_layer = per_layer / jnp.maximum(per_layer.sum(-1, keepdims=True), 1.0)
+            sums[f"moe/{name}"] = per_layer * w
+        return sums
 
     # ------------------------------------------------------------------- flops
     def flops_per_token(self, seq_len: int) -> float:
@@ -79,6 +106,36 @@ class DecoderOnlyLM:
             "param_dtype": str(getattr(cfg, "param_dtype", "")),
             "config": dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else repr(cfg),
         }
+
+
+# Flax collections that MoE layers sow into (``MoeLayer``): auxiliary losses and routing
+# statistics, one entry per MoE layer.
+SOWN_COLLECTIONS = ("aux_loss", "moe_metrics")
+
+
+def _natural_key(path: tuple) -> tuple:
+    out = []
+    for part in path:
+        name = str(getattr(part, "key", getattr(part, "idx", part)))
+        out.append(tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)))
+    return tuple(out)
+
+
+def collect_sown(tree) -> dict[str, jax.Array]:
+    """``{leaf name: [num_layers, ...] array}`` from a sown collection, in layer order.
+
+    Values sown inside a scanned layer stack already carry a leading layers axis; values of
+    an unrolled stack (``layers_0``, ``layers_1``, ...) are stacked here in numeric order.
+    """
+    by_name: dict[str, list] = {}
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    for path, value in sorted(leaves, key=lambda pv: _natural_key(pv[0])):
+        names = [str(p.key) for p in path if hasattr(p, "key")]
+        value = jnp.asarray(value, jnp.float32)
+        if "layers" not in names:  # unscanned: one layer's value
+            value = value[None]
+        by_name.setdefault(names[-1], []).append(value)
+    return {n: jnp.concatenate(vs, axis=0) for n, vs in by_name.items()}
 
 
 def gpt3(preset: str = "tiny", **overrides) -> DecoderOnlyLM:

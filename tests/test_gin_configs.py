@@ -37,7 +37,8 @@ def test_every_gin_file_parses(path):
     assert gin.config_str()
 
 
-@pytest.mark.parametrize("preset", ["tiny", "base", "large", "1.3B", "2.7B", "13B", "30B", "175B"])
+@pytest.mark.parametrize("preset", ["tiny", "base", "large", "1.3B", "2.7B", "13B", "30B", "175B",
+                                    "tiny-moe", "0.35B-MoE-64", "1.3B-MoE-32"])
 def test_model_gin_equals_preset(preset):
     gin_utils.parse_gin([f"models/gpt3/{preset}.gin"], [], [ROOT])
     model = gin.query_parameter("%MODEL").scoped_configurable_fn()

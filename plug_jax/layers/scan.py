@@ -63,7 +63,8 @@ class LayerStack(nn.Module):
         if self.scan:
             scanned = nn.scan(
                 cls,
-                variable_axes={"params": 0, "cache": 1, "intermediates": 0},
+                variable_axes={"params": 0, "cache": 1, "intermediates": 0, "aux_loss": 0,
+                               "moe_metrics": 0},
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast,) * len(args),
                 length=self.num_layers,

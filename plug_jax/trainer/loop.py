@@ -258,6 +258,7 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
           metric_writer: Any = None, config_text: Callable[[], str] | str = "",
           on_start: Callable[[str], None] | None = None,
           extra_metadata: Mapping | None = None, eval_baseline: bool = False,
+          aux_loss_factors: Mapping[str, float] | None = None,
           nan_at_steps: Sequence[int] = ()) -> dict:
     """Trains ``model`` and returns ``{'step', 'final_eval', 'stopped'}``.
 
@@ -286,6 +287,9 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
       eval_baseline: with evaluation, also score a unigram model (train-split token
         frequencies) on the same eval batches and print it beside each evaluation: the
         loss / accuracy that a model which learned nothing beyond frequencies reaches.
+      aux_loss_factors: weights of the auxiliary losses the network sows (MoE load balance
+        and router z-loss), added to the objective by the train step; ``None`` gives
+        ``plug_jax.trainer.step.DEFAULT_AUX_LOSS_FACTORS``.
       nan_at_steps: testing aid: the loss of these steps is made NaN (never set in runs).
     """
     _check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
@@ -373,7 +377,7 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
          f"{dict(part.mesh.shape)} rules {mesh.rules!r}; batch {batch} x {length} tokens, "
          f"{k} microbatch(es); steps {start} -> {train_steps}; MFU vs {peak_note}")
 
-    train_step = make_train_step(model, k, schedule)
+    train_step = make_train_step(model, k, schedule, aux_loss_factors)
     if nan_at_steps:
         bad = jnp.asarray(sorted(nan_at_steps), jnp.int32)
         inner = train_step
@@ -493,7 +497,9 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
                 else:
                     dt = max(now - t_window, 1e-9)
                 tok_s = steps_window * batch * length / dt
-                row = {k_: float(v) for k_, v in metrics.items() if k_ not in ("skipped",)}
+                # Scalars as floats; per-layer MoE statistics as (nested) lists.
+                row = {k_: float(v) if np.ndim(v) == 0 else np.asarray(v).tolist()
+                       for k_, v in metrics.items() if k_ not in ("skipped",)}
                 row.update(tokens_per_sec=tok_s, steps_per_sec=steps_window / dt,
                            mfu=flops_per_step * steps_window / dt / peak_flops,
                            skipped_steps=skipped)

@@ -14,7 +14,7 @@
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -32,15 +32,47 @@ def _split(batch: dict, k: int) -> dict:
     return jax.tree_util.tree_map(leaf, batch)
 
 
+# Default weights of the auxiliary losses a network sows (mixture of experts): Switch /
+# GShard / DeepSpeed-MoE use 0.01 for load balancing; the router z-loss (ST-MoE) 0.001.
+DEFAULT_AUX_LOSS_FACTORS = {"load_balance_loss": 0.01, "router_z_loss": 0.001}
+_CE_KEYS = ("loss", "z_loss", "correct", "weight")
+
+
+def aux_objective(sums: dict, factors: Mapping[str, float]) -> jax.Array:
+    """``sum_n factor_n * sums['aux_loss/' + n]`` over the auxiliary losses present.
+
+    An auxiliary loss without a factor is an error (it would silently not be trained).
+    """
+    total = jnp.zeros((), jnp.float32)
+    for key, value in sums.items():
+        if not key.startswith("aux_loss/"):
+            continue
+        name = key[len("aux_loss/"):]
+        if name not in factors:
+            raise ValueError(f"the model sows auxiliary loss {name!r} but aux_loss_factors "
+                             f"{dict(factors)} has no factor for it; fix: bind "
+                             f"aux_loss_factors with a {name!r} entry (0.0 to ignore it)")
+        total = total + float(factors[name]) * value
+    return total
+
+
 def make_train_step(model, num_microbatches: int = 1,
-                    learning_rate_fn: Callable | None = None) -> Callable:
-    """Builds ``train_step(state, batch, rng) -> (state, metrics)`` (not yet jitted)."""
+                    learning_rate_fn: Callable | None = None,
+                    aux_loss_factors: Mapping[str, float] | None = None) -> Callable:
+    """Builds ``train_step(state, batch, rng) -> (state, metrics)`` (not yet jitted).
+
+    ``aux_loss_factors`` weights the auxiliary losses the network sows (``aux_loss/<name>``
+    sums of :meth:`loss_sums`); the objective is cross-entropy + z-loss + their weighted
+    sum. ``metrics['loss']`` stays the cross-entropy alone; each auxiliary loss and MoE
+    statistic is reported as its per-token mean under its own key.
+    """
     k = int(num_microbatches or 1)
+    factors = dict(DEFAULT_AUX_LOSS_FACTORS if aux_loss_factors is None else aux_loss_factors)
 
     def sums_and_grads(params, mb, rng):
         def f(p):
             sums = model.loss_sums(p, mb, rng, deterministic=False)
-            return sums["loss"], sums
+            return sums["loss"] + aux_objective(sums, factors), sums
         (_, sums), grads = jax.value_and_grad(f, has_aux=True)(params)
         return sums, grads
 
@@ -59,8 +91,11 @@ def make_train_step(model, num_microbatches: int = 1,
                         jax.tree_util.tree_map(jnp.add, acc_g, g)), None
 
             zero_g = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-            zero_s = {n: jnp.zeros((), jnp.float32)
-                      for n in ("loss", "z_loss", "correct", "weight")}
+            first = jax.tree_util.tree_map(lambda x: x[0], mbs)
+            zero_s = jax.tree_util.tree_map(
+                lambda a: jnp.zeros(a.shape, a.dtype),
+                jax.eval_shape(lambda p, b: model.loss_sums(p, b, rng, deterministic=False),
+                               state.params, first))
             (sums, grads), _ = jax.lax.scan(body, (zero_s, zero_g), (jnp.arange(k), mbs))
         denom = jnp.maximum(sums["weight"], 1.0)
         grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
@@ -81,6 +116,7 @@ def make_train_step(model, num_microbatches: int = 1,
             "tokens": sums["weight"],
             "skipped": (~ok).astype(jnp.int32),
         }
+        metrics.update({n: v / denom for n, v in sums.items() if n not in _CE_KEYS})
         if learning_rate_fn is not None:
             metrics["learning_rate"] = learning_rate_fn(state.step)
         return new_state, metrics
@@ -98,7 +134,13 @@ def make_eval_step(model) -> Callable:
 def finalize_eval(sums: dict[str, Any]) -> dict[str, float]:
     """Loss, perplexity and token accuracy from summed eval outputs."""
     import math
+    import numpy as np
     w = max(float(sums["weight"]), 1.0)
     loss = float(sums["loss"]) / w
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-            "accuracy": float(sums["correct"]) / w, "tokens": float(sums["weight"])}
+    out = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+           "accuracy": float(sums["correct"]) / w, "tokens": float(sums["weight"])}
+    for name, value in sums.items():  # auxiliary losses and MoE statistics: per-token means
+        if name not in _CE_KEYS:
+            value = np.asarray(value, np.float64) / w
+            out[name] = float(value) if value.ndim == 0 else value.tolist()
+    return out

@@ -38,6 +38,20 @@ class GPT3Config:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
+    # Mixture of experts (ModelScope GPT-MoE layout); num_experts = 0 is the dense model.
+    # The MoE FFN replaces the dense FFN in layers moe_every_n, 2 * moe_every_n, ...
+    # (1-based; GPT-MoE: every second layer), see plug_jax/layers/moe and docs/moe.md.
+    num_experts: int = 0
+    moe_every_n: int = 2
+    moe_top_k: int = 1
+    moe_router: str = "topk"  # or 'prototype' (M6-T expert prototyping, top_k groups)
+    moe_impl: str = "capacity"  # or 'dropless'
+    moe_train_capacity_factor: float = 1.0
+    moe_eval_capacity_factor: float = 1.0
+    moe_min_capacity: int = 1
+    moe_group_size: int | None = None  # tokens per routing group (None: one batch row)
+    moe_jitter_noise: float = 0.0
+    moe_ffn_size: int | None = None  # default: the dense FFN size
     preset: str = "custom"
 
     def __post_init__(self):
@@ -52,11 +66,35 @@ class GPT3Config:
             raise ValueError(f"GPT3Config: unknown activation {self.activation!r}; choose one "
                              f"of {sorted(ACTIVATIONS)}")
         check_remat_policy(self.remat_policy)
+        if self.num_experts < 0:
+            raise ValueError(f"GPT3Config: num_experts must be >= 0, got {self.num_experts}")
+        if self.num_experts:
+            if self.moe_every_n < 1 or self.num_layers % self.moe_every_n:
+                raise ValueError(
+                    f"GPT3Config: num_layers {self.num_layers} is not a multiple of moe_every_n "
+                    f"{self.moe_every_n}; fix: choose moe_every_n dividing the layer count")
+            if self.moe_top_k not in (1, 2) or self.moe_top_k > self.num_experts:
+                raise ValueError(f"GPT3Config: moe_top_k must be 1 or 2 (and <= num_experts), "
+                                 f"got {self.moe_top_k}")
+            if self.moe_router not in ("topk", "prototype"):
+                raise ValueError(f"GPT3Config: unknown moe_router {self.moe_router!r}; choose "
+                                 f"'topk' or 'prototype'")
+            if self.moe_impl not in ("capacity", "dropless"):
+                raise ValueError(f"GPT3Config: unknown moe_impl {self.moe_impl!r}; choose "
+                                 f"'capacity' or 'dropless'")
 
     # Derived sizes.
     @property
     def mlp_dim(self) -> int:
         return self.ffn_size or 4 * self.hidden_size
+
+    @property
+    def moe_mlp_dim(self) -> int:
+        return self.moe_ffn_size or self.mlp_dim
+
+    @property
+    def num_moe_layers(self) -> int:
+        return self.num_layers // self.moe_every_n if self.num_experts else 0
 
     @property
     def kv_dim(self) -> int:
@@ -89,6 +127,14 @@ def _published(layers: int, heads: int, d_model: int) -> GPT3Config:
                       ffn_size=4 * d_model)
 
 
+def _gpt_moe(dense: GPT3Config, experts: int) -> GPT3Config:
+    """ModelScope GPT-MoE (MODEL_SPECS.md section 3): the dense size with a top-1 MoE FFN in
+    every second layer, capacity factor 1.0 in training and evaluation, min capacity 1."""
+    return dataclasses.replace(dense, num_experts=experts, moe_every_n=2, moe_top_k=1,
+                               moe_train_capacity_factor=1.0, moe_eval_capacity_factor=1.0,
+                               moe_min_capacity=1)
+
+
 # Published layer / head / width table (ModelScope Chinese GPT-3 model cards).
 PRESETS: dict[str, GPT3Config] = {
     "tiny": GPT3Config(vocab_size=1024, num_layers=2, num_heads=4, hidden_size=64,
@@ -101,5 +147,15 @@ PRESETS: dict[str, GPT3Config] = {
     "13B": _published(40, 40, 5120),
     "30B": _published(48, 56, 7168),
     "175B": _published(96, 96, 12288),
+    # ModelScope GPT-MoE checkpoints PAI/nlp_gpt3_text-generation_{0.35B_MoE-64,1.3B_MoE-32}:
+    # the name gives the dense (active) size; the expert count multiplies the MoE FFNs.
+    "0.35B-MoE-64": _gpt_moe(_published(24, 16, 1024), 64),
+    "1.3B-MoE-32": _gpt_moe(_published(24, 32, 2048), 32),
+    # Tiny MoE for tests and Shop World runs: 4 experts in layer 2 of 2.
+    "tiny-moe": GPT3Config(vocab_size=1024, num_layers=2, num_heads=4, hidden_size=64,
+                           ffn_size=256, max_position_embeddings=256, dropout_rate=0.0,
+                           attention_dropout_rate=0.0, num_experts=4, moe_every_n=2,
+                           moe_top_k=1, moe_train_capacity_factor=1.25,
+                           moe_eval_capacity_factor=2.0, moe_min_capacity=4),
 }
 PRESETS = {k: dataclasses.replace(v, preset=k) for k, v in PRESETS.items()}
