@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Parallel workers for the default test run (2 on the reference machine).
 TEST_WORKERS ?= 2
 
-.PHONY: install demo demo-core test test-slow bench prepare clean
+.PHONY: install demo demo-core test test-slow bench prepare scaling clean
 # Where `make demo` trains (kept between runs: a second `make demo` resumes / re-evaluates).
 DEMO_DIR ?= runs/shop_tiny
 DEMO_GIN := --gin_file=experiments/gpt3/shop_tiny.gin --gin.MODEL_DIR=$(DEMO_DIR)
@@ -51,6 +51,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/decode_vs_transformers.py
 	$(PY) benchmarks/train_vs_transformers.py
 	$(PY) benchmarks/input_pipeline.py
+
+# docs/scaling.md: plug-plan of every row of plug_jax.plan.ROWS (GPT-3 13B / 30B / 175B on
+# H100 and TPU pods), each compiled for its mesh of fake CPU devices (a few minutes on 2 cores).
+scaling: $(STAMP)
+	JAX_PLATFORMS=cpu $(PY) -m plug_jax.plan --table > docs/scaling.md.tmp
+	mv docs/scaling.md.tmp docs/scaling.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -66,6 +66,7 @@ setup(
             "plug-train=plug_jax.main:train_main",
             "plug-eval=plug_jax.main:eval_main",
             "plug-infer=plug_jax.main:infer_main",
+            "plug-plan=plug_jax.main:plan_main",
             "plug-tasks=plug_jax.data.registry:main",
         ],
     },

@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Sequence
 
-MODES = ("train", "eval", "infer")
+MODES = ("train", "eval", "infer", "plan")
 
 
 def _parser(prog: str, mode: str | None) -> argparse.ArgumentParser:
@@ -59,6 +59,9 @@ def _tensorboard_writer(model_dir: str):
 def run(argv: Sequence[str] | None = None, mode: str | None = None, prog: str = "plug_jax") -> int:
     from plug_jax import gin_utils
     argv = list(sys.argv[1:] if argv is None else argv)
+    from plug_jax import plan  # plug-plan has its own flags (--mesh, --hardware, --json)
+    if mode == "plan" or (mode is None and plan.wants_plan(argv)):
+        return plan.main(argv, prog="plug-plan" if mode == "plan" else prog)
     bindings, rest = gin_utils.split_gin_flags(argv)
     args = _parser(prog, mode).parse_args(rest)
     mode = mode or args.mode
@@ -113,6 +116,10 @@ def eval_main() -> int:
 
 def infer_main() -> int:
     return run(mode="infer", prog="plug-infer")
+
+
+def plan_main() -> int:
+    return run(mode="plan", prog="plug-plan")
 
 
 if __name__ == "__main__":
