@@ -11,6 +11,9 @@ t5x-style flags::
   then exits without running.
 * The operative config is written to ``MODEL_DIR/config.gin``.
 * ``plug-infer`` prints continuations of the gin-bound prompts (or ``--prompt`` flags).
+* Several processes: ``--coordinator_address``, ``--num_processes``, ``--process_id``
+  (or SLURM / Open MPI / Cloud TPU environment) start ``jax.distributed`` before any
+  device is used; see :mod:`plug_jax.distributed` and docs/launch.md.
 * A user error (unknown gin name, missing REQUIRED value, mesh vs. batch, a checkpoint
   of another model, a damaged checkpoint) prints one ``error:`` line and exits 2; nothing
   already in ``MODEL_DIR`` is removed.
@@ -40,6 +43,8 @@ def _parser(prog: str, mode: str | None) -> argparse.ArgumentParser:
                     help="print every gin binding and where it was set, then exit")
     ap.add_argument("--prompt", action="append", default=None,
                     help="(infer) a prompt; repeatable; overrides the gin-bound prompts")
+    from plug_jax import distributed
+    distributed.add_flags(ap)  # --coordinator_address, --num_processes, --process_id, ...
     return ap
 
 
@@ -48,7 +53,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from plug_jax.partitioning import MeshError, PartitioningError
     from plug_jax.trainer.checkpointing import CheckpointError
     from plug_jax.trainer.loop import TrainError
-    return (GinConfigError, MeshError, PartitioningError, CheckpointError, TrainError)
+    from plug_jax.distributed import DistributedError
+    return (GinConfigError, MeshError, PartitioningError, CheckpointError, TrainError,
+            DistributedError)
 
 
 def _tensorboard_writer(model_dir: str):
@@ -74,7 +81,11 @@ def run(argv: Sequence[str] | None = None, mode: str | None = None, prog: str = 
             return 0
         import gin
         from plug_jax.trainer import hardware, loop
-        peak = gin_utils.call_with_gin_errors(_configurable(hardware.hardware))
+        from plug_jax import distributed
+        cluster = distributed.initialize_from_args(args)  # before any device is touched
+        hw_kw = {"num_cpu_devices": args.num_cpu_devices} if args.num_cpu_devices else {}
+        peak = gin_utils.call_with_gin_errors(_configurable(hardware.hardware), **hw_kw)
+        distributed.print_summary(cluster)
         if mode == "train":
             out = gin_utils.call_with_gin_errors(
                 _configurable(loop.train), metric_writer=_tensorboard_writer,
@@ -89,8 +100,16 @@ def run(argv: Sequence[str] | None = None, mode: str | None = None, prog: str = 
             gin_utils.call_with_gin_errors(_configurable(loop.infer), **kw)
     except _user_errors() as e:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return _distributed().exit_now_if_multi_process(2)
+    except BaseException:  # several processes: do not wait for the others (docs/launch.md)
+        _distributed().exit_now_if_multi_process(1, print_traceback=True)
+        raise
     return 0
+
+
+def _distributed():
+    from plug_jax import distributed
+    return distributed
 
 
 def _configurable(fn):

@@ -115,6 +115,44 @@ def _batch_iterator(cfg: DatasetConfig, *, repeat: bool, start_step: int = 0,
         process_count=jax.process_count(), start_step=start_step)
 
 
+def _shard_batch(part: Partitioner, batch: dict) -> dict:
+    """This process's rows of a global batch -> global arrays with the batch sharding.
+
+    One process: ``part.shard_batch``. Several: the data iterator gives process ``p`` rows
+    ``p*B/P:(p+1)*B/P`` of global batch ``B``; those must be exactly the rows that the
+    process's devices hold under the batch sharding (true for meshes whose devices are
+    ordered by process, as ``create_mesh`` orders them), else the global batch would differ
+    from the one-process run.
+    """
+    if jax.process_count() == 1:
+        return part.shard_batch(batch)
+    out = {}
+    for name, x in batch.items():
+        x = np.asarray(x)
+        if x.ndim == 0 or (x.shape[0] * jax.process_count()) % part.batch_size_multiple:
+            return part.shard_batch(batch)  # raises the one-line shape error
+        shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+        sharding = part.data_sharding(x.ndim)
+        key = (shape, sharding)
+        if key not in _CHECKED_ROWS:
+            rows = sorted({idx[0].indices(shape[0])[:2]
+                           for idx in sharding.addressable_devices_indices_map(shape).values()})
+            lo, hi = rows[0][0], rows[-1][1]
+            want = (jax.process_index() * x.shape[0], (jax.process_index() + 1) * x.shape[0])
+            if (lo, hi) != want or any(a[1] < b[0] for a, b in zip(rows, rows[1:])):
+                raise TrainError(
+                    f"process {jax.process_index()} reads batch rows {want[0]}:{want[1]} but "
+                    f"its devices hold rows {rows} of the global batch under mesh "
+                    f"{dict(part.mesh.shape)}; fix: order the mesh devices by process (use "
+                    f"the dcn degrees for the process split)")
+            _CHECKED_ROWS.add(key)
+        out[name] = jax.make_array_from_process_local_data(sharding, x, shape)
+    return out
+
+
+_CHECKED_ROWS: set = set()
+
+
 def _dummy_batch(cfg: DatasetConfig) -> dict:
     length = int(cfg.task_feature_lengths["targets"])
     z = np.zeros((cfg.batch_size, length), np.int32)
@@ -240,6 +278,20 @@ class _Preemption:
     def _handler(self, signum, frame):
         del signum, frame
         self.requested = True
+
+    def stop_now(self, step: int, log_period: int) -> bool:
+        """Whether to save and stop after ``step``; with several processes all agree.
+
+        Processes may get the signal after different steps, so every ``min(log_period,
+        10)`` steps they exchange their flags (a tiny host all-gather) and stop together.
+        """
+        if jax.process_count() == 1:
+            return self.requested
+        if step % max(1, min(int(log_period or 1), 10)):
+            return False
+        from jax.experimental import multihost_utils
+        flags = multihost_utils.process_allgather(np.int32(self.requested))
+        return bool(np.max(flags))
 
     def __exit__(self, *exc):
         if self._old is not None:
@@ -407,7 +459,7 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
         for i, b in enumerate(it):
             if i >= eval_steps:
                 break
-            out = jax.device_get(eval_fn(state.params, part.shard_batch(b)))
+            out = jax.device_get(eval_fn(state.params, _shard_batch(part, b)))
             sums = out if sums is None else {n: sums[n] + out[n] for n in sums}
         if sums is None:
             raise TrainError(f"evaluation split {eval_dataset_cfg.split!r} of "
@@ -460,7 +512,7 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
         step = start
         while step < train_steps:
             stage_before = getattr(train_it, "stage", None)
-            b = part.shard_batch(next(train_it))
+            b = _shard_batch(part, next(train_it))
             if stage_before is not None and step > start and step in train_it.batch_boundaries:
                 _say(f"curriculum: step {step + 1} starts stage {stage_before} "
                      f"({train_it.curriculum.stages[stage_before].mixture_or_task_name})")
@@ -518,7 +570,7 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
                 final_eval = run_eval(step)
                 t_window += time.time() - t0  # keep eval out of the training speed
                 t_start += time.time() - t0
-            if preempt.requested:
+            if preempt.stop_now(step, log_period):
                 save(step, force=True)
                 checkpointer.wait()
                 _say(f"SIGTERM: saved checkpoint of step {step} in {checkpointer.directory}; "
@@ -574,7 +626,7 @@ def evaluate(*, model, model_dir: str, eval_dataset_cfg: DatasetConfig,
     for i, b in enumerate(it):
         if i >= eval_steps:
             break
-        out = jax.device_get(eval_fn(params, part.shard_batch(b)))
+        out = jax.device_get(eval_fn(params, _shard_batch(part, b)))
         sums = out if sums is None else {n: sums[n] + out[n] for n in sums}
     res = finalize_eval(sums)
     logger = MetricsLogger(model_dir, metric_writer)
@@ -601,6 +653,9 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
         params, step, _ = load_for_inference(model, model_dir, dataset_cfg, mesh)
     else:
         step = None
+    if jax.process_count() > 1:  # params sharded over processes: gather them
+        from jax.experimental import multihost_utils
+        params = multihost_utils.process_allgather(params, tiled=True)
     params = jax.device_get(params)
     step_fn, init_cache = model.decode_fns()
     encoded = [list(vocabulary.encode(p)) for p in prompts]
