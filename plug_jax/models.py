@@ -108,6 +108,60 @@ class DecoderOnlyLM:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class EncoderDecoderLM:
+    """Sequence-to-sequence model around an encoder-decoder family network (PLUG).
+
+    Batches use seqio's ``EncDecFeatureConverter`` names: ``encoder_input_tokens``,
+    ``decoder_input_tokens``, ``decoder_target_tokens``, ``decoder_loss_weights`` and, when
+    packed, ``{encoder,decoder}_segment_ids`` and ``{encoder,decoder}_positions``. Unpacked
+    encoder inputs mask their padding (id 0).
+    """
+
+    config: Any
+    family: str = "plug"
+    z_loss: float = 0.0
+
+    @property
+    def module(self):
+        if self.family == "plug":
+            from plug_jax.families.plug import PlugModel
+            return PlugModel(self.config)
+        raise ValueError(f"EncoderDecoderLM: unknown family {self.family!r}; fix: use 'plug'")
+
+    def init_params(self, rng, batch: dict):
+        enc, dec = batch["encoder_input_tokens"], batch["decoder_input_tokens"]
+        return self.module.init(rng, jnp.zeros(enc.shape, jnp.int32),
+                                jnp.zeros(dec.shape, jnp.int32))["params"]
+
+    def outputs(self, params, batch: dict, rng=None, deterministic: bool = True) -> dict:
+        rngs = None if deterministic or rng is None else {"dropout": rng}
+        enc = batch["encoder_input_tokens"]
+        enc_seg = batch.get("encoder_segment_ids")
+        if enc_seg is None:
+            enc_seg = (jnp.asarray(enc) > 0).astype(jnp.int32)
+        return self.module.apply(
+            {"params": params}, enc, batch["decoder_input_tokens"],
+            encoder_segment_ids=enc_seg,
+            decoder_segment_ids=batch.get("decoder_segment_ids"),
+            encoder_positions=batch.get("encoder_positions"),
+            decoder_positions=batch.get("decoder_positions"),
+            deterministic=deterministic, rngs=rngs)
+
+    def loss_sums(self, params, batch: dict, rng=None, deterministic: bool = False):
+        logits = self.outputs(params, batch, rng, deterministic)["logits"]
+        return losses.cross_entropy_sums(logits, batch["decoder_target_tokens"],
+                                         batch.get("decoder_loss_weights"), self.z_loss)
+
+    def flops_per_step(self, batch: int, lengths: dict) -> float:
+        from plug_jax.families.plug.flops import training_flops_per_example
+        return batch * training_flops_per_example(self.config, lengths["inputs"],
+                                                  lengths["targets"])
+
+    def metadata(self) -> dict:
+        return DecoderOnlyLM.metadata(self)  # same fields
+
+
 # Flax collections that MoE layers sow into (``MoeLayer``): auxiliary losses and routing
 # statistics, one entry per MoE layer.
 SOWN_COLLECTIONS = ("aux_loss", "moe_metrics")

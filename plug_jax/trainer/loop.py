@@ -60,6 +60,9 @@ class DatasetConfig:
     shuffle: bool = True
     seed: int = 0
     pack: bool = True
+    # seqio feature converter: 'decoder' (decoder-only LM), 'encdec' (encoder-decoder:
+    # PALM, PLUG; lengths {'inputs', 'targets'}) or 'prefix_lm'.
+    converter: str = "decoder"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,12 +110,15 @@ def _batch_iterator(cfg: DatasetConfig, *, repeat: bool, start_step: int = 0,
             cfg.batch_size, total_examples=total_examples,
             shuffle=cfg.shuffle if shuffle is None else shuffle, seed=cfg.seed, pack=cfg.pack,
             process_index=jax.process_index(), process_count=jax.process_count(),
-            start_step=start_step)
+            start_step=start_step, converter=cfg.converter)
+    name = cfg.mixture_or_task_name
+    if curriculum.is_curriculum(name):  # evaluation of a curriculum: its final stage's data
+        name = curriculum.get_curriculum(name).stages[-1].mixture_or_task_name
     return get_batch_iterator(
-        cfg.mixture_or_task_name, dict(cfg.task_feature_lengths), split or cfg.split,
+        name, dict(cfg.task_feature_lengths), split or cfg.split,
         cfg.batch_size, shuffle=cfg.shuffle if shuffle is None else shuffle, seed=cfg.seed,
         repeat=repeat, pack=cfg.pack, process_index=jax.process_index(),
-        process_count=jax.process_count(), start_step=start_step)
+        process_count=jax.process_count(), start_step=start_step, converter=cfg.converter)
 
 
 def _shard_batch(part: Partitioner, batch: dict) -> dict:
@@ -153,11 +159,32 @@ def _shard_batch(part: Partitioner, batch: dict) -> dict:
 _CHECKED_ROWS: set = set()
 
 
+def model_feature_lengths(cfg: DatasetConfig) -> dict[str, int]:
+    """Model feature -> length for ``cfg.converter`` (seqio's converters, packed layout),
+    without importing the data layer (used for abstract shapes and ``plug-plan``)."""
+    lengths = {k: int(v) for k, v in cfg.task_feature_lengths.items()}
+    decoder = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+               "decoder_segment_ids", "decoder_positions")
+    if cfg.converter == "decoder":
+        return dict.fromkeys(decoder, lengths["targets"])
+    if cfg.converter == "prefix_lm":
+        return dict.fromkeys(decoder, lengths["inputs"] + lengths["targets"])
+    if cfg.converter == "encdec":
+        if "inputs" not in lengths:
+            raise TrainError(f"converter 'encdec' needs an 'inputs' length in "
+                             f"task_feature_lengths {lengths}; fix: e.g. "
+                             f"{{'inputs': 512, 'targets': 128}}")
+        out = dict.fromkeys(("encoder_input_tokens", "encoder_segment_ids",
+                             "encoder_positions"), lengths["inputs"])
+        out.update(dict.fromkeys(decoder, lengths["targets"]))
+        return out
+    raise TrainError(f"unknown converter {cfg.converter!r}; use 'decoder', 'encdec' or "
+                     f"'prefix_lm'")
+
+
 def _dummy_batch(cfg: DatasetConfig) -> dict:
-    length = int(cfg.task_feature_lengths["targets"])
-    z = np.zeros((cfg.batch_size, length), np.int32)
-    return {"decoder_input_tokens": z, "decoder_target_tokens": z,
-            "decoder_loss_weights": z, "decoder_segment_ids": z, "decoder_positions": z}
+    return {name: np.zeros((cfg.batch_size, n), np.int32)
+            for name, n in model_feature_lengths(cfg).items()}
 
 
 def _vocab_fingerprint(cfg: DatasetConfig) -> str | None:
@@ -419,7 +446,10 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
         metric_writer = metric_writer(model_dir) if jax.process_index() == 0 else None
     logger = MetricsLogger(model_dir, metric_writer)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
-    flops_per_step = model.flops_per_token(length) * batch * length
+    if hasattr(model, "flops_per_step"):  # encoder-decoder: both lengths matter
+        flops_per_step = model.flops_per_step(batch, dict(train_dataset_cfg.task_feature_lengths))
+    else:
+        flops_per_step = model.flops_per_token(length) * batch * length
     if peak_flops is None:
         peak_flops = measure_matmul_flops()
         peak_note = f"measured float32 matmul rate {peak_flops / 1e9:.1f} GFLOP/s"

@@ -1,0 +1,113 @@
+"""``PlugConfig``: PLUG (27B) = a pre-LN StructBERT encoder + a plugged PALM decoder.
+
+Published shape (MODEL_SPECS.md section 3, [V-code] ``PLUG/generate_plug.py`` and ModelScope
+``nlp/plug/configuration.py``): 24 encoder layers and 6 decoder layers, hidden 8192, 128
+heads (head dim 64), FFN 32768, the 21128-entry BERT-Chinese WordPiece vocabulary padded to
+21504 (a multiple of 128 x 8 model-parallel ranks), 2048 positions, 3 token types, pre-LN
+with LayerNorm epsilon 1e-5, initializer range 0.00707. The decoder shares the encoder's
+embeddings and its output logits are the decoder states times the word-embedding matrix.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+from plug_jax.families.structbert.config import StructBERTConfig
+from plug_jax.layers.mlp import ACTIVATIONS
+from plug_jax.layers.scan import check_remat_policy
+
+
+@dataclasses.dataclass(frozen=True)
+class PlugConfig:
+    vocab_size: int = 21504
+    # Ids >= this are padding rows of the embedding (None: no padding rows).
+    original_vocab_size: int | None = None
+    num_encoder_layers: int = 24
+    num_decoder_layers: int = 6
+    num_heads: int = 128
+    hidden_size: int = 8192
+    ffn_size: int | None = None  # default 4 * hidden_size
+    max_position_embeddings: int = 2048
+    type_vocab_size: int = 3
+    layer_norm_epsilon: float = 1e-5
+    activation: str = "gelu"
+    norm_placement: str = "pre"  # the released PLUG; 'post' gives a BERT-style encoder
+    num_sentence_classes: int = 3
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    initializer_range: float = 0.00707
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = True
+    remat_policy: str = "none"
+    preset: str = "custom"
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"PlugConfig: hidden_size {self.hidden_size} is not divisible by "
+                             f"num_heads {self.num_heads}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"PlugConfig: unknown activation {self.activation!r}; choose one "
+                             f"of {sorted(ACTIVATIONS)}")
+        if self.original_vocab_size is not None and \
+                not 0 < self.original_vocab_size <= self.vocab_size:
+            raise ValueError(f"PlugConfig: original_vocab_size {self.original_vocab_size} must "
+                             f"be in (0, vocab_size={self.vocab_size}]")
+        if self.num_decoder_layers < 1:
+            raise ValueError("PlugConfig: num_decoder_layers must be >= 1")
+        check_remat_policy(self.remat_policy)
+
+    @property
+    def mlp_dim(self) -> int:
+        return self.ffn_size or 4 * self.hidden_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def params_dtype(self) -> Any:
+        return jnp.dtype(self.param_dtype)
+
+    @property
+    def encoder_config(self) -> StructBERTConfig:
+        """The encoder as a StructBERT config (stage 1 of PLUG trains exactly this)."""
+        return StructBERTConfig(
+            vocab_size=self.vocab_size, num_layers=self.num_encoder_layers,
+            num_heads=self.num_heads, hidden_size=self.hidden_size, ffn_size=self.mlp_dim,
+            max_position_embeddings=self.max_position_embeddings,
+            type_vocab_size=self.type_vocab_size, layer_norm_epsilon=self.layer_norm_epsilon,
+            activation=self.activation, norm_placement=self.norm_placement,
+            num_sentence_classes=self.num_sentence_classes, dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            initializer_range=self.initializer_range, dtype=self.dtype,
+            param_dtype=self.param_dtype, scan_layers=self.scan_layers,
+            remat_policy=self.remat_policy, preset=f"plug-{self.preset}-encoder")
+
+    def replace(self, **kw) -> "PlugConfig":
+        return dataclasses.replace(self, **kw)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "PlugConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown PLUG preset {name!r}; choose one of {list(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], preset=name, **overrides)
+
+
+PRESETS: dict[str, PlugConfig] = {
+    "27B": PlugConfig(original_vocab_size=21128),
+    "tiny": PlugConfig(vocab_size=1024, num_encoder_layers=2,
+                       num_decoder_layers=1, num_heads=4, hidden_size=64, ffn_size=256,
+                       max_position_embeddings=128, dropout_rate=0.0,
+                       attention_dropout_rate=0.0, initializer_range=0.02),
+}
+PRESETS = {k: dataclasses.replace(v, preset=k) for k, v in PRESETS.items()}
+
+# The README's "27B" ([V-card]); MODEL_SPECS' rough count is ~26B.
+PUBLISHED_PARAMS = {"27B": 27e9}

@@ -1,0 +1,26 @@
+"""Training FLOPs of PLUG (encoder-decoder), for MFU.
+
+Forward matmul FLOPs are 2 per multiply-add; training is 3 x forward. Per example with
+``E`` encoder and ``D`` decoder tokens, hidden ``h``, FFN ``f``, vocabulary ``V``:
+
+* encoder layer: ``E * (4h^2 + 2hf)`` weight multiply-adds and ``2 * E^2 * h`` for the
+  bidirectional scores and values;
+* decoder layer: ``D * (4h^2 + 2h^2 + 2hf)`` (self-attention, cross-attention query and
+  output, FFN) + ``E * 2h^2`` (cross-attention keys and values of the encoder states),
+  ``D^2 * h`` for causal self-attention (half the score matrix) and ``2 * D * E * h``
+  for cross-attention;
+* output projection ``D * h * V``. The MLM and sentence heads (on a few positions) and
+  embedding gathers are left out.
+"""
+from __future__ import annotations
+
+from plug_jax.families.plug.config import PlugConfig
+
+
+def training_flops_per_example(cfg: PlugConfig, enc_len: int, dec_len: int) -> float:
+    h, f, v = cfg.hidden_size, cfg.mlp_dim, cfg.vocab_size
+    e, d = int(enc_len), int(dec_len)
+    enc = cfg.num_encoder_layers * (e * (4 * h * h + 2 * h * f) + 2 * e * e * h)
+    dec = cfg.num_decoder_layers * (d * (6 * h * h + 2 * h * f) + e * 2 * h * h
+                                    + d * d * h + 2 * d * e * h)
+    return 3.0 * 2.0 * (enc + dec + d * h * v)

@@ -1,0 +1,156 @@
+"""PLUG network: the StructBERT encoder (pre-LN) with a PALM decoder plugged on top.
+
+``PlugModel`` holds the whole StructBERT pre-training model under ``structbert/`` (encoder,
+MLM head, pooler, 3-way sentence head: PLUG keeps the encoder objectives in stage 2), so the
+checkpoint of an encoder-only stage 1 (``StructBERTForPreTraining`` with
+``config.encoder_config``) is exactly ``params['structbert']`` of stage 2, and a
+``decoder/`` subtree:
+
+* decoder inputs are embedded with the encoder's word and position tables (shared [I]:
+  ``PalmForPreTraining`` passes the BERT embeddings module to its decoder);
+* ``num_decoder_layers`` blocks of, pre-LN: LN -> causal self-attention -> +res; LN ->
+  cross-attention to the encoder states -> +res; LN -> FFN -> +res; then a final LN
+  (post-LN: each sub-layer -> +res -> LN);
+* logits = decoder states x word-embedding matrix^T (tied), float32.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from plug_jax.families.plug.config import PlugConfig
+from plug_jax.families.structbert.network import StructBERTForPreTraining
+from plug_jax.layers.attention import (MultiHeadAttention, causal_mask, combine_masks,
+                                       padding_mask, segment_mask)
+from plug_jax.layers.mlp import MLP
+from plug_jax.layers.norms import LayerNorm
+from plug_jax.layers.scan import LayerStack
+from plug_jax.partitioning import axes as A
+from plug_jax.partitioning.constraints import with_logical_constraint
+
+_ACT = (A.ACT_BATCH, A.ACT_LENGTH, A.ACT_EMBED)
+
+
+class PlugDecoderLayer(nn.Module):
+    """Self-attention, cross-attention, FFN. ``layer(x, enc, self_mask, cross_mask)``."""
+
+    config: PlugConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, enc, self_mask, cross_mask):
+        cfg = self.config
+        dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
+        init = nn.initializers.normal(cfg.initializer_range)
+
+        def norm(name):
+            return LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=dtype, param_dtype=pdtype,
+                             name=name)
+
+        def attention(name):
+            return MultiHeadAttention(num_heads=cfg.num_heads, head_dim=cfg.head_dim,
+                                      use_bias=True, dropout_rate=cfg.attention_dropout_rate,
+                                      dtype=dtype, param_dtype=pdtype, kernel_init=init,
+                                      name=name)
+
+        mlp = MLP(hidden_dim=cfg.mlp_dim, activation=cfg.activation, use_bias=True, dtype=dtype,
+                  param_dtype=pdtype, kernel_init=init, name="mlp")
+        drop = nn.Dropout(cfg.dropout_rate)
+        det = self.deterministic
+        subs = (
+            ("self_attn_norm", lambda h: attention("self_attn")(h, mask=self_mask,
+                                                                deterministic=det)),
+            ("cross_attn_norm", lambda h: attention("cross_attn")(h, enc, mask=cross_mask,
+                                                                  deterministic=det)),
+            ("mlp_norm", lambda h: mlp(h, deterministic=det)),
+        )
+        for norm_name, sub in subs:
+            if cfg.norm_placement == "pre":
+                x = x + drop(sub(norm(norm_name)(x)), deterministic=det)
+            else:
+                x = norm(norm_name)(x + drop(sub(x), deterministic=det))
+        return with_logical_constraint(x, _ACT), None
+
+
+class PlugModel(nn.Module):
+    """``apply({'params': p}, encoder_input_ids, decoder_input_ids, ...) -> dict``.
+
+    Args of ``__call__``:
+      encoder_input_ids / decoder_input_ids: int ``[batch, enc_len]`` / ``[batch, dec_len]``.
+      encoder_token_type_ids: int ``[batch, enc_len]`` (default 0).
+      encoder_segment_ids / decoder_segment_ids: ``[batch, len]`` segment ids of packed rows
+        (0 = padding); without them every encoder token is real and the decoder is causal.
+      encoder_positions / decoder_positions: ``[batch, len]`` (default ``0..len-1``; packed
+        rows restart at 0 in every segment).
+      mlm_positions: ``[batch, P]`` encoder positions whose MLM logits to return (stage 2
+        keeps MLM on the encoder); without it the MLM head runs on position 0 only.
+
+    Returns ``logits`` ``[batch, dec_len, vocab]`` (float32), ``encoder_hidden_states``,
+    ``mlm_logits`` ``[batch, P, vocab]`` and ``sentence_logits`` ``[batch, 3]``.
+    """
+
+    config: PlugConfig
+
+    @nn.compact
+    def __call__(self, encoder_input_ids, decoder_input_ids, encoder_token_type_ids=None,
+                 encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None,
+                 mlm_positions=None, encoder_positions=None, *, deterministic: bool = True):
+        cfg = self.config
+        b, enc_len = encoder_input_ids.shape
+        dec_len = decoder_input_ids.shape[1]
+        if mlm_positions is None:
+            mlm_positions = jnp.zeros((b, 1), jnp.int32)
+        structbert = StructBERTForPreTraining(cfg.encoder_config, name="structbert")
+        enc_out = structbert(encoder_input_ids, encoder_token_type_ids, None, encoder_positions,
+                             encoder_segment_ids, mlm_positions, deterministic=deterministic)
+        enc = enc_out["hidden_states"]
+        emb = structbert.variables["params"]["encoder"]
+        word = jnp.asarray(nn.unbox(emb["word_embed"]["embedding"]), cfg.compute_dtype)
+        pos_table = jnp.asarray(nn.unbox(emb["pos_embed"]["embedding"]), cfg.compute_dtype)
+        if decoder_positions is None:
+            decoder_positions = jnp.broadcast_to(jnp.arange(dec_len, dtype=jnp.int32),
+                                                 (b, dec_len))
+        x = jnp.take(word, decoder_input_ids, axis=0) + jnp.take(pos_table, decoder_positions,
+                                                                 axis=0)
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        x = with_logical_constraint(x, _ACT)
+        if decoder_segment_ids is None:
+            dec_seg = jnp.ones((b, dec_len), jnp.int32)
+        else:
+            dec_seg = jnp.asarray(decoder_segment_ids, jnp.int32)
+        enc_seg = (jnp.ones((b, enc_len), jnp.int32) if encoder_segment_ids is None
+                   else jnp.asarray(encoder_segment_ids, jnp.int32))
+        self_mask = combine_masks(causal_mask(b, dec_len), segment_mask(dec_seg))
+        if encoder_segment_ids is None or decoder_segment_ids is None:
+            cross_mask = padding_mask(dec_seg > 0, enc_seg > 0)
+        else:  # packed: decoder segment k attends to encoder segment k
+            cross_mask = segment_mask(dec_seg, enc_seg)
+        x = LayerStack(layer_cls=PlugDecoderLayer, num_layers=cfg.num_decoder_layers,
+                       layer_kwargs=(("config", cfg), ("deterministic", deterministic)),
+                       scan=cfg.scan_layers, remat_policy=cfg.remat_policy,
+                       name="decoder")(x, enc, self_mask, cross_mask)
+        if cfg.norm_placement == "pre":
+            x = LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
+                          param_dtype=cfg.params_dtype, name="decoder_final_norm")(x)
+        logits = jnp.einsum("bld,vd->blv", x, word)
+        logits = with_logical_constraint(jnp.asarray(logits, jnp.float32),
+                                         (A.ACT_BATCH, A.ACT_LENGTH, A.ACT_VOCAB))
+        return {"logits": logits, "encoder_hidden_states": enc,
+                "mlm_logits": enc_out["mlm_logits"], "sentence_logits": enc_out["sentence_logits"]}
+
+
+def abstract_params(config: PlugConfig, batch: int = 1, length: int = 8) -> Any:
+    """Shapes (boxed with logical names) of the parameters, without allocating them."""
+    ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
+    return jax.eval_shape(lambda r, e, d: PlugModel(config).init(r, e, d),
+                          jax.random.PRNGKey(0), ids, ids)["params"]
+
+
+def param_count(config: PlugConfig) -> int:
+    """Number of parameters of ``config`` from abstract shapes (nothing is allocated)."""
+    leaves = jax.tree_util.tree_leaves(nn.unbox(abstract_params(config)))
+    return int(sum(np.prod(x.shape) for x in leaves))
