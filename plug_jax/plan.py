@@ -483,6 +483,12 @@ ROWS: tuple[Row, ...] = (
     Row("gpt-moe-1.3B-32E / 64xH100", "models/gpt3/1.3B-MoE-32.gin", "data:2,fsdp:4,expert:8",
         "h100_80gb", "1.3B active, 32 experts [V-code]", "8 hosts x 8 H100",
         _BIG + ("BATCH_SIZE=256",), "partitioning/ep_fsdp_tp.gin"),
+    # PLUG: encoder-decoder; stage 2 draws encoder and decoder lengths up to 512.
+    Row("plug-27B / 64xH100", "models/plug/27B.gin", "fsdp:8,model:8", "h100_80gb",
+        "27B [V-card]", "8 hosts x 8 H100",
+        ("ACTIVATION_DTYPE='bfloat16'", "REMAT_POLICY='full'",
+         "TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 512}", "BATCH_SIZE=512",
+         "NUM_MICROBATCHES=4"), "partitioning/fsdp_tp.gin"),
 )
 
 
@@ -554,7 +560,10 @@ def render_table(results: Sequence[tuple[Row, dict]]) -> str:
         "positions 2048, tied output embedding, biases and LayerNorms included). GPT-MoE "
         "(MODEL_SPECS.md section 3, ModelScope `PAI/nlp_gpt3_text-generation_1.3B_MoE-32`) "
         "is named by its dense size: *active* counts what one token meets (the router and "
-        "one expert per MoE layer), *total* every expert.",
+        "one expert per MoE layer), *total* every expert. PLUG (section 3): the README's 27B; "
+        "the preset (24 + 6 layers, hidden 8192, vocabulary 21504) counts 26.10B, like "
+        "MODEL_SPECS' own rough count (~26B); its *batch x length* is the decoder length, "
+        "with encoder inputs of 512.",
         "* GB = 10^9 bytes, GiB = 2^30 bytes.",
         "* *params / opt GB/dev*: exact bytes of one device's shard of the float32 "
         "parameters and of the AdamW state (mu and nu, float32, plus step counters).",
