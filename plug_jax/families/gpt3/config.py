@@ -13,11 +13,12 @@ from typing import Any
 import jax.numpy as jnp
 
 from plug_jax.layers.mlp import ACTIVATIONS
+from plug_jax.layers.moe.config import MoeFields
 from plug_jax.layers.scan import check_remat_policy
 
 
 @dataclasses.dataclass(frozen=True)
-class GPT3Config:
+class GPT3Config(MoeFields):
     vocab_size: int = 25600
     num_layers: int = 12
     num_heads: int = 12
@@ -38,20 +39,6 @@ class GPT3Config:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
-    # Mixture of experts (ModelScope GPT-MoE layout); num_experts = 0 is the dense model.
-    # The MoE FFN replaces the dense FFN in layers moe_every_n, 2 * moe_every_n, ...
-    # (1-based; GPT-MoE: every second layer), see plug_jax/layers/moe and docs/moe.md.
-    num_experts: int = 0
-    moe_every_n: int = 2
-    moe_top_k: int = 1
-    moe_router: str = "topk"  # or 'prototype' (M6-T expert prototyping, top_k groups)
-    moe_impl: str = "capacity"  # or 'dropless'
-    moe_train_capacity_factor: float = 1.0
-    moe_eval_capacity_factor: float = 1.0
-    moe_min_capacity: int = 1
-    moe_group_size: int | None = None  # tokens per routing group (None: one batch row)
-    moe_jitter_noise: float = 0.0
-    moe_ffn_size: int | None = None  # default: the dense FFN size
     preset: str = "custom"
 
     def __post_init__(self):
@@ -66,31 +53,13 @@ class GPT3Config:
             raise ValueError(f"GPT3Config: unknown activation {self.activation!r}; choose one "
                              f"of {sorted(ACTIVATIONS)}")
         check_remat_policy(self.remat_policy)
-        if self.num_experts < 0:
-            raise ValueError(f"GPT3Config: num_experts must be >= 0, got {self.num_experts}")
-        if self.num_experts:
-            if self.moe_every_n < 1 or self.num_layers % self.moe_every_n:
-                raise ValueError(
-                    f"GPT3Config: num_layers {self.num_layers} is not a multiple of moe_every_n "
-                    f"{self.moe_every_n}; fix: choose moe_every_n dividing the layer count")
-            if self.moe_top_k not in (1, 2) or self.moe_top_k > self.num_experts:
-                raise ValueError(f"GPT3Config: moe_top_k must be 1 or 2 (and <= num_experts), "
-                                 f"got {self.moe_top_k}")
-            if self.moe_router not in ("topk", "prototype"):
-                raise ValueError(f"GPT3Config: unknown moe_router {self.moe_router!r}; choose "
-                                 f"'topk' or 'prototype'")
-            if self.moe_impl not in ("capacity", "dropless"):
-                raise ValueError(f"GPT3Config: unknown moe_impl {self.moe_impl!r}; choose "
-                                 f"'capacity' or 'dropless'")
+        # Mixture of experts (ModelScope GPT-MoE layout): MoeFields, docs/moe.md.
+        self.check_moe("GPT3Config", num_layers=self.num_layers)
 
     # Derived sizes.
     @property
     def mlp_dim(self) -> int:
         return self.ffn_size or 4 * self.hidden_size
-
-    @property
-    def moe_mlp_dim(self) -> int:
-        return self.moe_ffn_size or self.mlp_dim
 
     @property
     def num_moe_layers(self) -> int:

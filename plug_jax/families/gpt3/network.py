@@ -23,7 +23,8 @@ from plug_jax.layers.attention import MultiHeadAttention, causal_mask, combine_m
 from plug_jax.layers.dense import DenseGeneral
 from plug_jax.layers.embeddings import Embed
 from plug_jax.layers.mlp import MLP
-from plug_jax.layers.moe import MoeLayer
+from plug_jax.layers.moe.config import active_param_count as moe_active_param_count
+from plug_jax.layers.moe.config import stack_kwargs
 from plug_jax.layers.norms import LayerNorm
 from plug_jax.layers.scan import LayerStack
 from plug_jax.partitioning import axes as A
@@ -64,15 +65,9 @@ class GPT3Block(nn.Module):
         h = LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=dtype, param_dtype=pdtype,
                       name="pre_mlp_norm")(x)
         if self.use_moe:
-            h = MoeLayer(num_experts=cfg.num_experts, hidden_dim=cfg.moe_mlp_dim,
-                         top_k=cfg.moe_top_k, router=cfg.moe_router, impl=cfg.moe_impl,
-                         train_capacity_factor=cfg.moe_train_capacity_factor,
-                         eval_capacity_factor=cfg.moe_eval_capacity_factor,
-                         min_capacity=cfg.moe_min_capacity, group_size=cfg.moe_group_size,
-                         jitter_noise=cfg.moe_jitter_noise, activation=cfg.activation,
-                         use_bias=True, dtype=dtype, param_dtype=pdtype, kernel_init=init,
-                         out_kernel_init=out_init, name="moe")(
-                             h, deterministic=self.deterministic)
+            h = cfg.moe_layer(activation=cfg.activation, dtype=dtype, param_dtype=pdtype,
+                              kernel_init=init, out_kernel_init=out_init)(
+                                  h, deterministic=self.deterministic)
         else:
             h = MLP(hidden_dim=cfg.mlp_dim, activation=cfg.activation, use_bias=True,
                     dtype=dtype, param_dtype=pdtype, kernel_init=init, out_kernel_init=out_init,
@@ -80,23 +75,6 @@ class GPT3Block(nn.Module):
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=self.deterministic)
         x = x + h
         x = with_logical_constraint(x, (A.ACT_BATCH, A.ACT_LENGTH, A.ACT_EMBED))
-        return x, None
-
-
-class GPT3MoeGroup(nn.Module):
-    """``moe_every_n`` consecutive blocks, the last with the MoE FFN (the unit that is
-    scanned in an MoE model, so every scanned step has the same parameter shapes)."""
-
-    config: GPT3Config
-    decode: bool = False
-    deterministic: bool = True
-
-    @nn.compact
-    def __call__(self, x, mask, token_mask):
-        n = self.config.moe_every_n
-        for i in range(n):
-            x, _ = GPT3Block(self.config, decode=self.decode, deterministic=self.deterministic,
-                             use_moe=i == n - 1, name=f"block_{i}")(x, mask, token_mask)
         return x, None
 
 
@@ -146,11 +124,9 @@ class GPT3LM(nn.Module):
         x = token_embed(input_ids) + pos_embed(positions)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         x = with_logical_constraint(x, (A.ACT_BATCH, A.ACT_LENGTH, A.ACT_EMBED))
-        moe = cfg.num_experts > 0
         x = LayerStack(
-            layer_cls=GPT3MoeGroup if moe else GPT3Block,
-            num_layers=cfg.num_layers // cfg.moe_every_n if moe else cfg.num_layers,
-            layer_kwargs=(("config", cfg), ("decode", decode), ("deterministic", deterministic)),
+            **stack_kwargs(cfg, GPT3Block, cfg.num_layers, (
+                ("config", cfg), ("decode", decode), ("deterministic", deterministic))),
             scan=cfg.scan_layers, remat_policy=cfg.remat_policy, name="decoder",
         )(x, mask, token_mask)
         x = LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
@@ -182,9 +158,6 @@ def active_param_count(config: GPT3Config) -> int:
     """Parameters one token meets: without the ``num_experts - moe_top_k`` experts it is
     not routed to in each MoE layer (equals :func:`param_count` for a dense model). This is
     the size a GPT-MoE checkpoint is named by (``1.3B-MoE-32``)."""
-    n = param_count(config)
-    if config.num_experts:
-        d, f = config.hidden_size, config.moe_mlp_dim
-        per_expert = 2 * d * f + f + d  # wi, wo and their biases
-        n -= config.num_moe_layers * (config.num_experts - config.moe_top_k) * per_expert
-    return n
+    if not config.num_experts:
+        return param_count(config)
+    return moe_active_param_count(abstract_params(config), config)

@@ -20,13 +20,14 @@ from typing import Any
 import jax.numpy as jnp
 
 from plug_jax.layers.mlp import ACTIVATIONS
+from plug_jax.layers.moe.config import MoeFields
 from plug_jax.layers.scan import check_remat_policy
 
 NORM_PLACEMENTS = ("post", "pre")
 
 
 @dataclasses.dataclass(frozen=True)
-class StructBERTConfig:
+class StructBERTConfig(MoeFields):
     vocab_size: int = 30522
     num_layers: int = 12
     num_heads: int = 12
@@ -66,6 +67,7 @@ class StructBERTConfig:
             raise ValueError(f"StructBERTConfig: type_vocab_size must be >= 1, got "
                              f"{self.type_vocab_size}")
         check_remat_policy(self.remat_policy)
+        self.check_moe("StructBERTConfig", num_layers=self.num_layers)  # MoE FFNs: PLUG-MoE
 
     # Derived sizes.
     @property

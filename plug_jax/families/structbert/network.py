@@ -46,6 +46,7 @@ from plug_jax.layers.attention import MultiHeadAttention, padding_mask, segment_
 from plug_jax.layers.dense import DenseGeneral
 from plug_jax.layers.embeddings import Embed
 from plug_jax.layers.mlp import MLP, get_activation
+from plug_jax.layers.moe.config import stack_kwargs
 from plug_jax.layers.norms import LayerNorm
 from plug_jax.layers.scan import LayerStack
 from plug_jax.partitioning import axes as A
@@ -64,6 +65,7 @@ class BertLayer(nn.Module):
 
     config: StructBERTConfig
     deterministic: bool = True
+    use_moe: bool = False  # the FFN is a mixture of experts (config.moe_*, PLUG-MoE)
 
     @nn.compact
     def __call__(self, x, mask):
@@ -73,8 +75,12 @@ class BertLayer(nn.Module):
         attn = MultiHeadAttention(num_heads=cfg.num_heads, head_dim=cfg.head_dim, use_bias=True,
                                   dropout_rate=cfg.attention_dropout_rate, dtype=dtype,
                                   param_dtype=pdtype, kernel_init=init, name="attn")
-        mlp = MLP(hidden_dim=cfg.mlp_dim, activation=cfg.activation, use_bias=True, dtype=dtype,
-                  param_dtype=pdtype, kernel_init=init, name="mlp")
+        if self.use_moe:
+            mlp = cfg.moe_layer(activation=cfg.activation, dtype=dtype, param_dtype=pdtype,
+                                kernel_init=init)
+        else:
+            mlp = MLP(hidden_dim=cfg.mlp_dim, activation=cfg.activation, use_bias=True,
+                      dtype=dtype, param_dtype=pdtype, kernel_init=init, name="mlp")
         attn_norm, mlp_norm = _norm(cfg, "attn_norm"), _norm(cfg, "mlp_norm")
         drop = nn.Dropout(cfg.dropout_rate)
         if cfg.pre_norm:  # Megatron / PLUG: LN -> sub-layer -> +res
@@ -136,8 +142,8 @@ class BertEncoder(nn.Module):
             x = _norm(cfg, "embed_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         x = with_logical_constraint(x, _ACT)
-        x = LayerStack(layer_cls=BertLayer, num_layers=cfg.num_layers,
-                       layer_kwargs=(("config", cfg), ("deterministic", deterministic)),
+        x = LayerStack(**stack_kwargs(cfg, BertLayer, cfg.num_layers,
+                                      (("config", cfg), ("deterministic", deterministic))),
                        scan=cfg.scan_layers, remat_policy=cfg.remat_policy, name="stack")(x, mask)
         if cfg.pre_norm:
             x = _norm(cfg, "final_norm")(x)
