@@ -75,15 +75,7 @@ class DecoderOnlyLM:
             deterministic=deterministic, rngs=rngs, mutable=list(SOWN_COLLECTIONS))
         sums = losses.cross_entropy_sums(logits, batch["decoder_target_tokens"],
                                          batch.get("decoder_loss_weights"), self.z_loss)
-        w = sums["weight"]
-        for name, per_layer in collect_sown(sown.get("aux_loss", {})).items():
-            sums[f"aux_loss/{name}"] = jnp.sum(per_layer) * w
-            sums[f"moe/{name}"] = per_layer * w
-        for name, per_layer in collect_sown(sown.get("moe_metrics", {})).items():
-            if per_layer.ndim == 2:  # counts per expert -> share of the layer's assignments
-                per_layer = per_layer / jnp.maximum(per_layer.sum(-1, keepdims=True), 1.0)
-            sums[f"moe/{name}"] = per_layer * w
-        return sums
+        return add_moe_sums(sums, sown)
 
     # ------------------------------------------------------------------- flops
     def flops_per_token(self, seq_len: int) -> float:
@@ -134,7 +126,7 @@ class EncoderDecoderLM:
         return self.module.init(rng, jnp.zeros(enc.shape, jnp.int32),
                                 jnp.zeros(dec.shape, jnp.int32))["params"]
 
-    def outputs(self, params, batch: dict, rng=None, deterministic: bool = True) -> dict:
+    def outputs(self, params, batch: dict, rng=None, deterministic: bool = True, **apply_kw):
         rngs = None if deterministic or rng is None else {"dropout": rng}
         enc = batch["encoder_input_tokens"]
         enc_seg = batch.get("encoder_segment_ids")
@@ -146,12 +138,20 @@ class EncoderDecoderLM:
             decoder_segment_ids=batch.get("decoder_segment_ids"),
             encoder_positions=batch.get("encoder_positions"),
             decoder_positions=batch.get("decoder_positions"),
-            deterministic=deterministic, rngs=rngs)
+            deterministic=deterministic, rngs=rngs, **apply_kw)
 
     def loss_sums(self, params, batch: dict, rng=None, deterministic: bool = False):
-        logits = self.outputs(params, batch, rng, deterministic)["logits"]
-        return losses.cross_entropy_sums(logits, batch["decoder_target_tokens"],
+        """Cross-entropy sums of the decoder targets (plus the MoE sums of
+        :meth:`DecoderOnlyLM.loss_sums` for PLUG-MoE)."""
+        if not getattr(self.config, "num_experts", 0):
+            logits = self.outputs(params, batch, rng, deterministic)["logits"]
+            return losses.cross_entropy_sums(logits, batch["decoder_target_tokens"],
+                                             batch.get("decoder_loss_weights"), self.z_loss)
+        out, sown = self.outputs(params, batch, rng, deterministic,
+                                 mutable=list(SOWN_COLLECTIONS))
+        sums = losses.cross_entropy_sums(out["logits"], batch["decoder_target_tokens"],
                                          batch.get("decoder_loss_weights"), self.z_loss)
+        return add_moe_sums(sums, sown)
 
     def flops_per_step(self, batch: int, lengths: dict) -> float:
         from plug_jax.families.plug.flops import training_flops_per_example
@@ -190,6 +190,22 @@ def collect_sown(tree) -> dict[str, jax.Array]:
             value = value[None]
         by_name.setdefault(names[-1], []).append(value)
     return {n: jnp.concatenate(vs, axis=0) for n, vs in by_name.items()}
+
+
+def add_moe_sums(sums: dict, sown: dict) -> dict:
+    """Adds the sown MoE values to cross-entropy ``sums``, weighted by ``sums['weight']``
+    so sums over microbatches and eval batches stay additive: ``aux_loss/<name>`` (summed
+    over the MoE layers; the train step adds it with its factor) and per-layer ``moe/<name>``
+    (``[moe_layers]``; tokens per expert become each expert's share, ``[moe_layers, E]``)."""
+    w = sums["weight"]
+    for name, per_layer in collect_sown(sown.get("aux_loss", {})).items():
+        sums[f"aux_loss/{name}"] = jnp.sum(per_layer) * w
+        sums[f"moe/{name}"] = per_layer * w
+    for name, per_layer in collect_sown(sown.get("moe_metrics", {})).items():
+        if per_layer.ndim == 2:  # counts per expert -> share of the layer's assignments
+            per_layer = per_layer / jnp.maximum(per_layer.sum(-1, keepdims=True), 1.0)
+        sums[f"moe/{name}"] = per_layer * w
+    return sums
 
 
 def gpt3(preset: str = "tiny", **overrides) -> DecoderOnlyLM:

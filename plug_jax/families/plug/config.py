@@ -16,11 +16,12 @@ import jax.numpy as jnp
 
 from plug_jax.families.structbert.config import StructBERTConfig
 from plug_jax.layers.mlp import ACTIVATIONS
+from plug_jax.layers.moe.config import MoeFields
 from plug_jax.layers.scan import check_remat_policy
 
 
 @dataclasses.dataclass(frozen=True)
-class PlugConfig:
+class PlugConfig(MoeFields):
     vocab_size: int = 21504
     # Ids >= this are padding rows of the embedding (None: no padding rows).
     original_vocab_size: int | None = None
@@ -58,6 +59,8 @@ class PlugConfig:
         if self.num_decoder_layers < 1:
             raise ValueError("PlugConfig: num_decoder_layers must be >= 1")
         check_remat_policy(self.remat_policy)
+        self.check_moe("PlugConfig", num_encoder_layers=self.num_encoder_layers,
+                       num_decoder_layers=self.num_decoder_layers)
 
     @property
     def mlp_dim(self) -> int:
@@ -88,7 +91,8 @@ class PlugConfig:
             attention_dropout_rate=self.attention_dropout_rate,
             initializer_range=self.initializer_range, dtype=self.dtype,
             param_dtype=self.param_dtype, scan_layers=self.scan_layers,
-            remat_policy=self.remat_policy, preset=f"plug-{self.preset}-encoder")
+            remat_policy=self.remat_policy, preset=f"plug-{self.preset}-encoder",
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(MoeFields)})
 
     def replace(self, **kw) -> "PlugConfig":
         return dataclasses.replace(self, **kw)
@@ -100,14 +104,32 @@ class PlugConfig:
         return dataclasses.replace(PRESETS[name], preset=name, **overrides)
 
 
+# PLUG-MoE "20B": no public specification exists (MODEL_SPECS.md section 3, [NF]); this one is
+# defined here, reasoning in README.md: the PLUG layout at hidden 4096 (64 heads of 64,
+# FFN 16384) with the FFN of every second encoder and decoder layer replaced by 8 experts,
+# routed with M6-T expert prototyping (2 groups of 4, top-1 in each: 2 experts per token).
+_MOE_20B = dict(original_vocab_size=21128, num_heads=64, hidden_size=4096, ffn_size=16384,
+                num_experts=8, moe_every_n=2, moe_top_k=2, moe_router="prototype",
+                moe_train_capacity_factor=1.25, moe_eval_capacity_factor=2.0,
+                moe_min_capacity=4)
+
 PRESETS: dict[str, PlugConfig] = {
     "27B": PlugConfig(original_vocab_size=21128),
+    "20B-MoE": PlugConfig(**_MOE_20B),
     "tiny": PlugConfig(vocab_size=1024, num_encoder_layers=2,
                        num_decoder_layers=1, num_heads=4, hidden_size=64, ffn_size=256,
                        max_position_embeddings=128, dropout_rate=0.0,
                        attention_dropout_rate=0.0, initializer_range=0.02),
+    # tiny with 4 experts (2 prototype groups) in the second encoder and decoder layers.
+    "tiny-moe": PlugConfig(vocab_size=1024, num_encoder_layers=2, num_decoder_layers=2,
+                           num_heads=4, hidden_size=64, ffn_size=256,
+                           max_position_embeddings=128, dropout_rate=0.0,
+                           attention_dropout_rate=0.0, initializer_range=0.02, num_experts=4,
+                           moe_every_n=2, moe_top_k=2, moe_router="prototype",
+                           moe_train_capacity_factor=1.25, moe_eval_capacity_factor=2.0,
+                           moe_min_capacity=4),
 }
 PRESETS = {k: dataclasses.replace(v, preset=k) for k, v in PRESETS.items()}
 
 # The README's "27B" ([V-card]); MODEL_SPECS' rough count is ~26B.
-PUBLISHED_PARAMS = {"27B": 27e9}
+PUBLISHED_PARAMS = {"27B": 27e9, "20B-MoE": 20e9}

@@ -27,6 +27,7 @@ from plug_jax.families.structbert.network import StructBERTForPreTraining
 from plug_jax.layers.attention import (MultiHeadAttention, causal_mask, combine_masks,
                                        padding_mask, segment_mask)
 from plug_jax.layers.mlp import MLP
+from plug_jax.layers.moe.config import stack_kwargs
 from plug_jax.layers.norms import LayerNorm
 from plug_jax.layers.scan import LayerStack
 from plug_jax.partitioning import axes as A
@@ -40,6 +41,7 @@ class PlugDecoderLayer(nn.Module):
 
     config: PlugConfig
     deterministic: bool = True
+    use_moe: bool = False  # the FFN is a mixture of experts (PLUG-MoE)
 
     @nn.compact
     def __call__(self, x, enc, self_mask, cross_mask):
@@ -57,8 +59,12 @@ class PlugDecoderLayer(nn.Module):
                                       dtype=dtype, param_dtype=pdtype, kernel_init=init,
                                       name=name)
 
-        mlp = MLP(hidden_dim=cfg.mlp_dim, activation=cfg.activation, use_bias=True, dtype=dtype,
-                  param_dtype=pdtype, kernel_init=init, name="mlp")
+        if self.use_moe:
+            mlp = cfg.moe_layer(activation=cfg.activation, dtype=dtype, param_dtype=pdtype,
+                                kernel_init=init)
+        else:
+            mlp = MLP(hidden_dim=cfg.mlp_dim, activation=cfg.activation, use_bias=True,
+                      dtype=dtype, param_dtype=pdtype, kernel_init=init, name="mlp")
         drop = nn.Dropout(cfg.dropout_rate)
         det = self.deterministic
         subs = (
@@ -129,8 +135,8 @@ class PlugModel(nn.Module):
             cross_mask = padding_mask(dec_seg > 0, enc_seg > 0)
         else:  # packed: decoder segment k attends to encoder segment k
             cross_mask = segment_mask(dec_seg, enc_seg)
-        x = LayerStack(layer_cls=PlugDecoderLayer, num_layers=cfg.num_decoder_layers,
-                       layer_kwargs=(("config", cfg), ("deterministic", deterministic)),
+        x = LayerStack(**stack_kwargs(cfg, PlugDecoderLayer, cfg.num_decoder_layers,
+                                      (("config", cfg), ("deterministic", deterministic))),
                        scan=cfg.scan_layers, remat_policy=cfg.remat_policy,
                        name="decoder")(x, enc, self_mask, cross_mask)
         if cfg.norm_placement == "pre":

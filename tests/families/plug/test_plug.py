@@ -113,3 +113,37 @@ def test_stage_two_experiment_trains_through_the_cli_and_switches_stage(tmp_path
     assert train[-1]["loss"] < train[0]["loss"]
     assert "curriculum: step 19 starts stage 1" in run.stdout
     assert any("eval/loss" in r for r in rows)  # final evaluation on the last stage's task
+
+
+def test_plug_moe_20b_definition():
+    """PLUG-MoE 20B (defined here, see the family README): total within 5% of 20B, experts
+    in every second encoder and decoder layer, and the stage-1 encoder is still a
+    StructBERT (with the same experts)."""
+    from plug_jax.families.plug.flops import training_flops_per_example
+    cfg = PlugConfig.from_preset("20B-MoE")
+    n = param_count(cfg)
+    assert abs(n - PUBLISHED_PARAMS["20B-MoE"]) / PUBLISHED_PARAMS["20B-MoE"] < 0.05
+    dense = PlugConfig.from_preset("20B-MoE", num_experts=0)
+    h, f = 4096, 16384
+    per_expert = 2 * h * f + f + h
+    moe_layers = 24 // 2 + 6 // 2
+    assert n - param_count(dense) == moe_layers * (7 * per_expert + h * 8)  # 7 more + router
+    assert cfg.encoder_config.num_experts == 8 and cfg.encoder_config.moe_router == "prototype"
+    # MFU counts the 2 experts a token meets, not all 8.
+    flops = training_flops_per_example(cfg, 512, 512) - training_flops_per_example(dense, 512,
+                                                                                   512)
+    assert flops == 6 * 512 * moe_layers * (h * 8 + 2 * h * f)  # router + one more expert
+
+
+def test_tiny_moe_layers_and_stage_one_subtree():
+    cfg = PlugConfig.from_preset("tiny-moe")
+    params = _init(cfg)
+    enc = params["structbert"]["encoder"]["stack"]["layers"]
+    dec = params["decoder"]["layers"]
+    for stack in (enc, dec):
+        assert "mlp" in stack["block_0"] and "moe" in stack["block_1"]
+        assert stack["block_1"]["moe"]["wi"]["kernel"].shape[1] == 4  # [groups, E, d, f]
+    s1 = nn.unbox(StructBERTForPreTraining(cfg.encoder_config).init(
+        jax.random.PRNGKey(1), _ids((2, 10), 1))["params"])
+    same = jax.tree_util.tree_map(lambda a, b: a.shape == b.shape, s1, params["structbert"])
+    assert all(jax.tree_util.tree_leaves(same))
