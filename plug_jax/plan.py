@@ -261,8 +261,8 @@ def plan_train(*, model, train_dataset_cfg, mesh=None, optimizer=None,
     cfg = getattr(model, "config", None)
     active = n_params
     if getattr(cfg, "num_experts", 0):  # mixture of experts: what one token meets
-        from plug_jax.families.gpt3 import active_param_count
-        active = active_param_count(cfg)
+        from plug_jax.layers.moe.config import active_param_count
+        active = active_param_count(builder.abstract["params"], cfg)
     return {
         "model": {"family": getattr(model, "family", type(model).__name__),
                   "preset": getattr(cfg, "preset", "custom"),
@@ -489,6 +489,12 @@ ROWS: tuple[Row, ...] = (
         ("ACTIVATION_DTYPE='bfloat16'", "REMAT_POLICY='full'",
          "TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 512}", "BATCH_SIZE=512",
          "NUM_MICROBATCHES=4"), "partitioning/fsdp_tp.gin"),
+    # PLUG-MoE 20B (defined in plug_jax/families/plug/README.md): 8 experts over 'expert'.
+    Row("plug-moe-20B / 64xH100", "models/plug/20B-MoE.gin", "fsdp:8,expert:8", "h100_80gb",
+        "20B [NF: defined here]", "8 hosts x 8 H100",
+        ("ACTIVATION_DTYPE='bfloat16'", "REMAT_POLICY='full'",
+         "TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 512}", "BATCH_SIZE=512",
+         "NUM_MICROBATCHES=4"), "partitioning/ep_fsdp_tp.gin"),
 )
 
 
@@ -563,7 +569,8 @@ def render_table(results: Sequence[tuple[Row, dict]]) -> str:
         "one expert per MoE layer), *total* every expert. PLUG (section 3): the README's 27B; "
         "the preset (24 + 6 layers, hidden 8192, vocabulary 21504) counts 26.10B, like "
         "MODEL_SPECS' own rough count (~26B); its *batch x length* is the decoder length, "
-        "with encoder inputs of 512.",
+        "with encoder inputs of 512. PLUG-MoE 20B has no published specification; the project's "
+        "definition is in plug_jax/families/plug/README.md.",
         "* GB = 10^9 bytes, GiB = 2^30 bytes.",
         "* *params / opt GB/dev*: exact bytes of one device's shard of the float32 "
         "parameters and of the AdamW state (mu and nu, float32, plus step counters).",
