@@ -461,3 +461,45 @@ def beam_search(step_fn: StepFn, init_cache_fn: InitCacheFn, params, prompt_ids,
                             max_new_tokens=int(max_new_tokens), num_beams=int(num_beams),
                             eos_id=None if eos_id is None else int(eos_id),
                             pad_id=int(pad_id))
+
+
+# ------------------------------------------------------- encoder-decoder adapter
+@dataclasses.dataclass(frozen=True)
+class EncDecStep:
+    """``step_fn`` of an encoder-decoder flax module (``PlugModel``-like), for
+    :func:`generate` and :func:`beam_search`.
+
+    ``params`` is ``{'model': params, 'encoder_ids': int [B, E]}`` (encoder padding is id
+    0). The decoder prompt is what the model's decoder starts from (``[[0]]`` per row: seqio's
+    decoder inputs begin with 0). The cache holds the decoder tokens so far ``[rows, L]``;
+    ``rows`` is ``B`` or ``B * num_beams`` (beam search repeats each row), and the encoder
+    rows are repeated to match. Reference implementation without a KV cache: every step
+    re-runs the encoder and the decoder over the whole buffer, O(L^2) per sequence, meant
+    for small models and tests.
+    """
+
+    model: Any
+
+    def __call__(self, params, cache, token_ids, positions, token_mask):
+        tokens = cache["tokens"]
+        rows = jnp.arange(tokens.shape[0])[:, None]
+        tokens = tokens.at[rows, positions].set(jnp.where(token_mask, token_ids, 0))
+        enc = params["encoder_ids"]
+        enc = jnp.repeat(enc, tokens.shape[0] // enc.shape[0], axis=0)
+        out = self.model.apply({"params": params["model"]}, enc, tokens,
+                               encoder_segment_ids=(enc > 0).astype(jnp.int32))
+        logits = jnp.take_along_axis(out["logits"], positions[..., None], axis=1)
+        return logits, {"tokens": tokens}
+
+
+@dataclasses.dataclass(frozen=True)
+class EncDecInitCache:
+    """``init_cache_fn`` of :class:`EncDecStep`: an empty decoder token buffer."""
+
+    def __call__(self, batch: int, max_len: int):
+        return {"tokens": jnp.zeros((batch, max_len), jnp.int32)}
+
+
+def encdec_adapter(model) -> DecodeFns:
+    """``(step_fn, init_cache_fn)`` for an encoder-decoder module; see :class:`EncDecStep`."""
+    return DecodeFns(EncDecStep(model), EncDecInitCache())

@@ -153,6 +153,14 @@ class EncoderDecoderLM:
                                          batch.get("decoder_loss_weights"), self.z_loss)
         return add_moe_sums(sums, sown)
 
+    # ---------------------------------------------------------------- decoding
+    encoder_decoder = True  # plug-infer feeds prompts to the encoder
+
+    def decode_fns(self):
+        """``decoding.encdec_adapter``: params ``{'model': p, 'encoder_ids': ids}``, decoder
+        prompt ``[[0]]`` per row."""
+        return decoding.encdec_adapter(self.module)
+
     def flops_per_step(self, batch: int, lengths: dict) -> float:
         from plug_jax.families.plug.flops import training_flops_per_example
         return batch * training_flops_per_example(self.config, lengths["inputs"],

@@ -692,9 +692,17 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
     width = max(len(e) for e in encoded)
     ids = np.zeros((len(prompts), width), np.int32)
     mask = np.zeros((len(prompts), width), np.int32)
-    for r, e in enumerate(encoded):
-        ids[r, width - len(e):] = e
-        mask[r, width - len(e):] = 1
+    if getattr(model, "encoder_decoder", False):
+        # The prompts are the encoder's inputs; the decoder starts from its start token 0.
+        for r, e in enumerate(encoded):
+            ids[r, :len(e)] = e
+        params = {"model": params, "encoder_ids": ids}
+        ids = np.zeros((len(prompts), 1), np.int32)
+        mask = np.ones((len(prompts), 1), np.int32)
+    else:
+        for r, e in enumerate(encoded):
+            ids[r, width - len(e):] = e
+            mask[r, width - len(e):] = 1
     eos = getattr(vocabulary, "eos_id", None)
     results = []
     for method in methods:

@@ -113,6 +113,13 @@ def test_stage_two_experiment_trains_through_the_cli_and_switches_stage(tmp_path
     assert train[-1]["loss"] < train[0]["loss"]
     assert "curriculum: step 19 starts stage 1" in run.stdout
     assert any("eval/loss" in r for r in rows)  # final evaluation on the last stage's task
+    infer = subprocess.run(
+        [sys.executable, "-m", "plug_jax.main", "--mode=infer",
+         "--gin_file=experiments/plug/shop_stage2_tiny.gin", f"--gin.MODEL_DIR={tmp_path}",
+         "--gin.MAX_NEW_TOKENS=6", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 32}"],
+        capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    assert infer.returncode == 0, infer.stderr[-2000:]
+    assert infer.stdout.count("▸") == 12  # 4 prompts x (greedy, top_p, beam)
 
 
 def test_plug_moe_20b_definition():
@@ -147,3 +154,30 @@ def test_tiny_moe_layers_and_stage_one_subtree():
         jax.random.PRNGKey(1), _ids((2, 10), 1))["params"])
     same = jax.tree_util.tree_map(lambda a, b: a.shape == b.shape, s1, params["structbert"])
     assert all(jax.tree_util.tree_leaves(same))
+
+
+def test_encoder_decoder_greedy_decoding_equals_full_recompute():
+    """decoding.generate through the encoder-decoder adapter = argmax of a plain forward
+    pass over the tokens so far, step by step; beam search runs on the same adapter."""
+    from plug_jax import decoding, models
+    cfg = PlugConfig.from_preset("tiny")
+    model = models.EncoderDecoderLM(cfg)
+    params = _init(cfg)
+    enc = np.asarray([[5, 6, 7, 8, 9, 0, 0], [11, 12, 13, 14, 15, 16, 17]], np.int32)
+    step_fn, init_cache = model.decode_fns()
+    start = np.zeros((2, 1), np.int32)
+    out = decoding.generate(step_fn, init_cache, {"model": params, "encoder_ids": enc},
+                            start, np.ones((2, 1), np.int32), 5)
+    tokens = np.asarray(out.tokens)
+    for row in range(2):
+        seq = [0]
+        e = jnp.asarray(enc[row:row + 1])
+        for t in range(5):
+            logits = PlugModel(cfg).apply({"params": params}, e, jnp.asarray([seq]),
+                                          encoder_segment_ids=(e > 0).astype(jnp.int32))
+            nxt = int(jnp.argmax(logits["logits"][0, -1]))
+            assert nxt == tokens[row, t]
+            seq.append(nxt)
+    beams = decoding.beam_search(step_fn, init_cache, {"model": params, "encoder_ids": enc},
+                                 start, np.ones((2, 1), np.int32), 5, num_beams=3)
+    assert np.asarray(beams.sequences).shape[0] == 2
