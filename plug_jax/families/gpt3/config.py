@@ -8,17 +8,13 @@ head dim d_model / heads (80 for 2.7B, 128 from 13B up). The vocabulary is the
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-import jax.numpy as jnp
 
-from plug_jax.layers.mlp import ACTIVATIONS
-from plug_jax.layers.moe.config import MoeFields
-from plug_jax.layers.scan import check_remat_policy
+from plug_jax.families.common import FamilyConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class GPT3Config(MoeFields):
+class GPT3Config(FamilyConfig):
     vocab_size: int = 25600
     num_layers: int = 12
     num_heads: int = 12
@@ -49,10 +45,7 @@ class GPT3Config(MoeFields):
         if self.num_heads % self.kv_heads:
             raise ValueError(f"GPT3Config: num_heads {self.num_heads} is not a multiple of "
                              f"num_kv_heads {self.kv_heads}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"GPT3Config: unknown activation {self.activation!r}; choose one "
-                             f"of {sorted(ACTIVATIONS)}")
-        check_remat_policy(self.remat_policy)
+        self.check_basics("GPT3Config")
         # Mixture of experts (ModelScope GPT-MoE layout): MoeFields, docs/moe.md.
         self.check_moe("GPT3Config", num_layers=self.num_layers)
 
@@ -72,17 +65,6 @@ class GPT3Config(MoeFields):
     @property
     def kv_heads(self) -> int:
         return self.num_kv_heads or self.num_heads
-
-    @property
-    def compute_dtype(self) -> Any:
-        return jnp.dtype(self.dtype)
-
-    @property
-    def params_dtype(self) -> Any:
-        return jnp.dtype(self.param_dtype)
-
-    def replace(self, **kw) -> "GPT3Config":
-        return dataclasses.replace(self, **kw)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "GPT3Config":

@@ -10,18 +10,15 @@ embeddings and its output logits are the decoder states times the word-embedding
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-import jax.numpy as jnp
 
 from plug_jax.families.structbert.config import StructBERTConfig
-from plug_jax.layers.mlp import ACTIVATIONS
+from plug_jax.families.common import FamilyConfig
 from plug_jax.layers.moe.config import MoeFields
-from plug_jax.layers.scan import check_remat_policy
 
 
 @dataclasses.dataclass(frozen=True)
-class PlugConfig(MoeFields):
+class PlugConfig(FamilyConfig):
     vocab_size: int = 21504
     # Ids >= this are padding rows of the embedding (None: no padding rows).
     original_vocab_size: int | None = None
@@ -49,16 +46,13 @@ class PlugConfig(MoeFields):
         if self.hidden_size % self.num_heads:
             raise ValueError(f"PlugConfig: hidden_size {self.hidden_size} is not divisible by "
                              f"num_heads {self.num_heads}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"PlugConfig: unknown activation {self.activation!r}; choose one "
-                             f"of {sorted(ACTIVATIONS)}")
         if self.original_vocab_size is not None and \
                 not 0 < self.original_vocab_size <= self.vocab_size:
             raise ValueError(f"PlugConfig: original_vocab_size {self.original_vocab_size} must "
                              f"be in (0, vocab_size={self.vocab_size}]")
         if self.num_decoder_layers < 1:
             raise ValueError("PlugConfig: num_decoder_layers must be >= 1")
-        check_remat_policy(self.remat_policy)
+        self.check_basics("PlugConfig")
         self.check_moe("PlugConfig", num_encoder_layers=self.num_encoder_layers,
                        num_decoder_layers=self.num_decoder_layers)
 
@@ -69,14 +63,6 @@ class PlugConfig(MoeFields):
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
-
-    @property
-    def compute_dtype(self) -> Any:
-        return jnp.dtype(self.dtype)
-
-    @property
-    def params_dtype(self) -> Any:
-        return jnp.dtype(self.param_dtype)
 
     @property
     def encoder_config(self) -> StructBERTConfig:
@@ -93,9 +79,6 @@ class PlugConfig(MoeFields):
             param_dtype=self.param_dtype, scan_layers=self.scan_layers,
             remat_policy=self.remat_policy, preset=f"plug-{self.preset}-encoder",
             **{f.name: getattr(self, f.name) for f in dataclasses.fields(MoeFields)})
-
-    def replace(self, **kw) -> "PlugConfig":
-        return dataclasses.replace(self, **kw)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "PlugConfig":

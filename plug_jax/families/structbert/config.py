@@ -15,19 +15,15 @@ uncased WordPiece vocabulary, the Chinese one the 21128-entry BERT-Chinese vocab
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-import jax.numpy as jnp
 
-from plug_jax.layers.mlp import ACTIVATIONS
-from plug_jax.layers.moe.config import MoeFields
-from plug_jax.layers.scan import check_remat_policy
+from plug_jax.families.common import FamilyConfig
 
 NORM_PLACEMENTS = ("post", "pre")
 
 
 @dataclasses.dataclass(frozen=True)
-class StructBERTConfig(MoeFields):
+class StructBERTConfig(FamilyConfig):
     vocab_size: int = 30522
     num_layers: int = 12
     num_heads: int = 12
@@ -54,9 +50,6 @@ class StructBERTConfig(MoeFields):
         if self.hidden_size % self.num_heads:
             raise ValueError(f"StructBERTConfig: hidden_size {self.hidden_size} is not divisible "
                              f"by num_heads {self.num_heads}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"StructBERTConfig: unknown activation {self.activation!r}; choose "
-                             f"one of {sorted(ACTIVATIONS)}")
         if self.norm_placement not in NORM_PLACEMENTS:
             raise ValueError(f"StructBERTConfig: unknown norm_placement {self.norm_placement!r}; "
                              f"choose 'post' (BERT/StructBERT) or 'pre' (Megatron/PLUG)")
@@ -66,7 +59,7 @@ class StructBERTConfig(MoeFields):
         if self.type_vocab_size < 1:
             raise ValueError(f"StructBERTConfig: type_vocab_size must be >= 1, got "
                              f"{self.type_vocab_size}")
-        check_remat_policy(self.remat_policy)
+        self.check_basics("StructBERTConfig")
         self.check_moe("StructBERTConfig", num_layers=self.num_layers)  # MoE FFNs: PLUG-MoE
 
     # Derived sizes.
@@ -81,17 +74,6 @@ class StructBERTConfig(MoeFields):
     @property
     def pre_norm(self) -> bool:
         return self.norm_placement == "pre"
-
-    @property
-    def compute_dtype(self) -> Any:
-        return jnp.dtype(self.dtype)
-
-    @property
-    def params_dtype(self) -> Any:
-        return jnp.dtype(self.param_dtype)
-
-    def replace(self, **kw) -> "StructBERTConfig":
-        return dataclasses.replace(self, **kw)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "StructBERTConfig":
