@@ -52,6 +52,9 @@ StepFn = Callable[..., tuple[jax.Array, Any]]
 InitCacheFn = Callable[[int, int], Any]
 
 METHODS = ("greedy", "sample")
+# Beam-search length normalisation: length ** alpha (transformers) or GNMT's
+# ((5 + length) / 6) ** alpha (PreSumm / PALM).
+LENGTH_PENALTY_FORMS = ("power", "gnmt")
 
 
 # ------------------------------------------------------------------------ outputs
@@ -340,9 +343,11 @@ def _take(x, idx):
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "step_fn", "init_cache_fn", "max_new_tokens", "num_beams", "eos_id", "pad_id"))
+    "step_fn", "init_cache_fn", "max_new_tokens", "num_beams", "eos_id", "pad_id",
+    "length_penalty_form"))
 def _beam_search_jit(params, prompt_ids, prompt_mask, length_penalty, *, step_fn,
-                     init_cache_fn, max_new_tokens, num_beams, eos_id, pad_id):
+                     init_cache_fn, max_new_tokens, num_beams, eos_id, pad_id,
+                     length_penalty_form="power"):
     batch, prompt_len = prompt_ids.shape
     n, k = max_new_tokens, num_beams
     params = _prepare(step_fn, params)
@@ -359,7 +364,10 @@ def _beam_search_jit(params, prompt_ids, prompt_mask, length_penalty, *, step_fn
     neg_inf = jnp.float32(-jnp.inf)
 
     def norm(logp, length):
-        return logp / jnp.asarray(length, jnp.float32) ** alpha
+        length = jnp.asarray(length, jnp.float32)
+        if length_penalty_form == "gnmt":  # Wu et al. 2016, PreSumm / PALM
+            return logp / ((5.0 + length) / 6.0) ** alpha
+        return logp / length ** alpha
 
     def select(t, logits, alive_seqs, alive_logp, fin_seqs, fin_scores, fin_lens):
         """Extends the alive beams by token ``t``; EOS extensions move to finished."""
@@ -436,14 +444,17 @@ def _beam_search_jit(params, prompt_ids, prompt_mask, length_penalty, *, step_fn
 def beam_search(step_fn: StepFn, init_cache_fn: InitCacheFn, params, prompt_ids,
                 prompt_mask=None, max_new_tokens: int = 32, *, num_beams: int = 4,
                 length_penalty: float = 1.0, eos_id: int | None = None,
-                pad_id: int = 0) -> BeamSearchOutput:
+                pad_id: int = 0, length_penalty_form: str = "power") -> BeamSearchOutput:
     """Beam search with separately tracked finished hypotheses (t5x / transformers style).
 
     Each step extends the ``num_beams`` alive beams of every row to their ``2 * num_beams``
     best continuations; those ending in ``eos_id`` (and ranked within the top
     ``num_beams``) join the row's finished pool, the best ``num_beams`` others stay
     alive. A hypothesis scores ``sum(log p) / length ** length_penalty``, ``length`` being
-    the number of generated tokens including EOS (transformers' convention). Beams still
+    the number of generated tokens including EOS (transformers' convention); with
+    ``length_penalty_form='gnmt'`` it scores ``sum(log p) / ((5 + length) / 6) **
+    length_penalty`` (GNMT, Wu et al. 2016; the form of PreSumm / PALM / ModelScope
+    ``palm_v2``, which use alpha 0.95). Beams still
     alive at ``max_new_tokens`` compete at that length. The loop stops early once no
     alive beam of any row can beat that row's worst finished hypothesis (an exact bound,
     so stopping early never changes the result). The cache is expanded to
@@ -456,11 +467,14 @@ def beam_search(step_fn: StepFn, init_cache_fn: InitCacheFn, params, prompt_ids,
     prompt_ids, prompt_mask = _check_prompt(prompt_ids, prompt_mask, max_new_tokens)
     if int(num_beams) < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    if length_penalty_form not in LENGTH_PENALTY_FORMS:
+        raise ValueError(f"unknown length_penalty_form {length_penalty_form!r}; choose one of "
+                         f"{LENGTH_PENALTY_FORMS}")
     return _beam_search_jit(params, prompt_ids, prompt_mask, jnp.float32(length_penalty),
                             step_fn=step_fn, init_cache_fn=init_cache_fn,
                             max_new_tokens=int(max_new_tokens), num_beams=int(num_beams),
                             eos_id=None if eos_id is None else int(eos_id),
-                            pad_id=int(pad_id))
+                            pad_id=int(pad_id), length_penalty_form=length_penalty_form)
 
 
 # ------------------------------------------------------- encoder-decoder adapter

@@ -119,7 +119,11 @@ class EncoderDecoderLM:
         if self.family == "plug":
             from plug_jax.families.plug import PlugModel
             return PlugModel(self.config)
-        raise ValueError(f"EncoderDecoderLM: unknown family {self.family!r}; fix: use 'plug'")
+        if self.family == "palm":
+            from plug_jax.families.palm import PalmModel
+            return PalmModel(self.config)
+        raise ValueError(f"EncoderDecoderLM: unknown family {self.family!r}; fix: use 'plug' "
+                         f"or 'palm'")
 
     def init_params(self, rng, batch: dict):
         enc, dec = batch["encoder_input_tokens"], batch["decoder_input_tokens"]
@@ -162,7 +166,10 @@ class EncoderDecoderLM:
         return decoding.encdec_adapter(self.module)
 
     def flops_per_step(self, batch: int, lengths: dict) -> float:
-        from plug_jax.families.plug.flops import training_flops_per_example
+        if self.family == "palm":
+            from plug_jax.families.palm.flops import training_flops_per_example
+        else:
+            from plug_jax.families.plug.flops import training_flops_per_example
         return batch * training_flops_per_example(self.config, lengths["inputs"],
                                                   lengths["targets"])
 

@@ -36,12 +36,57 @@ from plug_jax.partitioning.constraints import with_logical_constraint
 _ACT = (A.ACT_BATCH, A.ACT_LENGTH, A.ACT_EMBED)
 
 
+def cross_attention_probs(attn: nn.Module, q_in, kv_in, mask) -> jax.Array:
+    """Head-averaged attention probabilities ``[batch, q_len, kv_len]`` (float32) of a bound
+    ``MultiHeadAttention`` that has already been called (its ``query`` / ``key`` parameters
+    exist), recomputed from its inputs. Keys hidden by ``mask`` (``[b, 1|h, q, k]``) get exactly
+    0; rows without any visible key are all 0 (not uniform). PALM's copy head uses this."""
+    p = nn.unbox(attn.variables["params"])
+    f32 = jnp.float32
+    q = jnp.einsum("btd,dhk->bthk", q_in.astype(f32), p["query"]["kernel"].astype(f32))
+    k = jnp.einsum("bsd,dhk->bshk", kv_in.astype(f32), p["key"]["kernel"].astype(f32))
+    if "bias" in p["query"]:
+        q = q + p["query"]["bias"].astype(f32)
+        k = k + p["key"]["bias"].astype(f32)
+    logits = jnp.einsum("bthk,bshk->bhts", q / np.sqrt(q.shape[-1]), k)
+    if mask is not None:
+        logits = jnp.where(mask, logits, -1e30)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if mask is not None:
+        probs = jnp.where(mask, probs, 0.0)
+    return jnp.mean(probs, axis=1)
+
+
+def decoder_masks(batch: int, enc_len: int, dec_len: int, encoder_segment_ids=None,
+                  decoder_segment_ids=None):
+    """``(self_mask, cross_mask)`` of a decoder: causal within decoder segments; cross
+    attention to the real encoder tokens (packed rows: decoder segment k sees encoder
+    segment k). Segment id 0 is padding."""
+    if decoder_segment_ids is None:
+        dec_seg = jnp.ones((batch, dec_len), jnp.int32)
+    else:
+        dec_seg = jnp.asarray(decoder_segment_ids, jnp.int32)
+    enc_seg = (jnp.ones((batch, enc_len), jnp.int32) if encoder_segment_ids is None
+               else jnp.asarray(encoder_segment_ids, jnp.int32))
+    self_mask = combine_masks(causal_mask(batch, dec_len), segment_mask(dec_seg))
+    if encoder_segment_ids is None or decoder_segment_ids is None:
+        cross_mask = padding_mask(dec_seg > 0, enc_seg > 0)
+    else:  # packed: decoder segment k attends to encoder segment k
+        cross_mask = segment_mask(dec_seg, enc_seg)
+    return self_mask, cross_mask
+
+
 class PlugDecoderLayer(nn.Module):
-    """Self-attention, cross-attention, FFN. ``layer(x, enc, self_mask, cross_mask)``."""
+    """Self-attention, cross-attention, FFN. ``layer(x, enc, self_mask, cross_mask)``.
+
+    Returns ``(x, None)``, or with ``return_cross_attention`` ``(x, probs)``: the
+    cross-attention probabilities averaged over heads ``[batch, dec_len, enc_len]`` (PALM's
+    copy attention; :func:`cross_attention_probs`)."""
 
     config: PlugConfig
     deterministic: bool = True
     use_moe: bool = False  # the FFN is a mixture of experts (PLUG-MoE)
+    return_cross_attention: bool = False
 
     @nn.compact
     def __call__(self, x, enc, self_mask, cross_mask):
@@ -67,11 +112,19 @@ class PlugDecoderLayer(nn.Module):
                       dtype=dtype, param_dtype=pdtype, kernel_init=init, name="mlp")
         drop = nn.Dropout(cfg.dropout_rate)
         det = self.deterministic
+        cross = attention("cross_attn")
+        probs = []
+
+        def cross_sub(h):
+            out = cross(h, enc, mask=cross_mask, deterministic=det)
+            if self.return_cross_attention:
+                probs.append(cross_attention_probs(cross, h, enc, cross_mask))
+            return out
+
         subs = (
             ("self_attn_norm", lambda h: attention("self_attn")(h, mask=self_mask,
                                                                 deterministic=det)),
-            ("cross_attn_norm", lambda h: attention("cross_attn")(h, enc, mask=cross_mask,
-                                                                  deterministic=det)),
+            ("cross_attn_norm", cross_sub),
             ("mlp_norm", lambda h: mlp(h, deterministic=det)),
         )
         for norm_name, sub in subs:
@@ -79,7 +132,7 @@ class PlugDecoderLayer(nn.Module):
                 x = x + drop(sub(norm(norm_name)(x)), deterministic=det)
             else:
                 x = norm(norm_name)(x + drop(sub(x), deterministic=det))
-        return with_logical_constraint(x, _ACT), None
+        return with_logical_constraint(x, _ACT), (probs[0] if probs else None)
 
 
 class PlugModel(nn.Module):
@@ -124,17 +177,8 @@ class PlugModel(nn.Module):
                                                                  axis=0)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         x = with_logical_constraint(x, _ACT)
-        if decoder_segment_ids is None:
-            dec_seg = jnp.ones((b, dec_len), jnp.int32)
-        else:
-            dec_seg = jnp.asarray(decoder_segment_ids, jnp.int32)
-        enc_seg = (jnp.ones((b, enc_len), jnp.int32) if encoder_segment_ids is None
-                   else jnp.asarray(encoder_segment_ids, jnp.int32))
-        self_mask = combine_masks(causal_mask(b, dec_len), segment_mask(dec_seg))
-        if encoder_segment_ids is None or decoder_segment_ids is None:
-            cross_mask = padding_mask(dec_seg > 0, enc_seg > 0)
-        else:  # packed: decoder segment k attends to encoder segment k
-            cross_mask = segment_mask(dec_seg, enc_seg)
+        self_mask, cross_mask = decoder_masks(b, enc_len, dec_len, encoder_segment_ids,
+                                              decoder_segment_ids)
         x = LayerStack(**stack_kwargs(cfg, PlugDecoderLayer, cfg.num_decoder_layers,
                                       (("config", cfg), ("deterministic", deterministic))),
                        scan=cfg.scan_layers, remat_policy=cfg.remat_policy,

@@ -1,0 +1,277 @@
+"""PALM converter: the released key names (AliceMind PALM, ModelScope palm_v2) <-> PalmModel.
+
+The synthetic checkpoints are built here from the key names of the released code, not from
+the exporter, and an independent numpy forward pass of the released architecture (BERT
+post-LN encoder, PreSumm pre-LN decoder, tied generator, CopyGenerator gate) checks that
+the converted weights give the same outputs."""
+import argparse
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from plug_jax.convert import io as cio
+from plug_jax.convert.palm import load_palm_checkpoint, palm_from_state_dict, palm_to_state_dict
+from plug_jax.families.palm import PalmConfig, PalmModel
+
+CFG = PalmConfig.from_preset("tiny", vocab_size=96, num_decoder_layers=3)
+H, FE, FD, V = 64, 256, 256, 96
+
+
+def _released_state_dict(layout="alicemind", copy=False, seed=0, cfg=CFG):
+    """A random state dict with the released names (PALM/models/*.py, palm_v2)."""
+    rng = np.random.RandomState(seed)
+
+    def w(*shape, scale=0.08):
+        return (rng.randn(*shape) * scale).astype(np.float32)
+
+    def lin(name, n_out, n_in):
+        return {f"{name}.weight": w(n_out, n_in), f"{name}.bias": w(n_out, scale=0.02)}
+
+    def ln(name):
+        return {f"{name}.weight": 1 + w(H, scale=0.05), f"{name}.bias": w(H, scale=0.05)}
+
+    enc = "bert.model." if layout == "alicemind" else "bert."
+    sd = {f"{enc}embeddings.word_embeddings.weight": w(V, H),
+          f"{enc}embeddings.position_embeddings.weight": w(cfg.max_position_embeddings, H),
+          f"{enc}embeddings.token_type_embeddings.weight": w(cfg.type_vocab_size, H),
+          f"{enc}embeddings.position_ids": np.arange(cfg.max_position_embeddings)[None]}
+    sd.update(ln(f"{enc}embeddings.LayerNorm"))
+    for i in range(cfg.num_encoder_layers):
+        p = f"{enc}encoder.layer.{i}."
+        for n in ("query", "key", "value"):
+            sd.update(lin(p + f"attention.self.{n}", H, H))
+        sd.update(lin(p + "attention.output.dense", H, H))
+        sd.update(ln(p + "attention.output.LayerNorm"))
+        sd.update(lin(p + "intermediate.dense", FE, H))
+        sd.update(lin(p + "output.dense", H, FE))
+        sd.update(ln(p + "output.LayerNorm"))
+    sd.update(lin(f"{enc}pooler.dense", H, H))
+    table = w(V, H)
+    sd["decoder.embeddings.weight"] = table
+    sd["decoder.pos_emb.pe"] = np.zeros((1, 5000, H), np.float32)  # buffer
+    for i in range(cfg.num_decoder_layers):
+        p = f"decoder.transformer_layers.{i}."
+        for a in ("self_attn", "context_attn"):
+            for n in ("linear_keys", "linear_values", "linear_query", "final_linear"):
+                sd.update(lin(p + f"{a}.{n}", H, H))
+        sd.update(lin(p + "feed_forward.w_1", FD, H))
+        sd.update(lin(p + "feed_forward.w_2", H, FD))
+        sd.update(ln(p + "feed_forward.layer_norm"))
+        sd.update(ln(p + "layer_norm_1"))
+        sd.update(ln(p + "layer_norm_2"))
+        sd[p + "mask"] = np.triu(np.ones((1, 8, 8), np.uint8), 1)  # buffer
+    sd.update(ln("decoder.layer_norm"))
+    if layout == "modelscope":
+        gen = "generator.dense"
+    else:
+        gen = "generator.gen_proj" if copy else "generator.0"
+    sd[f"{gen}.weight"] = table  # tied
+    sd[f"{gen}.bias"] = w(V, scale=0.02)
+    if copy:
+        sd.update(lin("generator.prob_proj", 1, 2 * H))
+    return sd
+
+
+# ----------------------------------------------------------- numpy reference of the release
+def _ln(x, sd, name, eps):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * sd[name + ".weight"] + sd[name + ".bias"]
+
+
+def _lin(x, sd, name):
+    return x @ sd[name + ".weight"].T.astype(np.float64) + sd[name + ".bias"]
+
+
+def _mha(q_in, kv_in, sd, names, heads, visible):
+    """Returns (output [t, H], per-head probabilities [heads, t, s])."""
+    q, k, v = (_lin(x, sd, n) for x, n in zip((q_in, kv_in, kv_in), names[:3]))
+    hd = H // heads
+
+    def split(x):
+        return x.reshape(x.shape[0], heads, hd).transpose(1, 0, 2)
+
+    scores = split(q) @ split(k).transpose(0, 2, 1) / math.sqrt(hd)
+    scores = np.where(visible[None], scores, -1e18)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    ctx = (probs @ split(v)).transpose(1, 0, 2).reshape(q.shape[0], H)
+    return _lin(ctx, sd, names[3]), probs
+
+
+def _reference_logprobs(sd, cfg, enc_ids, dec_ids, enc_valid, layout, copy):
+    erf = np.vectorize(math.erf)
+    enc = "bert.model." if layout == "alicemind" else "bert."
+    sd = {k: np.asarray(v, np.float64) for k, v in sd.items()}
+    out = []
+    for b in range(enc_ids.shape[0]):
+        ids, tgt, valid = enc_ids[b], dec_ids[b], enc_valid[b].astype(bool)
+        s, t = len(ids), len(tgt)
+        x = (sd[enc + "embeddings.word_embeddings.weight"][ids]
+             + sd[enc + "embeddings.position_embeddings.weight"][np.arange(s)]
+             + sd[enc + "embeddings.token_type_embeddings.weight"][0])
+        x = _ln(x, sd, enc + "embeddings.LayerNorm", cfg.layer_norm_epsilon)
+        see = np.broadcast_to(valid[None], (s, s))
+        for i in range(cfg.num_encoder_layers):
+            p = f"{enc}encoder.layer.{i}."
+            a, _ = _mha(x, x, sd, [p + f"attention.self.{n}" for n in ("query", "key", "value")]
+                        + [p + "attention.output.dense"], cfg.num_heads, see)
+            x = _ln(x + a, sd, p + "attention.output.LayerNorm", cfg.layer_norm_epsilon)
+            h = _lin(x, sd, p + "intermediate.dense")
+            h = 0.5 * h * (1 + erf(h / math.sqrt(2)))
+            x = _ln(x + _lin(h, sd, p + "output.dense"), sd, p + "output.LayerNorm",
+                    cfg.layer_norm_epsilon)
+        memory = x
+        table = sd["decoder.embeddings.weight"]
+        pos = np.arange(t)[:, None]
+        div = np.exp(np.arange(0, H, 2) * -(math.log(10000.0) / H))
+        pe = np.zeros((t, H))
+        pe[:, 0::2], pe[:, 1::2] = np.sin(pos * div), np.cos(pos * div)
+        y = table[tgt] * math.sqrt(H) + pe
+        causal = np.tril(np.ones((t, t), bool))
+        cross = np.broadcast_to(valid[None], (t, s))
+        eps = cfg.decoder_layer_norm_epsilon
+        for i in range(cfg.num_decoder_layers):
+            p = f"decoder.transformer_layers.{i}."
+            names = ("linear_query", "linear_keys", "linear_values", "final_linear")
+            yn = _ln(y, sd, p + "layer_norm_1", eps)
+            a, _ = _mha(yn, yn, sd, [p + "self_attn." + n for n in names],
+                        cfg.num_decoder_heads, causal)
+            y = y + a
+            yn = _ln(y, sd, p + "layer_norm_2", eps)
+            a, attn = _mha(yn, memory, sd, [p + "context_attn." + n for n in names],
+                           cfg.num_decoder_heads, cross)
+            y = y + a
+            h = _lin(_ln(y, sd, p + "feed_forward.layer_norm", eps), sd, p + "feed_forward.w_1")
+            h = 0.5 * h * (1 + np.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))
+            y = y + _lin(h, sd, p + "feed_forward.w_2")
+        y = _ln(y, sd, "decoder.layer_norm", eps)
+        gen = {"modelscope": "generator.dense"}.get(
+            layout, "generator.gen_proj" if copy else "generator.0")
+        logits = _lin(y, sd, gen)
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        if copy:  # CopyGenerator, without the released extra softmax (documented)
+            a = attn.mean(0)
+            context = a @ memory
+            gate = 1 / (1 + np.exp(-_lin(np.concatenate([context, y], -1), sd,
+                                         "generator.prob_proj")))
+            copy_dist = np.zeros_like(probs)
+            for j in range(s):
+                copy_dist[:, ids[j]] += a[:, j]
+            probs = gate * probs + (1 - gate) * copy_dist
+        out.append(np.log(probs))
+    return np.stack(out)
+
+
+def _ours(cfg, params, enc_ids, dec_ids, valid):
+    return PalmModel(cfg).apply({"params": params}, jnp.asarray(enc_ids), jnp.asarray(dec_ids),
+                                encoder_segment_ids=jnp.asarray(valid))["logits"]
+
+
+def _inputs():
+    rng = np.random.RandomState(3)
+    enc = rng.randint(1, V, (2, 9)).astype(np.int32)
+    enc[0, 6:] = 0
+    dec = rng.randint(1, V, (2, 5)).astype(np.int32)
+    return enc, dec, (enc > 0).astype(np.int32)
+
+
+@pytest.mark.parametrize("layout,copy", [("alicemind", False), ("alicemind", True),
+                                         ("modelscope", False)])
+def test_released_layout_round_trips_and_matches_a_reference_forward(layout, copy):
+    cfg = CFG.replace(copy=copy, copy_gate_uses_input=False) if copy else CFG.replace(copy=False)
+    sd = _released_state_dict(layout, copy)
+    wrapped = {"model": {f"palm.{k}": v for k, v in sd.items()}}  # unwrapped on import
+    params = palm_from_state_dict(wrapped, cfg)
+    back = palm_to_state_dict(params, cfg, layout=layout)
+    params_only = {k: v for k, v in sd.items() if not k.endswith(("pe", "mask", "position_ids"))}
+    assert set(back) == set(params_only)
+    for k, v in params_only.items():
+        np.testing.assert_array_equal(back[k], v, err_msg=k)
+    enc, dec, valid = _inputs()
+    want = _reference_logprobs(sd, cfg, enc, dec, valid, layout, copy)
+    got = np.asarray(_ours(cfg, params, enc, dec, valid))
+    if not copy:
+        got = np.asarray(jax.nn.log_softmax(got))
+    np.testing.assert_allclose(got, want, atol=2e-4)
+
+
+def test_ours_to_released_to_ours_is_exact_for_both_layouts_and_layer_layouts():
+    cfg = CFG  # copy=True with the input-embedding gate
+    e, d = jnp.ones((1, 4), jnp.int32), jnp.ones((1, 3), jnp.int32)
+    from flax import linen as nn
+    init = jax.jit(lambda r: PalmModel(cfg).init(r, e, d)["params"])
+    params = jax.tree_util.tree_map(np.array, nn.unbox(init(jax.random.PRNGKey(1))))
+    with pytest.raises(ValueError, match="input embedding"):  # nonzero input rows
+        palm_to_state_dict(params, cfg)
+    params["copy_gate"]["kernel"][2 * H:] = 0.0
+    for c, layout in ((cfg, "alicemind"), (cfg.replace(scan_layers=False), "alicemind")):
+        p = params
+        if not c.scan_layers:
+            p = palm_from_state_dict(palm_to_state_dict(params, cfg), c)
+        sd = palm_to_state_dict(p, c, layout=layout)
+        again = palm_from_state_dict(sd, cfg)
+        same = jax.tree_util.tree_map(np.array_equal, again, params)
+        assert all(jax.tree_util.tree_leaves(same))
+    plain = cfg.replace(copy=False)
+    p = {k: v for k, v in params.items() if k != "copy_gate"}
+    again = palm_from_state_dict(palm_to_state_dict(p, plain, layout="modelscope"), plain)
+    assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, again, p)))
+    with pytest.raises(ValueError, match="no copy head"):
+        palm_to_state_dict(params, cfg, layout="modelscope")
+
+
+def test_checkpoint_without_copy_head_gets_a_fresh_gate():
+    sd = _released_state_dict("alicemind", copy=False)
+    params = palm_from_state_dict(sd, CFG, copy_gate_bias=2.0)
+    assert np.all(params["copy_gate"]["kernel"] == 0) and params["copy_gate"]["bias"][0] == 2.0
+    assert params["copy_gate"]["kernel"].shape == (3 * H, 1)
+
+
+def test_missing_unexpected_and_untied_keys_give_one_line_errors():
+    sd = _released_state_dict("modelscope")
+    cfg = CFG.replace(copy=False)
+    cases = []
+    missing = dict(sd)
+    del missing["decoder.transformer_layers.1.context_attn.linear_keys.weight"]
+    del missing["bert.encoder.layer.0.output.dense.bias"]
+    cases.append((missing, "missing 2 tensor"))
+    cases.append((dict(sd, **{"cls.predictions.bias": np.zeros(V, np.float32)}), "unexpected"))
+    untied = dict(sd, **{"generator.dense.weight": sd["generator.dense.weight"] + 1})
+    cases.append((untied, "untied"))
+    cases.append((_released_state_dict("alicemind", copy=True), "copy=True"))
+    for bad, match in cases:
+        with pytest.raises(ValueError, match=match) as err:
+            palm_from_state_dict(bad, cfg)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="expects") as err:  # wrong size for this config
+        palm_from_state_dict(sd, cfg.replace(decoder_ffn_size=128))
+    assert "\n" not in str(err.value)
+    palm_from_state_dict(dict(sd, **{"cls.x": np.zeros(1)}), cfg, strict=False)
+
+
+def test_files_load_only_through_safe_readers(tmp_path):
+    import torch
+    from safetensors.numpy import save_file
+
+    cfg = CFG.replace(copy=False)
+    sd = _released_state_dict("modelscope")
+    sd = {k: np.ascontiguousarray(v) for k, v in sd.items()}
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    a = load_palm_checkpoint(tmp_path / "model.safetensors", cfg)
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, tmp_path / "w.bin")
+    b = load_palm_checkpoint(tmp_path / "w.bin", cfg)
+    assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, a, b)))
+    # An AliceMind training checkpoint pickles its options: refused, in one line.
+    torch.save({"model": {k: torch.from_numpy(np.array(v)) for k, v in sd.items()},
+                "opt": argparse.Namespace(dec_layers=3)}, tmp_path / "train.pt")
+    with pytest.raises(cio.WeightsLoadError, match="refusing") as err:
+        load_palm_checkpoint(tmp_path / "train.pt", cfg)
+    assert "\n" not in str(err.value)
+    (tmp_path / "x.pkl").write_bytes(b"\x80\x04N.")
+    with pytest.raises(cio.WeightsLoadError, match="unsupported"):
+        load_palm_checkpoint(tmp_path / "x.pkl", cfg)
