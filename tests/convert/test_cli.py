@@ -85,7 +85,7 @@ def test_existing_output_needs_overwrite(hf_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("change, expect", [
-    ({"--family": "plug"}, "unknown family 'plug'; supported families: gpt3"),
+    ({"--family": "bogus"}, "unknown family 'bogus'; supported families: gpt3, structbert, plug"),
     ({"--source": "tf"}, "unknown source 'tf'; choose one of hf, modelscope"),
     ({"--input": "/nonexistent/gpt2"}, "input /nonexistent/gpt2 does not exist"),
     ({"--scan_layers": "maybe"}, "expected true or false"),

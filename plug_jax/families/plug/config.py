@@ -32,6 +32,9 @@ class PlugConfig(FamilyConfig):
     layer_norm_epsilon: float = 1e-5
     activation: str = "gelu"
     norm_placement: str = "pre"  # the released PLUG; 'post' gives a BERT-style encoder
+    # PLUG's BertEmbeddings LayerNorm on word + position + token type, kept in its pre-LN
+    # model (AliceMind PLUG/model/modeling.py) for the encoder and the decoder inputs.
+    embedding_norm: bool = True
     num_sentence_classes: int = 3
     dropout_rate: float = 0.1
     attention_dropout_rate: float = 0.1
@@ -73,6 +76,7 @@ class PlugConfig(FamilyConfig):
             max_position_embeddings=self.max_position_embeddings,
             type_vocab_size=self.type_vocab_size, layer_norm_epsilon=self.layer_norm_epsilon,
             activation=self.activation, norm_placement=self.norm_placement,
+            embedding_norm=self.embedding_norm,
             num_sentence_classes=self.num_sentence_classes, dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate,
             initializer_range=self.initializer_range, dtype=self.dtype,

@@ -6,8 +6,11 @@ checkpoint of an encoder-only stage 1 (``StructBERTForPreTraining`` with
 ``config.encoder_config``) is exactly ``params['structbert']`` of stage 2, and a
 ``decoder/`` subtree:
 
-* decoder inputs are embedded with the encoder's word and position tables (shared [I]:
-  ``PalmForPreTraining`` passes the BERT embeddings module to its decoder);
+* decoder inputs are embedded by the encoder's embedding module (shared [I]:
+  ``PalmForPreTraining`` passes the BERT embeddings module to its decoder): word +
+  position + token type 0, then the embedding LayerNorm (``config.embedding_norm``; PLUG's
+  ``BertEmbeddings`` applies it in the pre-LN model too, AliceMind
+  ``PLUG/model/modeling.py``);
 * ``num_decoder_layers`` blocks of, pre-LN: LN -> causal self-attention -> +res; LN ->
   cross-attention to the encoder states -> +res; LN -> FFN -> +res; then a final LN
   (post-LN: each sub-layer -> +res -> LN);
@@ -28,7 +31,7 @@ from plug_jax.layers.attention import (MultiHeadAttention, causal_mask, combine_
                                        padding_mask, segment_mask)
 from plug_jax.layers.mlp import MLP
 from plug_jax.layers.moe.config import stack_kwargs
-from plug_jax.layers.norms import LayerNorm
+from plug_jax.layers.norms import LayerNorm, layer_norm
 from plug_jax.layers.scan import LayerStack
 from plug_jax.partitioning import axes as A
 from plug_jax.partitioning.constraints import with_logical_constraint
@@ -173,8 +176,16 @@ class PlugModel(nn.Module):
         if decoder_positions is None:
             decoder_positions = jnp.broadcast_to(jnp.arange(dec_len, dtype=jnp.int32),
                                                  (b, dec_len))
+        # The decoder inputs go through the encoder's embedding module (PLUG passes
+        # bert.embeddings to its decoder): word + position + token type 0, then the
+        # embedding LayerNorm when the config has one.
+        type0 = jnp.asarray(nn.unbox(emb["type_embed"]["embedding"])[0], cfg.compute_dtype)
         x = jnp.take(word, decoder_input_ids, axis=0) + jnp.take(pos_table, decoder_positions,
-                                                                 axis=0)
+                                                                 axis=0) + type0
+        if cfg.encoder_config.use_embedding_norm:
+            norm = emb["embed_norm"]
+            x = layer_norm(x, nn.unbox(norm["scale"]), nn.unbox(norm["bias"]),
+                           cfg.layer_norm_epsilon, cfg.compute_dtype)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         x = with_logical_constraint(x, _ACT)
         self_mask, cross_mask = decoder_masks(b, enc_len, dec_len, encoder_segment_ids,

@@ -35,6 +35,10 @@ class StructBERTConfig(FamilyConfig):
     layer_norm_epsilon: float = 1e-12
     activation: str = "gelu"  # exact (erf) GELU, as BERT's hidden_act 'gelu'
     norm_placement: str = "post"
+    # LayerNorm on the summed embeddings. None: with post-LN (BERT) yes, with pre-LN
+    # (Megatron-BERT, transformers' MegatronBertModel) no. PLUG's pre-LN encoder keeps
+    # BERT's embedding LayerNorm (its BertEmbeddings always applies it): True.
+    embedding_norm: bool | None = None
     # 3 = StructBERT's next / previous / random sentence task; 2 = BERT NSP.
     num_sentence_classes: int = 3
     dropout_rate: float = 0.1  # BERT hidden_dropout_prob
@@ -74,6 +78,10 @@ class StructBERTConfig(FamilyConfig):
     @property
     def pre_norm(self) -> bool:
         return self.norm_placement == "pre"
+
+    @property
+    def use_embedding_norm(self) -> bool:
+        return not self.pre_norm if self.embedding_norm is None else bool(self.embedding_norm)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "StructBERTConfig":

@@ -18,7 +18,7 @@ Parameter tree (scanned; the unscanned layout has ``layers_0 .. layers_{n-1}``):
     encoder/word_embed/embedding       [vocab, embed]
     encoder/pos_embed/embedding        [max_pos, embed]
     encoder/type_embed/embedding       [type_vocab, embed]
-    encoder/embed_norm/{scale,bias}    (post-LN only)
+    encoder/embed_norm/{scale,bias}    (config.use_embedding_norm: post-LN, and PLUG)
     encoder/stack/layers/attn/{query,key,value,out}/{kernel,bias}
     encoder/stack/layers/attn_norm/{scale,bias}
     encoder/stack/layers/mlp/{wi,wo}/{kernel,bias}
@@ -138,7 +138,7 @@ class BertEncoder(nn.Module):
         typ = Embed(cfg.type_vocab_size, cfg.hidden_size, axes=(None, A.EMBED), dtype=dtype,
                     param_dtype=pdtype, embedding_init=init, name="type_embed")
         x = word(input_ids) + typ(jnp.asarray(token_type_ids, jnp.int32)) + pos(positions)
-        if not cfg.pre_norm:
+        if cfg.use_embedding_norm:
             x = _norm(cfg, "embed_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         x = with_logical_constraint(x, _ACT)

@@ -32,7 +32,7 @@ def test_27b_preset_is_27b_without_allocation():
     h, f = 8192, 32768
     enc_layer = 4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h
     dec_layer = 2 * (4 * h * h + 4 * h) + 2 * h * f + f + h + 6 * h
-    emb = (21504 + 2048 + 3) * h
+    emb = (21504 + 2048 + 3) * h + 2 * h  # tables + the embedding LayerNorm
     heads = (h * h + h + 2 * h + 21504) + (h * h + h) + (3 * h + 3)  # MLM, pooler, sentence
     want = 24 * enc_layer + 6 * dec_layer + emb + 2 * h + 2 * h + heads  # + 2 final LNs
     assert n == want
