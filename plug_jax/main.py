@@ -11,6 +11,9 @@ t5x-style flags::
   then exits without running.
 * The operative config is written to ``MODEL_DIR/config.gin``.
 * ``plug-infer`` prints continuations of the gin-bound prompts (or ``--prompt`` flags).
+* ``plug-eval`` runs the generation evaluation (ROUGE-L vs. the lead baseline,
+  ``runs/eval_generation.gin``) instead of ``loop.evaluate`` when gin sets
+  ``EVAL_GENERATION = True``.
 * Several processes: ``--coordinator_address``, ``--num_processes``, ``--process_id``
   (or SLURM / Open MPI / Cloud TPU environment) start ``jax.distributed`` before any
   device is used; see :mod:`plug_jax.distributed` and docs/launch.md.
@@ -94,7 +97,10 @@ def run(argv: Sequence[str] | None = None, mode: str | None = None, prog: str = 
                 peak_flops=peak)
             gin_utils.write_operative_config(out["model_dir"], sources)
         elif mode == "eval":
-            gin_utils.call_with_gin_errors(_configurable(loop.evaluate))
+            from plug_jax.trainer import generation_eval  # runs/eval_generation.gin
+            fn = (generation_eval.evaluate_generation if generation_eval.selected_by_gin()
+                  else loop.evaluate)
+            gin_utils.call_with_gin_errors(_configurable(fn))
         else:
             kw = {"prompts": args.prompt} if args.prompt else {}
             gin_utils.call_with_gin_errors(_configurable(loop.infer), **kw)

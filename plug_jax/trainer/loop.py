@@ -672,7 +672,8 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
           mesh: MeshConfig = MeshConfig(rules="dp"), max_new_tokens: int = 48,
           methods: Sequence[str] = ("greedy", "top_p", "beam"), temperature: float = 0.8,
           top_k: int = 0, top_p: float = 0.9, num_beams: int = 4,
-          length_penalty: float = 1.0, seed: int = 0, vocabulary=None,
+          length_penalty: float = 1.0, length_penalty_form: str = "power", seed: int = 0,
+          vocabulary=None,
           params=None) -> list[dict]:
     """Prints continuations of ``prompts`` with each decoding method; returns them."""
     from plug_jax import decoding
@@ -717,6 +718,7 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
         elif method == "beam":
             out = decoding.beam_search(step_fn, init_cache, params, ids, mask, max_new_tokens,
                                        num_beams=num_beams, length_penalty=length_penalty,
+                                       length_penalty_form=length_penalty_form,
                                        eos_id=eos).sequences
         else:
             raise TrainError(f"unknown decoding method {method!r}; fix: use greedy, top_p, "
