@@ -4,6 +4,6 @@ Installed as ``plug_jax.tasks`` (setup.py maps this folder there), so the name c
 collide with another installed ``tasks`` package. Importing it registers every task;
 registration is idempotent.
 """
-from . import corpora, corpora_vision, curricula, gpt3, palm, shop_world  # noqa: F401
+from . import corpora, corpora_vision, curricula, gpt3, palm, shop_world, structbert  # noqa: F401
 
-__all__ = ["corpora", "corpora_vision", "curricula", "gpt3", "palm", "shop_world"]
+__all__ = ["corpora", "corpora_vision", "curricula", "gpt3", "palm", "shop_world", "structbert"]

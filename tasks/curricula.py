@@ -13,6 +13,9 @@ with 100 extra ids; train them with ``converter="encdec"``):
                                 in [32, 512] (PLUG stage 2; the context keeps its end)
 ``plug_mlm_{lang}_v1``          MLM, cut the same way
 ``plug_genmlm_{lang}_v1``       mixture of ``plug_gen`` and ``plug_mlm``, equal rates
+``plug_genae_{lang}_v1``        ``plug_gen`` with BERT MLM on the encoder's context:
+                                ``mlm_targets`` / ``mlm_weights`` for the encoder's MLM
+                                head (converter ``encdec_mlm``)
 ==============================  ==============================================================
 
 Curricula (``plug_jax.data.curriculum``):
@@ -21,8 +24,14 @@ Curricula (``plug_jax.data.curriculum``):
   infilling + sentence shuffle for the second third, then autoregressive (context ->
   continuation). The seed documents give the order of the three stages but not their
   lengths; equal thirds is our choice.
-* ``plug_stage2_{lang}_v1``: generation + MLM for the first 90% of the run's examples, then
-  generation alone (MLM dropped for the last 10%).
+* ``plug_stage2_{lang}_v2`` (PLUG stage 2 as MODEL_SPECS.md §3 describes it): for the first
+  90% of the run's examples ``plug_genae`` — the context goes MLM-corrupted to the encoder,
+  which keeps its MLM loss, and the decoder generates the continuation — then ``plug_gen``
+  (MLM off: no ``mlm_weights``, the ``encdec_mlm`` converter gives zero weights). Train
+  with converter ``"encdec_mlm"``.
+* ``plug_stage2_{lang}_v1`` (kept for runs that use it): the mixture ``plug_genmlm``
+  (generation, and MLM as sequence-to-sequence denoising by the decoder) for the first
+  90%, then generation alone.
 
 The mask token is the last extra id (``vocab_size - 1``); MLM's random replacements are
 drawn from the SentencePiece pieces only. Sentences are split at 。！？ (zh) or ``. ! ?``
@@ -93,6 +102,38 @@ def keep_inputs_and_targets(dataset):
     return dataset.map(lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]})
 
 
+_ENCODER_MLM_FEATURES = ("inputs", "targets", "mlm_targets", "mlm_weights")
+
+
+def encoder_mlm_objective(dataset, output_features):
+    """MLM on the encoder's ``inputs`` (the context) while ``targets`` (the continuation)
+    stay the decoder's: adds ``mlm_targets`` (uncorrupted context) and ``mlm_weights``."""
+    size, mask, sp_size, _ = _ids(output_features)
+    dataset = dataset.map(lambda ex: {**ex, "_continuation": ex["targets"]})
+    dataset = pp.mlm(dataset, vocab_size=size, mask_id=mask, random_token_max_id=sp_size,
+                     feature="inputs")
+    return dataset.map(lambda ex: {"inputs": ex["inputs"], "targets": ex["_continuation"],
+                                   "mlm_targets": ex["targets"],
+                                   "mlm_weights": ex["mlm_weights"]})
+
+
+def keep_encoder_mlm_features(dataset):
+    return dataset.map(lambda ex: {k: ex[k] for k in _ENCODER_MLM_FEATURES})
+
+
+def align_mlm_with_inputs(dataset):
+    """After ``append_eos_after_trim`` cut ``inputs`` and appended EOS: the same cut and EOS
+    (weight 0) for ``mlm_targets`` / ``mlm_weights``, so they stay position-aligned."""
+    def f(ex):
+        n = tf.size(ex["inputs"]) - 1
+        out = dict(ex)
+        out["mlm_targets"] = tf.concat([tf.cast(ex["mlm_targets"][:n], tf.int32),
+                                        [pp.EOS_ID]], 0)
+        out["mlm_weights"] = tf.concat([tf.cast(ex["mlm_weights"][:n], tf.float32), [0.0]], 0)
+        return out
+    return dataset.map(f, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 # ------------------------------------------------------------------ registration
 def register_encdec_task(name: str, objective: str, lang: str = "zh"):
     """Register (once) a Shop World encoder-decoder task with one of ``OBJECTIVES``."""
@@ -114,8 +155,9 @@ def register_encdec_task(name: str, objective: str, lang: str = "zh"):
                 functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
                 seqio.CacheDatasetPlaceholder(),
                 *OBJECTIVES[objective],
-                keep_inputs_and_targets,
-                seqio.preprocessors.append_eos_after_trim,
+                *((keep_encoder_mlm_features, seqio.preprocessors.append_eos_after_trim,
+                   align_mlm_with_inputs) if objective in ENCODER_MLM_OBJECTIVES else
+                  (keep_inputs_and_targets, seqio.preprocessors.append_eos_after_trim)),
             ],
             output_features={
                 "inputs": seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32),
@@ -137,13 +179,16 @@ OBJECTIVES = {
     "ar": (pp.palm_split,),
     "plug_gen": (pp.palm_split, _RANDOM_LENGTHS),
     "plug_mlm": (mlm_objective, _RANDOM_LENGTHS),
+    "plug_genae": (pp.palm_split, _RANDOM_LENGTHS, encoder_mlm_objective),
 }
+ENCODER_MLM_OBJECTIVES = ("plug_genae",)  # train with converter "encdec_mlm"
 
 for _lang in ("zh", "en"):
     for _obj in ("mlm", "infill", "sentshuffle", "ar"):
         register_encdec_task(f"palm2_{_obj}_{_lang}_v1", _obj, _lang)
     register_encdec_task(f"plug_gen_{_lang}_v1", "plug_gen", _lang)
     register_encdec_task(f"plug_mlm_{_lang}_v1", "plug_mlm", _lang)
+    register_encdec_task(f"plug_genae_{_lang}_v1", "plug_genae", _lang)
     registry.register_mixture(f"palm2_denoise_{_lang}_v1",
                               [(f"palm2_infill_{_lang}_v1", 1.0),
                                (f"palm2_sentshuffle_{_lang}_v1", 1.0)])
@@ -153,6 +198,10 @@ for _lang in ("zh", "en"):
         curriculum.Stage(f"palm2_mlm_{_lang}_v1", until_fraction=1 / 3),
         curriculum.Stage(f"palm2_denoise_{_lang}_v1", until_fraction=2 / 3),
         curriculum.Stage(f"palm2_ar_{_lang}_v1"),
+    ])
+    curriculum.register_curriculum(f"plug_stage2_{_lang}_v2", [
+        curriculum.Stage(f"plug_genae_{_lang}_v1", until_fraction=0.9),
+        curriculum.Stage(f"plug_gen_{_lang}_v1"),
     ])
     curriculum.register_curriculum(f"plug_stage2_{_lang}_v1", [
         curriculum.Stage(f"plug_genmlm_{_lang}_v1", until_fraction=0.9),

@@ -36,6 +36,8 @@ FEATURE_CONVERTERS = {
     "decoder": seqio.DecoderFeatureConverter,     # decoder-only LM (GPT-3)
     "encdec": seqio.EncDecFeatureConverter,       # encoder-decoder (PALM, PLUG)
     "prefix_lm": seqio.PrefixLMFeatureConverter,  # decoder-only with a bidirectional prefix
+    "encoder": None,  # encoder-only, one example per row (StructBERT): EncoderFeatureConverter
+    "encdec_mlm": None,  # encoder-decoder + encoder MLM targets (PLUG stage 2): EncDecMlm...
 }
 DECODER_FEATURES = ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
                     "decoder_segment_ids", "decoder_positions")
@@ -95,6 +97,8 @@ def task_vocabulary(mixture_or_task_name: str, feature: str = "targets") -> seqi
             mixture_or_task_name).stages[0].mixture_or_task_name
     provider = _provider(mixture_or_task_name)
     features = provider.output_features
+    if feature == "targets" and feature not in features and "inputs" in features:
+        feature = "inputs"  # an encoder-only (classification) task
     if feature not in features:
         raise ValueError(f"{mixture_or_task_name!r} has no output feature {feature!r}; use one "
                          f"of {sorted(features)}")
@@ -102,7 +106,8 @@ def task_vocabulary(mixture_or_task_name: str, feature: str = "targets") -> seqi
 
 
 def _check_args(name: str, provider, task_feature_lengths, split: str, global_batch_size: int,
-                process_index: int, process_count: int, start_step: int) -> None:
+                process_index: int, process_count: int, start_step: int,
+                converter: str = "decoder") -> None:
     if not isinstance(global_batch_size, (int, np.integer)) or global_batch_size < 1:
         raise ValueError(f"global_batch_size must be a positive integer, got "
                          f"{global_batch_size!r}")
@@ -118,15 +123,141 @@ def _check_args(name: str, provider, task_feature_lengths, split: str, global_ba
     splits = getattr(provider, "splits", None)
     if splits and split not in splits:
         raise ValueError(f"{name!r} has no split {split!r}; use one of {sorted(splits)}")
-    if "targets" not in task_feature_lengths:
+    if converter == "encoder":
+        feature_converter(converter).get_model_feature_lengths(task_feature_lengths)
+    elif "targets" not in task_feature_lengths:
         raise ValueError(f"task_feature_lengths {dict(task_feature_lengths)} has no 'targets' "
                          f"length; pass e.g. {{'targets': 256}}")
 
 
-def feature_converter(name: str, pack: bool = True) -> seqio.FeatureConverter:
+class EncoderFeatureConverter:
+    """Encoder-only model features (StructBERT pre-training and classification).
+
+    Task features: ``inputs`` (required), optionally ``token_type_ids``, ``targets`` with
+    ``mlm_weights`` / ``structural_weights`` (the ``mlm`` and ``word_structural``
+    preprocessors), and ``label`` (an int32 scalar). Every row holds one example, trimmed /
+    zero-padded to ``task_feature_lengths['inputs']``: the sentence heads read the row's
+    first token, so rows are never packed and ``pack`` has no effect. Model features (all
+    int32, ``[batch, length]``, missing task features give zeros):
+
+    ``encoder_input_tokens``, ``encoder_token_types``, ``mlm_targets``, ``mlm_weights``,
+    ``structural_weights`` and ``label`` (``[batch, 1]``; padding rows of a finite eval
+    epoch have all-zero tokens and are not counted).
+    """
+
+    MODEL_FEATURES = ("encoder_input_tokens", "encoder_token_types", "mlm_targets",
+                      "mlm_weights", "structural_weights")
+
+    def __init__(self, pack: bool = False):
+        self.pack = bool(pack)
+
+    def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict:
+        if "inputs" not in task_feature_lengths:
+            raise ValueError(f"the 'encoder' feature converter needs an 'inputs' length in "
+                             f"task_feature_lengths {dict(task_feature_lengths)}; fix: e.g. "
+                             f"{{'inputs': 128}}")
+        n = int(task_feature_lengths["inputs"])
+        return {**dict.fromkeys(self.MODEL_FEATURES, n), "label": 1}
+
+    def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]):
+        n = self.get_model_feature_lengths(task_feature_lengths)["encoder_input_tokens"]
+        spec = ds.element_spec
+        if "inputs" not in spec:
+            raise ValueError(f"the 'encoder' feature converter needs an 'inputs' feature; the "
+                             f"task gives {sorted(spec)}")
+
+        def fit(x):
+            x = tf.cast(x, tf.int32)[:n]
+            return tf.pad(x, [[0, n - tf.size(x)]])
+
+        def convert(ex):
+            tokens = fit(ex["inputs"])
+            zeros = tf.zeros([n], tf.int32)
+            out = {"encoder_input_tokens": tokens,
+                   "encoder_token_types": fit(ex["token_type_ids"]) if "token_type_ids" in ex
+                   else zeros,
+                   "mlm_targets": fit(ex["targets"]) if "targets" in ex else zeros}
+            for name in ("mlm_weights", "structural_weights"):
+                out[name] = fit(ex[name]) if name in ex else zeros
+            out["label"] = tf.reshape(tf.cast(ex["label"], tf.int32), [1]) if "label" in ex \
+                else tf.zeros([1], tf.int32)
+            return out
+
+        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class EncDecMlmFeatureConverter:
+    """``encdec`` batches plus the encoder's MLM targets (PLUG / PALM stage 2).
+
+    Task features: ``inputs`` (the context, MLM-corrupted), ``targets`` (the continuation)
+    and, optionally, ``mlm_targets`` (the uncorrupted context) with ``mlm_weights`` (1 at
+    masked positions); a task without them (MLM switched off) gets zero weights. The
+    features seqio's ``EncDecFeatureConverter`` gives (same values: packed with
+    ``seqio.utils.trim_and_pack_dataset``, decoder inputs shifted within segments) plus
+    ``encoder_mlm_targets`` and ``encoder_mlm_weights``, aligned with
+    ``encoder_input_tokens``.
+    """
+
+    def __init__(self, pack: bool = True):
+        self.pack = bool(pack)
+
+    def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict:
+        if "inputs" not in task_feature_lengths or "targets" not in task_feature_lengths:
+            raise ValueError(f"the 'encdec_mlm' feature converter needs 'inputs' and "
+                             f"'targets' lengths, got {dict(task_feature_lengths)}; fix: "
+                             f"e.g. {{'inputs': 512, 'targets': 128}}")
+        li, lt = int(task_feature_lengths["inputs"]), int(task_feature_lengths["targets"])
+        enc = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
+               "encoder_mlm_targets", "encoder_mlm_weights")
+        return {**dict.fromkeys(enc, li), **dict.fromkeys(DECODER_FEATURES, lt)}
+
+    def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]):
+        lengths = self.get_model_feature_lengths(task_feature_lengths)
+        li, lt = lengths["encoder_input_tokens"], lengths["decoder_target_tokens"]
+        has_mlm = "mlm_targets" in ds.element_spec
+
+        def select(ex):
+            # seqio's packing takes a feature's zeros for padding, so the weights travel as
+            # weight + 1 (never 0) and stay aligned with the inputs; undone after packing.
+            inputs = tf.cast(ex["inputs"], tf.int32)
+            return {"inputs": inputs, "targets": tf.cast(ex["targets"], tf.int32),
+                    "mlm_targets": tf.cast(ex["mlm_targets"], tf.int32) if has_mlm else inputs,
+                    "mlm_weights": (tf.cast(ex["mlm_weights"], tf.int32) if has_mlm
+                                    else tf.zeros_like(inputs)) + 1}
+
+        ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
+        packed_lengths = {"inputs": li, "targets": lt, "mlm_targets": li, "mlm_weights": li}
+        ds = (seqio.utils.trim_and_pack_dataset(ds, packed_lengths) if self.pack
+              else seqio.utils.trim_and_pad_dataset(ds, packed_lengths))
+
+        def convert(ex):
+            dec = {k: v[None] for k, v in ex.items() if k.startswith("targets")}
+            out = {k: v[0] for k, v in _batched_lm_features(dec).items()}
+            out["encoder_input_tokens"] = ex["inputs"]
+            out["encoder_mlm_targets"] = ex["mlm_targets"]
+            out["encoder_mlm_weights"] = tf.maximum(ex["mlm_weights"] - 1, 0)
+            if self.pack:
+                out["encoder_segment_ids"] = ex["inputs_segment_ids"]
+                out["encoder_positions"] = ex["inputs_positions"]
+            else:  # seqio's unpacked layout: no segment ids / positions
+                out.pop("decoder_segment_ids", None)
+                out.pop("decoder_positions", None)
+            return out
+
+        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def feature_converter(name: str, pack: bool = True):
+    """The feature converter ``name`` (a seqio ``FeatureConverter`` or
+    :class:`EncoderFeatureConverter`): ``converter(ds, task_feature_lengths)`` and
+    ``converter.get_model_feature_lengths(task_feature_lengths)``."""
     if name not in FEATURE_CONVERTERS:
         raise ValueError(f"unknown feature converter {name!r}; use one of "
                          f"{sorted(FEATURE_CONVERTERS)}")
+    if name == "encoder":
+        return EncoderFeatureConverter(pack=pack)
+    if name == "encdec_mlm":
+        return EncDecMlmFeatureConverter(pack=pack)
     return FEATURE_CONVERTERS[name](pack=pack)
 
 
@@ -199,7 +330,7 @@ class BatchIterator:
         provider = _provider(mixture_or_task_name)
         feature_converter(converter)  # validates the name
         _check_args(mixture_or_task_name, provider, task_feature_lengths, split,
-                    global_batch_size, process_index, process_count, start_step)
+                    global_batch_size, process_index, process_count, start_step, converter)
         self.task = mixture_or_task_name
         self.feature_lengths = {k: int(v) for k, v in task_feature_lengths.items()}
         self.split = split

@@ -60,8 +60,10 @@ class DatasetConfig:
     shuffle: bool = True
     seed: int = 0
     pack: bool = True
-    # seqio feature converter: 'decoder' (decoder-only LM), 'encdec' (encoder-decoder:
-    # PALM, PLUG; lengths {'inputs', 'targets'}) or 'prefix_lm'.
+    # Feature converter (plug_jax.data.pipeline.FEATURE_CONVERTERS): 'decoder' (decoder-only
+    # LM), 'encdec' (encoder-decoder: PALM, PLUG; lengths {'inputs', 'targets'}),
+    # 'encdec_mlm' (encdec + the encoder's MLM targets: PLUG stage 2), 'prefix_lm', or
+    # 'encoder' (one example per row, StructBERT; lengths {'inputs'}).
     converter: str = "decoder"
 
 
@@ -169,17 +171,28 @@ def model_feature_lengths(cfg: DatasetConfig) -> dict[str, int]:
         return dict.fromkeys(decoder, lengths["targets"])
     if cfg.converter == "prefix_lm":
         return dict.fromkeys(decoder, lengths["inputs"] + lengths["targets"])
-    if cfg.converter == "encdec":
+    if cfg.converter in ("encdec", "encdec_mlm"):
         if "inputs" not in lengths:
-            raise TrainError(f"converter 'encdec' needs an 'inputs' length in "
+            raise TrainError(f"converter {cfg.converter!r} needs an 'inputs' length in "
                              f"task_feature_lengths {lengths}; fix: e.g. "
                              f"{{'inputs': 512, 'targets': 128}}")
         out = dict.fromkeys(("encoder_input_tokens", "encoder_segment_ids",
                              "encoder_positions"), lengths["inputs"])
         out.update(dict.fromkeys(decoder, lengths["targets"]))
+        if cfg.converter == "encdec_mlm":  # data.pipeline.EncDecMlmFeatureConverter
+            out.update(dict.fromkeys(("encoder_mlm_targets", "encoder_mlm_weights"),
+                                     lengths["inputs"]))
         return out
-    raise TrainError(f"unknown converter {cfg.converter!r}; use 'decoder', 'encdec' or "
-                     f"'prefix_lm'")
+    if cfg.converter == "encoder":  # data.pipeline.EncoderFeatureConverter
+        if "inputs" not in lengths:
+            raise TrainError(f"converter 'encoder' needs an 'inputs' length in "
+                             f"task_feature_lengths {lengths}; fix: e.g. {{'inputs': 128}}")
+        out = dict.fromkeys(("encoder_input_tokens", "encoder_token_types", "mlm_targets",
+                             "mlm_weights", "structural_weights"), lengths["inputs"])
+        out["label"] = 1
+        return out
+    raise TrainError(f"unknown converter {cfg.converter!r}; use 'decoder', 'encdec', "
+                     f"'encdec_mlm', 'prefix_lm' or 'encoder'")
 
 
 def _dummy_batch(cfg: DatasetConfig) -> dict:
@@ -391,7 +404,8 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
     schedule = learning_rate if callable(learning_rate) else (lambda s: jnp.float32(learning_rate))
     tx = optimizer(learning_rate=schedule)
     builder = StateBuilder(model, part, tx, _dummy_batch(train_dataset_cfg))
-    length = int(train_dataset_cfg.task_feature_lengths["targets"])
+    lengths = train_dataset_cfg.task_feature_lengths
+    length = int(lengths["targets"] if "targets" in lengths else lengths["inputs"])
     identity = dict(model.metadata())
     identity["vocab_fingerprint"] = _vocab_fingerprint(train_dataset_cfg)
     identity.update(extra_metadata or {})
@@ -500,8 +514,7 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
         if base is not None:
             row.update({"eval/unigram_loss": base["loss"], "eval/unigram_accuracy": base["accuracy"]})
         logger.write(step, row)
-        _say(f"eval @ step {step}: loss {res['loss']:.4f}  perplexity {res['perplexity']:.2f}"
-             f"  token accuracy {res['accuracy']:.4f}")
+        _say(f"eval @ step {step}: {_eval_summary(model, res)}")
         if base is not None:
             beats = res["loss"] < base["loss"] and res["accuracy"] > base["accuracy"]
             _say(f"  unigram baseline on the same batches: loss {base['loss']:.4f}  token "
@@ -645,6 +658,20 @@ def load_for_inference(model, model_dir: str, dataset_cfg: DatasetConfig,
     return params, step, part
 
 
+def _eval_summary(model, res: Mapping) -> str:
+    """One line of eval numbers: LMs print loss, perplexity and token accuracy; models with
+    an ``accuracy_name`` (encoders) print loss, that accuracy and their objective terms."""
+    name = getattr(model, "accuracy_name", None)
+    if name is None:
+        return (f"loss {res['loss']:.4f}  perplexity {res['perplexity']:.2f}  "
+                f"token accuracy {res['accuracy']:.4f}")
+    extra = "".join(f"  {k.replace('_', ' ')} {res[k]:.4f}" for k in
+                    ("mlm_loss", "mlm_accuracy", "structural_loss", "structural_accuracy")
+                    if isinstance(res.get(k), float))
+    return (f"loss {res['loss']:.4f}  {name} {res['accuracy']:.4f}  "
+            f"({int(res['tokens'])} examples){extra}")
+
+
 def evaluate(*, model, model_dir: str, eval_dataset_cfg: DatasetConfig,
              mesh: MeshConfig = MeshConfig(), eval_steps: int = 20,
              metric_writer: Any = None) -> dict:
@@ -663,8 +690,7 @@ def evaluate(*, model, model_dir: str, eval_dataset_cfg: DatasetConfig,
     logger.write(step, {f"eval/{n}": v for n, v in res.items()})
     logger.close()
     _say(f"eval of {model_dir} @ step {step} on {eval_dataset_cfg.mixture_or_task_name}/"
-         f"{eval_dataset_cfg.split}: loss {res['loss']:.4f} perplexity {res['perplexity']:.2f} "
-         f"token accuracy {res['accuracy']:.4f}")
+         f"{eval_dataset_cfg.split}: {_eval_summary(model, res)}")
     return res
 
 
@@ -688,6 +714,17 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
         from jax.experimental import multihost_utils
         params = multihost_utils.process_allgather(params, tiled=True)
     params = jax.device_get(params)
+    if hasattr(model, "infer_texts"):  # encoders: labels (and [MASK] fills), no decoding
+        results = model.infer_texts(params, vocabulary, list(prompts))
+        if jax.process_index() == 0:
+            print(f"predictions from {model_dir}" + (f" @ step {step}" if step is not None
+                                                     else ""))
+            for res in results:
+                fill = (f"  [MASK] -> {' '.join(res['mask_fill'])}" if res.get("mask_fill")
+                        else "")
+                print(f"[{res['label_name']} p={res['probability']:.3f}] "
+                      f"{res['prompt']!r}{fill}", flush=True)
+        return results
     step_fn, init_cache = model.decode_fns()
     encoded = [list(vocabulary.encode(p)) for p in prompts]
     width = max(len(e) for e in encoded)

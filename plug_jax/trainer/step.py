@@ -38,6 +38,33 @@ DEFAULT_AUX_LOSS_FACTORS = {"load_balance_loss": 0.01, "router_z_loss": 0.001}
 _CE_KEYS = ("loss", "z_loss", "correct", "weight")
 
 
+def extra_metrics(sums: Mapping[str, Any], denom) -> dict:
+    """Metrics of the sums beyond cross-entropy's four keys.
+
+    A group ``<g>_weight`` (e.g. ``mlm_weight``: the number of masked encoder tokens) has
+    its own denominator: ``<g>_loss`` and ``<g>_correct`` become ``<g>_loss`` and
+    ``<g>_accuracy`` divided by it, and ``<g>_weight`` itself is reported as ``<g>_tokens``.
+    Every other key is divided by ``denom`` (the main loss weight).
+    """
+    groups = {n[:-len("_weight")] for n in sums if n.endswith("_weight")}
+    out = {}
+    for name, value in sums.items():
+        if name in _CE_KEYS:
+            continue
+        group = next((g for g in groups if name.startswith(g + "_")), None)
+        if group is None:
+            out[name] = value / denom
+            continue
+        own = value if name == group + "_weight" else None
+        if own is not None:
+            out[group + "_tokens"] = value
+        elif name == group + "_correct":
+            out[group + "_accuracy"] = value / jnp.maximum(sums[group + "_weight"], 1.0)
+        else:
+            out[name] = value / jnp.maximum(sums[group + "_weight"], 1.0)
+    return out
+
+
 def aux_objective(sums: dict, factors: Mapping[str, float]) -> jax.Array:
     """``sum_n factor_n * sums['aux_loss/' + n]`` over the auxiliary losses present.
 
@@ -116,7 +143,7 @@ def make_train_step(model, num_microbatches: int = 1,
             "tokens": sums["weight"],
             "skipped": (~ok).astype(jnp.int32),
         }
-        metrics.update({n: v / denom for n, v in sums.items() if n not in _CE_KEYS})
+        metrics.update(extra_metrics(sums, denom))
         if learning_rate_fn is not None:
             metrics["learning_rate"] = learning_rate_fn(state.step)
         return new_state, metrics
@@ -139,8 +166,9 @@ def finalize_eval(sums: dict[str, Any]) -> dict[str, float]:
     loss = float(sums["loss"]) / w
     out = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
            "accuracy": float(sums["correct"]) / w, "tokens": float(sums["weight"])}
-    for name, value in sums.items():  # auxiliary losses and MoE statistics: per-token means
-        if name not in _CE_KEYS:
-            value = np.asarray(value, np.float64) / w
-            out[name] = float(value) if value.ndim == 0 else value.tolist()
+    sums64 = {n: np.asarray(v, np.float64) for n, v in sums.items()}
+    # auxiliary losses and MoE statistics: per-token means; <g>_weight groups: their own
+    for name, value in extra_metrics(sums64, w).items():
+        value = np.asarray(value, np.float64)
+        out[name] = float(value) if value.ndim == 0 else value.tolist()
     return out

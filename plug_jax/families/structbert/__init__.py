@@ -1,5 +1,7 @@
 """StructBERT (arXiv 1908.04577) family; its pre-LN variant is PLUG's encoder."""
 from plug_jax.families.structbert.config import PRESETS, PUBLISHED_PARAMS, StructBERTConfig
 from plug_jax.families.structbert.network import (BertEncoder, BertLayer, MLMHead,
-                                                  StructBERTForPreTraining, abstract_params,
+                                                  StructBERTForPreTraining,
+                                                  StructBERTForSequenceClassification,
+                                                  abstract_params,
                                                   param_count)

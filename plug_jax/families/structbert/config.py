@@ -102,6 +102,10 @@ PRESETS: dict[str, StructBERTConfig] = {
     "tiny": StructBERTConfig(vocab_size=1024, num_layers=2, num_heads=4, hidden_size=64,
                              ffn_size=256, max_position_embeddings=128, type_vocab_size=2,
                              dropout_rate=0.0, attention_dropout_rate=0.0),
+    # Shop World experiments: enough capacity to check product consistency across sentences.
+    "small": StructBERTConfig(vocab_size=1024, num_layers=4, num_heads=4, hidden_size=128,
+                              ffn_size=512, max_position_embeddings=128, type_vocab_size=2,
+                              dropout_rate=0.0, attention_dropout_rate=0.0),
     "large-en": _large(30522),  # structbert.en.large, 340M
     "large-zh": _large(21128),  # structbert.ch.large, 330M
 }

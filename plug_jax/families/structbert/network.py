@@ -221,6 +221,34 @@ class StructBERTForPreTraining(nn.Module):
                 "sentence_logits": jnp.asarray(sentence_logits, jnp.float32)}
 
 
+class StructBERTForSequenceClassification(nn.Module):
+    """Encoder + pooler + a fresh ``classifier`` head of ``num_labels`` (fine-tuning).
+
+    The ``encoder`` and ``pooler`` parameters have the names of
+    :class:`StructBERTForPreTraining`'s, so a pre-training checkpoint restores into them
+    (``restore_mode='params_only'``); the pre-training heads are not used. Returns the
+    ``[batch, num_labels]`` float32 logits.
+    """
+
+    config: StructBERTConfig
+    num_labels: int = 2
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, positions=None,
+                 segment_ids=None, *, deterministic: bool = True):
+        cfg = self.config
+        dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
+        init = nn.initializers.normal(cfg.initializer_range)
+        h = BertEncoder(cfg, name="encoder")(input_ids, token_type_ids, attention_mask,
+                                             positions, segment_ids, deterministic=deterministic)
+        pooled = DenseGeneral(cfg.hidden_size, (A.EMBED, A.MLP), dtype=dtype, param_dtype=pdtype,
+                              kernel_init=init, name="pooler")(h[:, 0])
+        pooled = nn.Dropout(cfg.dropout_rate)(jnp.tanh(pooled), deterministic=deterministic)
+        logits = DenseGeneral(self.num_labels, (A.EMBED, None), dtype=dtype, param_dtype=pdtype,
+                              kernel_init=init, name="classifier")(pooled)
+        return jnp.asarray(logits, jnp.float32)
+
+
 def abstract_params(config: StructBERTConfig, batch: int = 1, length: int = 8,
                     encoder_only: bool = False) -> Any:
     """Shapes (boxed with logical names) of the parameters, without allocating them."""

@@ -89,37 +89,54 @@ def test_scanned_and_unrolled_layouts_agree(placement):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_stage_two_experiment_trains_through_the_cli_and_switches_stage(tmp_path):
-    """experiments/plug/shop_stage2_tiny.gin through plug-train: encoder-decoder batches from
-    the PLUG stage-2 curriculum, MLM stage for the first 90% of the examples, then
-    generation only; metrics.jsonl shows the switch and the loss goes down."""
+def test_stage_one_then_stage_two_through_the_cli(tmp_path):
+    """experiments/plug/shop_stage1_tiny.gin (encoder alone, StructBERT objectives) through
+    plug-train and plug-infer, then experiments/plug/shop_stage2_tiny.gin started from it:
+    the encoder is restored and the decoder fresh; stage 2 trains the encoder's MLM loss
+    on the first 90% of the examples and drops it for the last 10%; metrics.jsonl shows
+    the switch and the loss goes down; plug-infer writes continuations."""
     import json
     import os
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    run = subprocess.run(
-        [sys.executable, "-m", "plug_jax.main", "--mode=train",
-         "--gin_file=experiments/plug/shop_stage2_tiny.gin", f"--gin.MODEL_DIR={tmp_path}",
-         "--gin.TRAIN_STEPS=20", "--gin.LOG_PERIOD=2", "--gin.CHECKPOINT_PERIOD=20",
-         "--gin.BATCH_SIZE=8", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 32}"],
-        capture_output=True, text=True, env=env, cwd=root, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    one, two = tmp_path / "stage1", tmp_path / "stage2"
+
+    def cli(mode, gin_file, model_dir, *flags):
+        out = subprocess.run(
+            [sys.executable, "-m", "plug_jax.main", f"--mode={mode}", f"--gin_file={gin_file}",
+             f"--gin.MODEL_DIR={model_dir}", *flags],
+            capture_output=True, text=True, env=env, cwd=root, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out
+
+    cli("train", "experiments/plug/shop_stage1_tiny.gin", one, "--gin.TRAIN_STEPS=4",
+        "--gin.BATCH_SIZE=8", "--gin.EVAL_STEPS=1", "--gin.LOG_PERIOD=2")
+    rows1 = [json.loads(line) for line in open(one / "metrics.jsonl")]
+    assert {"mlm_loss", "structural_loss", "sentence_loss"} <= set(rows1[0])
+    assert "eval/accuracy" in rows1[-1]
+    infer1 = cli("infer", "experiments/plug/shop_stage1_tiny.gin", one)
+    assert infer1.stdout.count("[S2 ") == 4  # one sentence-order prediction per prompt
+
+    lengths = "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 32}"
+    run = cli("train", "experiments/plug/shop_stage2_tiny.gin", two, "--gin.TRAIN_STEPS=20",
+              "--gin.LOG_PERIOD=2", "--gin.CHECKPOINT_PERIOD=20", "--gin.BATCH_SIZE=8",
+              lengths, f"--gin.INIT_CHECKPOINT='{one}'", "--gin.RESTORE_MODE='params_only'")
+    restore = [line for line in run.stdout.splitlines() if "parameter arrays matched" in line]
+    assert restore and " 0 in the checkpoint but not in the model" in restore[0]
+    assert "missing in the checkpoint" in restore[0] and "missing: decoder" in run.stdout
+    rows = [json.loads(line) for line in open(two / "metrics.jsonl")]
     train = [r for r in rows if "data_stage" in r]
     assert [r["step"] for r in train] == list(range(2, 21, 2))
     assert [r["data_stage"] for r in train] == [0] * 9 + [1]  # stage 1 = the last 10%
+    assert all(r["mlm_tokens"] > 0 for r in train[:9]) and train[-1]["mlm_tokens"] == 0
     assert train[-1]["loss"] < train[0]["loss"]
     assert "curriculum: step 19 starts stage 1" in run.stdout
     assert any("eval/loss" in r for r in rows)  # final evaluation on the last stage's task
-    infer = subprocess.run(
-        [sys.executable, "-m", "plug_jax.main", "--mode=infer",
-         "--gin_file=experiments/plug/shop_stage2_tiny.gin", f"--gin.MODEL_DIR={tmp_path}",
-         "--gin.MAX_NEW_TOKENS=6", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 32}"],
-        capture_output=True, text=True, env=env, cwd=root, timeout=600)
-    assert infer.returncode == 0, infer.stderr[-2000:]
-    assert infer.stdout.count("▸") == 12  # 4 prompts x (greedy, top_p, beam)
+    infer = cli("infer", "experiments/plug/shop_stage2_tiny.gin", two, "--gin.MAX_NEW_TOKENS=6",
+                lengths)
+    assert infer.stdout.count("▸") == 12  # 4 prompts x (greedy, top_k, beam)
 
 
 def test_plug_moe_20b_definition():

@@ -198,7 +198,7 @@ def test_config_errors_are_clear():
         StructBERTConfig(remat_policy="some")
 
 
-@pytest.mark.parametrize("preset", ["tiny", "large-zh", "large-en"])
+@pytest.mark.parametrize("preset", ["tiny", "small", "large-zh", "large-en"])
 def test_model_gin_builds_the_preset(preset):
     gin_utils.parse_gin([f"models/structbert/{preset}.gin"], [], [GIN_ROOT])
     try:
