@@ -191,7 +191,8 @@ def plan_train(*, model, train_dataset_cfg, mesh=None, optimizer=None,
     mesh_cfg = dataclasses.replace(mesh, ici=degrees, dcn=(1, 1, 1, 1), num_devices=n)
     part = mesh_cfg.partitioner()
     batch = int(train_dataset_cfg.batch_size)
-    length = int(train_dataset_cfg.task_feature_lengths["targets"])
+    lengths = train_dataset_cfg.task_feature_lengths
+    length = int(lengths["targets"] if "targets" in lengths else lengths["inputs"])
     k = int(num_microbatches or 1)
     multiple = part.batch_size_multiple
     if batch % k or (batch // k) % multiple:  # the trainer's check, same words
@@ -489,6 +490,11 @@ ROWS: tuple[Row, ...] = (
         ("ACTIVATION_DTYPE='bfloat16'", "REMAT_POLICY='full'",
          "TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 512}", "BATCH_SIZE=512",
          "NUM_MICROBATCHES=4"), "partitioning/fsdp_tp.gin"),
+    # StructBERT large (encoder only, 512-token pairs), BERT-large's pre-training batch 256.
+    Row("structbert-large-zh / 8xH100", "models/structbert/large-zh.gin", "data:8",
+        "h100_80gb", "330M [V-card]", "1 host x 8 H100",
+        ("ACTIVATION_DTYPE='bfloat16'", "TASK_FEATURE_LENGTHS={'inputs': 512}",
+         "BATCH_SIZE=256", "NUM_MICROBATCHES=4"), "partitioning/dp.gin"),
     # PLUG-MoE 20B (defined in plug_jax/families/plug/README.md): 8 experts over 'expert'.
     Row("plug-moe-20B / 64xH100", "models/plug/20B-MoE.gin", "fsdp:8,expert:8", "h100_80gb",
         "20B [NF: defined here]", "8 hosts x 8 H100",
@@ -570,7 +576,9 @@ def render_table(results: Sequence[tuple[Row, dict]]) -> str:
         "the preset (24 + 6 layers, hidden 8192, vocabulary 21504) counts 26.10B, like "
         "MODEL_SPECS' own rough count (~26B); its *batch x length* is the decoder length, "
         "with encoder inputs of 512. PLUG-MoE 20B has no published specification; the project's "
-        "definition is in plug_jax/families/plug/README.md.",
+        "definition is in plug_jax/families/plug/README.md. StructBERT large (section 2, "
+        "structbert.ch.large, 330M): encoder with the MLM and 3-way sentence heads; its "
+        "*batch x length* is the sentence-pair length.",
         "* GB = 10^9 bytes, GiB = 2^30 bytes.",
         "* *params / opt GB/dev*: exact bytes of one device's shard of the float32 "
         "parameters and of the AdamW state (mu and nu, float32, plus step counters).",

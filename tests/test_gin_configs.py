@@ -11,7 +11,8 @@ from plug_jax.families.gpt3 import GPT3Config
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
 ALL = sorted(os.path.relpath(p, ROOT) for p in glob.glob(f"{ROOT}/**/*.gin", recursive=True))
-EXPERIMENTS = [p for p in ALL if p.startswith("experiments/")]
+EXPERIMENTS = [p for p in ALL if p.startswith("experiments/") and "/shop_" in p]  # tiny
+PUBLISHED_SIZE = [p for p in ALL if p.startswith("experiments/") and "/pretrain_" in p]
 FILL = ["MODEL_DIR='/tmp/unused'", "TRAIN_STEPS=1", "MIXTURE_OR_TASK_NAME='gpt3_shoplm_zh_v1'",
         "TASK_FEATURE_LENGTHS={'targets': 32}", "PROMPTS=['x']", "INIT_CHECKPOINT='/tmp/x'"]
 
@@ -60,3 +61,24 @@ def test_tiny_experiments_build_their_model(path):
              for k, v in loop._dummy_batch(data).items()}
     shapes = nn.unbox(jax.eval_shape(model.init_params, jax.random.PRNGKey(0), batch))
     assert sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes)) < 5_000_000
+
+
+@pytest.mark.parametrize("path, preset, devices", [
+    ("experiments/structbert/pretrain_large_zh.gin", "large-zh", 8),
+    ("experiments/plug/pretrain_27B.gin", "27B", 64),
+    ("experiments/plug/pretrain_20B_moe.gin", "20B-MoE", 64)])
+def test_published_size_experiments(path, preset, devices):
+    """The published-size experiments use the published preset and a mesh for their pod:
+    8 GPUs per host inside ('model' / 'expert' / 'data'), the rest across hosts."""
+    import math
+    from plug_jax.trainer import loop
+    assert path in PUBLISHED_SIZE
+    gin_utils.parse_gin([path], ["MODEL_DIR='/tmp/unused'"], [ROOT])
+    model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+    assert model.config.preset == preset
+    mesh = gin.query_parameter("%MESH").scoped_configurable_fn()
+    assert isinstance(mesh, loop.MeshConfig)
+    assert math.prod(d for d in mesh.ici if d != -1) == 8 or list(mesh.ici).count(-1) == 1
+    hosts = devices // 8
+    assert (-1 in mesh.dcn) == (hosts > 1)  # the host split is on the DCN degrees
+    assert gin.query_parameter("%FEATURE_CONVERTER") in ("encoder", "encdec_mlm")
