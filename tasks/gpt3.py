@@ -12,7 +12,7 @@ returns the registered task.
 from __future__ import annotations
 
 import functools
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 
@@ -34,15 +34,23 @@ _GENERATION_CHUNK = 64  # documents generated per numpy_function call
 SHUFFLE_BUFFER_SIZE = 128
 
 
-def _generate(indices: np.ndarray, *, split: str, lang: str, world_seed: int) -> np.ndarray:
-    return np.array([shop_world.lm_document(world_seed, split, int(i), lang).encode("utf-8")
-                     for i in indices], dtype=object)
+def _generate(indices: np.ndarray, *, example_fn: Callable, features: Mapping[str, tf.DType],
+              split: str, lang: str, world_seed: int) -> tuple[np.ndarray, ...]:
+    rows = [example_fn(world_seed, split, int(i), lang) for i in indices]
+    out = []
+    for name, dtype in features.items():
+        if dtype == tf.string:
+            out.append(np.array([r[name].encode("utf-8") for r in rows], dtype=object))
+        else:
+            out.append(np.array([r[name] for r in rows], dtype=dtype.as_numpy_dtype))
+    return tuple(out)
 
 
-def shop_world_lm_dataset(split: str, shuffle_files: bool, seed: Optional[int] = None, *,
-                          lang: str, world_seed: int,
-                          split_sizes: Mapping[str, int]) -> tf.data.Dataset:
-    """``{"index": int64, "text": string}`` for documents ``0..n-1`` of ``split``.
+def shop_world_dataset(split: str, shuffle_files: bool, seed: Optional[int] = None, *,
+                       example_fn: Callable, features: Mapping[str, tf.DType], lang: str,
+                       world_seed: int, split_sizes: Mapping[str, int]) -> tf.data.Dataset:
+    """``{"index": int64, **features}`` for examples ``0..n-1`` of ``split``, feature values
+    from ``example_fn(world_seed, split, index, lang) -> dict``.
 
     With ``shuffle_files`` the indices are fully permuted (``seed``-determined, a new
     permutation each epoch when the dataset is repeated) before any text is generated, so
@@ -52,26 +60,45 @@ def shop_world_lm_dataset(split: str, shuffle_files: bool, seed: Optional[int] =
     ds = tf.data.Dataset.range(n)
     if shuffle_files:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    gen = functools.partial(_generate, split=split, lang=lang, world_seed=world_seed)
+    gen = functools.partial(_generate, example_fn=example_fn, features=dict(features),
+                            split=split, lang=lang, world_seed=world_seed)
 
-    def to_text(idx):
-        text = tf.numpy_function(gen, [idx], tf.string, stateful=False)
-        text.set_shape(idx.shape)
-        return {"index": idx, "text": text}
+    def to_example(idx):
+        values = tf.numpy_function(gen, [idx], tuple(features.values()), stateful=False)
+        out = {"index": idx}
+        for name, value in zip(features, values):
+            value.set_shape(idx.shape)
+            out[name] = value
+        return out
 
-    return ds.batch(_GENERATION_CHUNK).map(to_text).unbatch()
+    return ds.batch(_GENERATION_CHUNK).map(to_example).unbatch()
+
+
+def shop_world_source(example_fn: Callable, features: Mapping[str, tf.DType],
+                      lang: str = "zh", *, world_seed: int = WORLD_SEED,
+                      split_sizes: Mapping[str, int] = SHOPLM_SPLIT_SIZES
+                      ) -> seqio.FunctionDataSource:
+    """A seqio source of Shop World examples (``shop_world_dataset``): the LM documents
+    here, titles (tasks/palm.py) and reviews (tasks/structbert.py) use it."""
+    split_sizes = {k: int(v) for k, v in split_sizes.items()}
+    for split in split_sizes:
+        shop_world.world.check_split(split)
+    fn = functools.partial(shop_world_dataset, example_fn=example_fn, features=dict(features),
+                           lang=lang, world_seed=int(world_seed), split_sizes=split_sizes)
+    return seqio.FunctionDataSource(fn, splits=tuple(split_sizes),
+                                    num_input_examples=split_sizes)
+
+
+def _lm_example(world_seed: int, split: str, index: int, lang: str) -> dict:
+    return {"text": shop_world.lm_document(world_seed, split, index, lang)}
 
 
 def shop_world_lm_source(lang: str = "zh", *, world_seed: int = WORLD_SEED,
                          split_sizes: Mapping[str, int] = SHOPLM_SPLIT_SIZES
                          ) -> seqio.FunctionDataSource:
-    split_sizes = {k: int(v) for k, v in split_sizes.items()}
-    for split in split_sizes:
-        shop_world.world.check_split(split)
-    fn = functools.partial(shop_world_lm_dataset, lang=lang, world_seed=int(world_seed),
-                           split_sizes=split_sizes)
-    return seqio.FunctionDataSource(fn, splits=tuple(split_sizes),
-                                    num_input_examples=split_sizes)
+    """``{"index", "text"}``: the LM documents of each split."""
+    return shop_world_source(_lm_example, {"text": tf.string}, lang, world_seed=world_seed,
+                             split_sizes=split_sizes)
 
 
 def register_shoplm_task(name: str, lang: str = "zh", *, world_seed: int = WORLD_SEED,

@@ -16,9 +16,8 @@ baseline on the descriptions).
 from __future__ import annotations
 
 import functools
-from typing import Mapping, Optional
+from typing import Mapping
 
-import numpy as np
 
 from plug_jax.data import configure_tensorflow
 
@@ -29,10 +28,9 @@ import seqio  # noqa: E402
 from plug_jax.data import registry, shop_world  # noqa: E402
 
 from .curricula import EXTRA_IDS, shop_world_vocabulary  # noqa: E402
-from .gpt3 import SHOPLM_SPLIT_SIZES, WORLD_SEED  # noqa: E402
+from .gpt3 import SHOPLM_SPLIT_SIZES, WORLD_SEED, shop_world_source  # noqa: E402
 
 SHUFFLE_BUFFER_SIZE = 128
-_GENERATION_CHUNK = 64  # examples generated per numpy_function call
 TITLE_TASKS = {"zh": "palm_title_zh_v1", "en": "palm_title_en_v1"}
 
 
@@ -50,44 +48,12 @@ def references(split: str = "test", num: int = 64, lang: str = "zh", start: int 
     return [title_example(world_seed, split, i, lang) for i in range(start, start + num)]
 
 
-def _generate(indices: np.ndarray, *, split: str, lang: str, world_seed: int):
-    rows = [title_example(world_seed, split, int(i), lang) for i in indices]
-    return (np.array([r["inputs"].encode("utf-8") for r in rows], dtype=object),
-            np.array([r["targets"].encode("utf-8") for r in rows], dtype=object))
-
-
-def shop_world_title_dataset(split: str, shuffle_files: bool, seed: Optional[int] = None, *,
-                             lang: str, world_seed: int,
-                             split_sizes: Mapping[str, int]) -> tf.data.Dataset:
-    """``{"index", "inputs", "targets"}`` (description, title) for examples ``0..n-1`` of
-    ``split``; shuffling permutes the indices before any text is generated (as
-    ``gpt3.shop_world_lm_dataset`` does)."""
-    n = int(split_sizes[split])
-    ds = tf.data.Dataset.range(n)
-    if shuffle_files:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    gen = functools.partial(_generate, split=split, lang=lang, world_seed=world_seed)
-
-    def to_text(idx):
-        inputs, targets = tf.numpy_function(gen, [idx], (tf.string, tf.string),
-                                            stateful=False)
-        inputs.set_shape(idx.shape)
-        targets.set_shape(idx.shape)
-        return {"index": idx, "inputs": inputs, "targets": targets}
-
-    return ds.batch(_GENERATION_CHUNK).map(to_text).unbatch()
-
-
 def shop_world_title_source(lang: str = "zh", *, world_seed: int = WORLD_SEED,
                             split_sizes: Mapping[str, int] = SHOPLM_SPLIT_SIZES
                             ) -> seqio.FunctionDataSource:
-    split_sizes = {k: int(v) for k, v in split_sizes.items()}
-    for split in split_sizes:
-        shop_world.world.check_split(split)
-    fn = functools.partial(shop_world_title_dataset, lang=lang, world_seed=int(world_seed),
-                           split_sizes=split_sizes)
-    return seqio.FunctionDataSource(fn, splits=tuple(split_sizes),
-                                    num_input_examples=split_sizes)
+    """``{"index", "inputs": description, "targets": title}`` of each split."""
+    return shop_world_source(title_example, {"inputs": tf.string, "targets": tf.string},
+                             lang, world_seed=world_seed, split_sizes=split_sizes)
 
 
 def _keep_inputs_and_targets(dataset):

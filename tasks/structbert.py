@@ -23,9 +23,6 @@ Features (before the encoder converter): ``inputs`` (corrupted pair), ``targets`
 from __future__ import annotations
 
 import functools
-from typing import Mapping, Optional
-
-import numpy as np
 
 from plug_jax.data import configure_tensorflow
 
@@ -37,11 +34,10 @@ from plug_jax.data import preprocessors as pp  # noqa: E402
 from plug_jax.data import registry, shop_world  # noqa: E402
 
 from .curricula import EXTRA_IDS, SHUFFLE_BUFFER_SIZE, shop_world_vocabulary, split_sentences  # noqa: E402,E501
-from .gpt3 import SHOPLM_SPLIT_SIZES, WORLD_SEED, shop_world_lm_source  # noqa: E402
+from .gpt3 import SHOPLM_SPLIT_SIZES, WORLD_SEED, shop_world_lm_source, shop_world_source  # noqa: E402,E501
 
 SENTENCE_ORDER_LABELS = ("S2 follows S1", "S2 precedes S1", "S2 from another document")
 SENTIMENT_LABELS = shop_world.text.SENTIMENTS  # ("negative", "positive")
-_CHUNK = 64
 
 
 def special_ids(vocab) -> dict[str, int]:
@@ -101,36 +97,14 @@ def keep(*names):
 
 
 # ------------------------------------------------------------------ review source
-def _reviews(indices: np.ndarray, *, split: str, lang: str, world_seed: int):
-    exs = [shop_world.text_example(world_seed, split, int(i), lang) for i in indices]
-    return (np.array([e["review"].encode("utf-8") for e in exs], dtype=object),
-            np.array([e["label"] for e in exs], dtype=np.int32))
-
-
-def shop_world_review_dataset(split: str, shuffle_files: bool, seed: Optional[int] = None, *,
-                              lang: str, world_seed: int,
-                              split_sizes: Mapping[str, int]) -> tf.data.Dataset:
-    """``{"index", "text": review, "label": 0 negative / 1 positive}`` of ``split``."""
-    n = int(split_sizes[split])
-    ds = tf.data.Dataset.range(n)
-    if shuffle_files:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    gen = functools.partial(_reviews, split=split, lang=lang, world_seed=world_seed)
-
-    def to_example(idx):
-        text, label = tf.numpy_function(gen, [idx], (tf.string, tf.int32), stateful=False)
-        text.set_shape(idx.shape)
-        label.set_shape(idx.shape)
-        return {"index": idx, "text": text, "label": label}
-
-    return ds.batch(_CHUNK).map(to_example).unbatch()
+def _review_example(world_seed: int, split: str, index: int, lang: str) -> dict:
+    ex = shop_world.text_example(world_seed, split, index, lang)
+    return {"text": ex["review"], "label": ex["label"]}
 
 
 def shop_world_review_source(lang: str) -> seqio.FunctionDataSource:
-    sizes = dict(SHOPLM_SPLIT_SIZES)
-    fn = functools.partial(shop_world_review_dataset, lang=lang, world_seed=WORLD_SEED,
-                           split_sizes=sizes)
-    return seqio.FunctionDataSource(fn, splits=tuple(sizes), num_input_examples=sizes)
+    """``{"index", "text": review, "label": 0 negative / 1 positive}`` of each split."""
+    return shop_world_source(_review_example, {"text": tf.string, "label": tf.int32}, lang)
 
 
 def review_prompts(split: str = "test", num: int = 4, lang: str = "zh",
