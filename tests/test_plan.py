@@ -102,6 +102,25 @@ def test_error_lines(capsys):
     assert "fresh process" in line
 
 
+def test_native_and_measure_on_this_process_devices(capsys):
+    """--native compiles for the devices the process has (here the 8 CPU devices, so the
+    statistics equal the proxy's); --measure also runs the step on them."""
+    proxy = _plan_json(capsys, "--mesh=data:2,fsdp:4")
+    r = _plan_json(capsys, "--mesh=data:2,fsdp:4", "--native", "--measure")
+    assert r["compiled_backend"] == "cpu (native)" and proxy["measured"] is None
+    assert r["compiled"] == proxy["compiled"]
+    assert r["bytes_per_device"] == proxy["bytes_per_device"]
+    m = r["measured"]
+    assert m["step_seconds"] > 0 and m["device"]
+    assert plan.main(TINY + ["--mesh=data:2,fsdp:4", "--native", "--measure"]) == 0
+    out = capsys.readouterr().out
+    assert "measured on" in out and "XLA:CPU, 8 device(s)" in out, out
+    line = _error_line(capsys, *TINY, "--mesh=data:2", "--measure")
+    assert "--measure" in line and "fix: add --native" in line
+    line = _error_line(capsys, *TINY, "--mesh=fsdp:16", "--native")
+    assert "needs 16 devices" in line and "has 8" in line
+
+
 def test_cli_subprocess_16_devices():
     """plug-plan forces its own device count (here 16) in a fresh process."""
     env = dict(os.environ)
