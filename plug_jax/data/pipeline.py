@@ -86,17 +86,28 @@ def _provider(name: str) -> seqio.DatasetProviderBase:
     return seqio.get_mixture_or_task(name)
 
 
-def task_vocabulary(mixture_or_task_name: str, feature: str = "targets") -> seqio.Vocabulary:
-    """The vocabulary of ``feature`` in a registered task or mixture (for decoding prompts,
-    printing samples and ``vocab_fingerprint``). For a curriculum: its first stage's."""
+def _features(mixture_or_task_name: str) -> Mapping[str, seqio.Feature]:
+    """Output features of a task, mixture or (its first stage's) curriculum."""
     from plug_jax.data import curriculum  # noqa: PLC0415
     if mixture_or_task_name not in seqio.TaskRegistry.names() and \
             mixture_or_task_name not in seqio.MixtureRegistry.names() and \
             curriculum.is_curriculum(mixture_or_task_name):
         mixture_or_task_name = curriculum.get_curriculum(
             mixture_or_task_name).stages[0].mixture_or_task_name
-    provider = _provider(mixture_or_task_name)
-    features = provider.output_features
+    return _provider(mixture_or_task_name).output_features
+
+
+def task_adds_eos(mixture_or_task_name: str, feature: str = "inputs") -> bool:
+    """Whether the task's ``feature`` ends with EOS (``plug-infer`` ends encoder prompts the
+    same way). False if the task has no such feature."""
+    f = _features(mixture_or_task_name).get(feature)
+    return bool(f is not None and f.add_eos)
+
+
+def task_vocabulary(mixture_or_task_name: str, feature: str = "targets") -> seqio.Vocabulary:
+    """The vocabulary of ``feature`` in a registered task or mixture (for decoding prompts,
+    printing samples and ``vocab_fingerprint``). For a curriculum: its first stage's."""
+    features = _features(mixture_or_task_name)
     if feature == "targets" and feature not in features and "inputs" in features:
         feature = "inputs"  # an encoder-only (classification) task
     if feature not in features:

@@ -730,8 +730,15 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
     width = max(len(e) for e in encoded)
     ids = np.zeros((len(prompts), width), np.int32)
     mask = np.zeros((len(prompts), width), np.int32)
+    eos = getattr(vocabulary, "eos_id", None)
     if getattr(model, "encoder_decoder", False):
-        # The prompts are the encoder's inputs; the decoder starts from its start token 0.
+        # The prompts are the encoder's inputs, ended with EOS where the task's inputs are
+        # (as in training and plug-eval); the decoder starts from its start token 0.
+        from plug_jax.data.pipeline import task_adds_eos
+        if eos is not None and task_adds_eos(dataset_cfg.mixture_or_task_name):
+            encoded = [e + [eos] for e in encoded]
+            width = max(len(e) for e in encoded)
+            ids = np.zeros((len(prompts), width), np.int32)
         for r, e in enumerate(encoded):
             ids[r, :len(e)] = e
         params = {"model": params, "encoder_ids": ids}
@@ -741,7 +748,6 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
         for r, e in enumerate(encoded):
             ids[r, width - len(e):] = e
             mask[r, width - len(e):] = 1
-    eos = getattr(vocabulary, "eos_id", None)
     results = []
     for method in methods:
         if method == "greedy":

@@ -132,3 +132,28 @@ def test_plug_eval_runs_generation_eval_when_gin_selects_it(trained):
     rows = [r for r in read_metrics(trained) if "gen/rouge_l" in r]
     assert len(rows) == before + 1 and rows[-1]["gen/num_examples"] == 2
     assert np.isfinite(rows[-1]["gen/lead_rouge_l"])
+
+
+def test_plug_infer_feeds_the_encoder_what_training_does(trained, monkeypatch):
+    """plug-infer ends an encoder-decoder prompt with EOS when the task's inputs end with
+    one (palm_title's do): the encoder sees the ids of the task's own examples."""
+    import seqio
+    from plug_jax import decoding
+    from plug_jax.data.pipeline import task_adds_eos
+    assert task_adds_eos(TASK) and not task_adds_eos("structbert_sentiment_zh_v1")
+    ds = seqio.get_mixture_or_task(TASK).get_dataset(LENGTHS, split="test", shuffle=False)
+    want = [ex["inputs"].tolist() for ex in ds.take(3).as_numpy_iterator()]
+    descs = [shop_world.text_example(0, "test", i, "zh")["description"] for i in range(3)]
+    seen = {}
+
+    def generate(step_fn, init_cache, params, ids, mask, max_new_tokens, **kw):
+        seen["encoder_ids"] = np.asarray(params["encoder_ids"])
+        raise StopIteration
+
+    monkeypatch.setattr(decoding, "generate", generate)
+    params, _, _ = loop.load_for_inference(_model(), trained, DATA, ONE_DEVICE)
+    with pytest.raises(StopIteration):
+        loop.infer(model=_model(), model_dir=trained, dataset_cfg=DATA, prompts=descs,
+                   methods=("greedy",), max_new_tokens=4, params=params)
+    got = [[int(t) for t in row if t > 0] for row in seen["encoder_ids"]]
+    assert got == want
