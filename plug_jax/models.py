@@ -211,6 +211,16 @@ def _token_ce(logits, targets, weights):
 ENCODER_OBJECTIVES = ("mlm", "structural", "sentence")
 
 
+def encode_in_document(vocabulary, text: str) -> list[int]:
+    """``text``'s ids as they read inside a document, after a newline. SentencePiece marks
+    the start of a text (``encode("The bag")`` begins with ``"▁The"``, the same words after
+    a newline with ``"The"``); the StructBERT pre-training pairs are tokenized this way
+    (tasks/structbert.py ``newline_first`` / ``drop_through_first_sep``), so prompts must be
+    too."""
+    ids = list(vocabulary.encode("\n" + text))
+    return ids[ids.index(vocabulary.tokenizer.piece_to_id("\n")) + 1:]
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderModel:
     """A bidirectional encoder with StructBERT's objectives, or a sequence classifier.
@@ -338,16 +348,15 @@ class EncoderModel:
         return batch * n * (6.0 * param_count(cfg, encoder_only=True) + att)
 
     # ---------------------------------------------------------------- inference
-    def infer_texts(self, params, vocabulary, prompts, max_length: int = 128) -> list[dict]:
-        """Predictions for ``prompts``: a classifier's label; for the pre-trained encoder,
-        the sentence-order relation of ``"S1\nS2"`` and the tokens it puts at each
-        ``[MASK]`` written in the prompt."""
+    def prompt_batch(self, vocabulary, prompts, max_length: int = 128) -> tuple[dict, list]:
+        """``(batch, masked positions per row)`` for ``prompts`` (see ``infer_texts``): the
+        ids and token types the ``'encoder'`` converter gives the same text in training."""
         size = vocabulary.vocab_size
         cls, mask = size - 2, size - 1
         sep = vocabulary.tokenizer.piece_to_id("\n")
         rows, types, masked = [], [], []
         for prompt in prompts:
-            first, _, second = prompt.partition("\n")
+            first, _, second = prompt.partition("\t" if "\t" in prompt else "\n")
             ids, tt = [cls], [0]
             for part, (text, t) in enumerate(((first, 0), (second, 1))):
                 if part == 1:
@@ -357,7 +366,11 @@ class EncoderModel:
                     tt.append(0)
                 pieces = text.split("[MASK]")
                 for k, piece in enumerate(pieces):
-                    enc = list(vocabulary.encode(piece)) if piece else []
+                    # a classifier's text starts a document (as its reviews did in training);
+                    # pre-training segments and the text after a [MASK] read inside one
+                    in_doc = k > 0 or not self.classify
+                    enc = ([] if not piece else encode_in_document(vocabulary, piece) if in_doc
+                           else list(vocabulary.encode(piece)))
                     ids += enc + ([mask] if k < len(pieces) - 1 else [])
                     tt += [t] * (len(enc) + (k < len(pieces) - 1))
             rows.append(ids[:max_length])
@@ -369,6 +382,15 @@ class EncoderModel:
         for r, (ids, tt) in enumerate(zip(rows, types)):
             batch["encoder_input_tokens"][r, :len(ids)] = ids
             batch["encoder_token_types"][r, :len(tt)] = tt
+        return batch, masked
+
+    def infer_texts(self, params, vocabulary, prompts, max_length: int = 128) -> list[dict]:
+        """Predictions for ``prompts``: a classifier's label; for the pre-trained encoder,
+        the sentence-order relation of a pair and the tokens it puts at each ``[MASK]``
+        written in the prompt. A pair is ``"S1\\tS2"`` (segments of one or more sentences,
+        separated by newlines inside a segment, as the pre-training segments are) or,
+        without a tab, ``"S1\\nS2"`` (split at the first newline)."""
+        batch, masked = self.prompt_batch(vocabulary, prompts, max_length)
         out = jax.device_get(self.outputs(params, batch))
         logits = out if self.classify else out["sentence_logits"]
         probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), -1))

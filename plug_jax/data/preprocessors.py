@@ -255,25 +255,41 @@ def word_structural(ex, seeds, *, shuffle_rate: float = 0.05,
 
 
 # ------------------------------------------------------------------ sentence order
+def _segment(sentences, start, stop, sep_id: int):
+    """Sentences ``[start, stop)`` of a ragged ``[n, None]`` tensor joined by ``sep_id``."""
+    part = sentences[start:stop]
+    seps = tf.RaggedTensor.from_tensor(tf.fill([part.nrows(), 1], tf.constant(sep_id, tf.int32)),
+                                       row_splits_dtype=part.row_splits.dtype)
+    return tf.concat([part, seps], axis=1).flat_values[:-1]
+
+
 @seqio.map_over_dataset(num_seeds=2)
 def _sentence_order_pair(ex, seeds, *, sep_id: int, feature: str, prev_key: str,
-                         has_prev_key: str):
+                         has_prev_key: str, max_segment_sentences: int):
     sentences = _sentences(tf.cast(ex[feature], tf.int32), sep_id)
     prev = _sentences(ex[prev_key], sep_id)
     num = sentences.nrows(out_type=tf.int32)
+    num_prev = prev.nrows(out_type=tf.int32)
+    m = max_segment_sentences
     s_label, s_pos = seeds
     s_pos, s_other = _split_seed(s_pos, 2)
     num_labels = tf.where(ex[has_prev_key], 3, 2)
     label = tf.random.stateless_uniform([], s_label, minval=0, maxval=num_labels,
                                         dtype=tf.int32)
-    i = tf.random.stateless_uniform([], s_pos, minval=0, maxval=num - 1, dtype=tf.int32)
+    # The boundary b: segment A = sentences [b - m, b), segment B = [b, b + m) (clipped).
+    b = tf.random.stateless_uniform([], s_pos, minval=1, maxval=num, dtype=tf.int32)
+    seg_a = _segment(sentences, tf.maximum(b - m, 0), b, sep_id)
+    len_b = tf.minimum(num - b, m)
+    seg_b = _segment(sentences, b, b + len_b, sep_id)
+    # "Another document": as many sentences as segment B, from a random place of the
+    # previous document.
+    len_r = tf.maximum(tf.minimum(len_b, num_prev), 1)
     j = tf.random.stateless_uniform([], s_other, minval=0,
-                                    maxval=tf.maximum(prev.nrows(out_type=tf.int32), 1),
-                                    dtype=tf.int32)
-    first = tf.where(label == 1, i + 1, i)
-    s1 = sentences[first]
-    s2 = tf.switch_case(label, [lambda: sentences[i + 1], lambda: sentences[i],
-                                lambda: prev[j]])
+                                    maxval=tf.maximum(num_prev - len_r + 1, 1), dtype=tf.int32)
+    s1 = tf.where(label == 1, 1, 0)
+    s1 = tf.switch_case(s1, [lambda: seg_a, lambda: seg_b])
+    s2 = tf.switch_case(label, [lambda: seg_b, lambda: seg_a,
+                                lambda: _segment(prev, j, j + len_r, sep_id)])
     out = {k: v for k, v in ex.items() if k not in (feature, prev_key, has_prev_key)}
     out["inputs"] = tf.concat([s1, [sep_id], s2], 0)
     out["token_type_ids"] = tf.concat([tf.zeros([tf.size(s1) + 1], tf.int32),
@@ -282,20 +298,29 @@ def _sentence_order_pair(ex, seeds, *, sep_id: int, feature: str, prev_key: str,
     return out
 
 
-def sentence_order(dataset: tf.data.Dataset, *, sep_id: int,
-                   feature: str = "targets") -> tf.data.Dataset:
+def sentence_order(dataset: tf.data.Dataset, *, sep_id: int, feature: str = "targets",
+                   max_segment_sentences: int = 1) -> tf.data.Dataset:
     """StructBERT sentence-structural objective (3-way sentence order prediction).
 
     ``ex[feature]`` holds a document whose sentences are separated by ``sep_id``; documents
-    with fewer than two sentences are dropped. For each document a random adjacent pair
-    ``(S_i, S_i+1)`` is drawn and a label uniform over three classes: 0 -> ``(S_i, S_i+1)``
-    (S2 follows S1), 1 -> ``(S_i+1, S_i)`` (swapped: S2 precedes S1), 2 -> ``(S_i, R)`` with
-    ``R`` a random sentence of the previous document in the dataset (the first document has
-    no predecessor and draws its label from {0, 1} only). Produces ``inputs`` =
-    ``S1 sep S2``, ``token_type_ids`` (0 on S1 and the separator, 1 on S2) and ``label``
-    (int32); ``ex[feature]`` is consumed, other features pass through.
+    with fewer than two sentences are dropped. For each document a random sentence boundary
+    ``b`` (``1 <= b < n``) and a label uniform over three classes are drawn. Segment ``A`` is
+    the (up to) ``max_segment_sentences`` sentences before ``b``, segment ``B`` the (up to)
+    ``max_segment_sentences`` sentences from ``b`` on (with the default 1, the adjacent pair
+    ``(S_b-1, S_b)``); the sentences of a segment stay joined by ``sep_id``. Label 0 ->
+    ``(A, B)`` (S2 follows S1), 1 -> ``(B, A)`` (swapped: S2 precedes S1), 2 -> ``(A, R)`` with
+    ``R`` as many consecutive sentences as ``B`` (fewer if it is shorter) from a random place
+    of the previous document in the dataset (the first document has no predecessor and draws
+    its label from {0, 1} only). Segments, as BERT and StructBERT pair them, give the
+    classifier attributes to compare across the boundary; single sentences often share none.
+    Produces ``inputs`` = ``S1 sep S2``, ``token_type_ids`` (0 on S1 and the separator after
+    it, 1 on S2) and ``label`` (int32); ``ex[feature]`` is consumed, other features pass
+    through.
     """
     _check_vocab_id("sep_id", sep_id)
+    if not isinstance(max_segment_sentences, int) or max_segment_sentences < 1:
+        raise ValueError(f"max_segment_sentences={max_segment_sentences!r} must be an int >= 1 "
+                         f"(sentences per segment); pass e.g. 1 for sentence pairs or 2")
     if feature not in dataset.element_spec:
         raise ValueError(f"sentence_order needs a {feature!r} feature but the dataset has "
                          f"{sorted(dataset.element_spec)}; pass feature= the document feature")
@@ -312,7 +337,8 @@ def sentence_order(dataset: tf.data.Dataset, *, sep_id: int,
     dataset = dataset.filter(enough)
     dataset = dataset.scan((tf.zeros([0], tf.int32), tf.constant(False)), attach_previous)
     return _sentence_order_pair(dataset, sep_id=sep_id, feature=feature, prev_key=prev_key,
-                                has_prev_key=has_prev_key)
+                                has_prev_key=has_prev_key,
+                                max_segment_sentences=max_segment_sentences)
 
 
 # ------------------------------------------------------------------ PALM / prefix LM

@@ -10,10 +10,10 @@ from plug_jax.tasks import structbert as sb
 
 
 def test_structbert_pretrain_batches():
-    it = get_batch_iterator("structbert_pretrain_zh_v1", {"inputs": 48}, "train", 16,
+    it = get_batch_iterator("structbert_pretrain_zh_v2", {"inputs": 48}, "train", 16,
                             converter="encoder", seed=3)
     b = next(it)
-    vocab = pipeline.task_vocabulary("structbert_pretrain_zh_v1")
+    vocab = pipeline.task_vocabulary("structbert_pretrain_zh_v2")
     ids = sb.special_ids(vocab)
     assert set(b) == {"encoder_input_tokens", "encoder_token_types", "mlm_targets",
                       "mlm_weights", "structural_weights", "label"}
@@ -21,13 +21,14 @@ def test_structbert_pretrain_batches():
     x, t = b["encoder_input_tokens"], b["mlm_targets"]
     assert (x[:, 0] == ids["cls"]).all() and (t[:, 0] == ids["cls"]).all()
     real = t > 0
-    # Every row is [CLS] S1 [SEP] S2: one separator, type 0 up to it and 1 after it.
+    # Every row is [CLS] S1 [SEP] S2: type 0 up to and including the separator after S1,
+    # 1 after it (segments of up to two sentences keep a separator between them).
     for r in range(16):
         n = int(real[r].sum())
-        sep = np.flatnonzero(t[r, :n] == ids["sep"])
-        assert len(sep) >= 1
         types = b["encoder_token_types"][r, :n]
-        assert (types[:sep[0] + 1] == 0).all() and (types[sep[0] + 1:] == 1).all()
+        n1 = int((types == 0).sum())
+        assert t[r, n1 - 1] == ids["sep"] and 2 < n1 < n
+        assert (types[:n1] == 0).all() and (types[n1:] == 1).all()
     # Inputs differ from the targets only where a token was masked or shuffled.
     changed = x != t
     assert not (changed & (b["mlm_weights"] == 0) & (b["structural_weights"] == 0)).any()
@@ -36,15 +37,68 @@ def test_structbert_pretrain_batches():
     assert ((b["mlm_weights"] > 0) & ~real).sum() == 0
 
 
+def test_structbert_pairs_come_from_the_description_pages():
+    """Unshuffled test split: row i pairs consecutive sentences of product i's page (title,
+    then the description sentences) around one boundary, in order for label 0, swapped for
+    1, and with S2 from product i-1's page for 2; no review text is ever used."""
+    from plug_jax.data import shop_world
+    it = get_batch_iterator("structbert_pretrain_zh_v2", {"inputs": 128}, "test", 32,
+                            converter="encoder", shuffle=False, seed=0)
+    b = next(it)
+    vocab = pipeline.task_vocabulary("structbert_pretrain_zh_v2")
+
+    def page(i):
+        ex = shop_world.text_example(0, "test", i, "zh")
+        return [ex["title"], *ex["description_sentences"]]
+
+    def runs(sents, k):  # every run of k consecutive sentences
+        return [sents[i:i + k] for i in range(len(sents) - k + 1)]
+
+    from plug_jax import models
+    from plug_jax.families.structbert import StructBERTConfig
+    model = models.EncoderModel(StructBERTConfig())
+    seen = set()
+    for r in range(32):
+        real = b["mlm_targets"][r] > 0
+        toks, types = b["mlm_targets"][r][real][1:], b["encoder_token_types"][r][real][1:]
+        s1 = vocab.decode([int(t) for t in toks[types == 0][:-1]]).split("\n")
+        s2 = vocab.decode([int(t) for t in toks[types == 1]]).split("\n")
+        # plug-infer's "S1<tab>S2" prompt gives the model exactly the ids and types of training
+        # (every sentence tokenized as inside a document: no start-of-text piece)
+        prompt, _ = model.prompt_batch(vocab, ["\n".join(s1) + "\t" + "\n".join(s2)])
+        np.testing.assert_array_equal(prompt["encoder_input_tokens"][0], b["mlm_targets"][r][real])
+        np.testing.assert_array_equal(prompt["encoder_token_types"][0],
+                                      b["encoder_token_types"][r][real])
+        assert 1 <= len(s1) <= sb.SEGMENT_SENTENCES and 1 <= len(s2) <= sb.SEGMENT_SENTENCES
+        label = int(b["label"][r, 0])
+        sents = page(r)
+        if label == 2:
+            assert r > 0 and s1 in runs(sents, len(s1)) and s2 in runs(page(r - 1), len(s2))
+        else:
+            first, second = (s1, s2) if label == 0 else (s2, s1)
+            assert first + second in runs(sents, len(first) + len(second))
+        seen.add(label)
+    assert seen == {0, 1, 2}
+
+
 def test_sentiment_batches_match_the_reviews():
     it = get_batch_iterator("structbert_sentiment_en_v1", {"inputs": 64}, "test", 8,
                             converter="encoder", shuffle=False)
     b = next(it)
     vocab = pipeline.task_vocabulary("structbert_sentiment_en_v1")
     from plug_jax.data import shop_world
+    from plug_jax import models
+    from plug_jax.families.structbert import StructBERTConfig
+    clf = models.EncoderModel(StructBERTConfig(), objectives=("classify",), num_labels=2)
+    prompts, _ = clf.prompt_batch(vocab, [shop_world.text_example(0, "test", r, "en")["review"]
+                                          for r in range(8)], max_length=64)
     for r in range(8):
         ex = shop_world.text_example(0, "test", r, "en")
         assert b["label"][r, 0] == ex["label"]
+        # plug-infer tokenizes a review as the sentiment task does
+        n = int((b["encoder_input_tokens"][r] > 0).sum())
+        np.testing.assert_array_equal(prompts["encoder_input_tokens"][r, :n],
+                                      b["encoder_input_tokens"][r, :n])
         toks = [int(v) for v in b["encoder_input_tokens"][r] if v > 0]
         assert toks[0] == sb.special_ids(vocab)["cls"]
         assert vocab.decode(toks[1:]) == ex["review"][:len(vocab.decode(toks[1:]))]

@@ -195,6 +195,46 @@ def test_sentence_order_balance_and_semantics():
         prev_doc = doc_id
 
 
+def test_sentence_order_segments():
+    """max_segment_sentences=2: segment A = the (up to) 2 sentences before a boundary, B =
+    the (up to) 2 from it, R = as many consecutive sentences of the previous document."""
+    docs = _sentence_docs(1500, seed=1)
+    out = _run(functools.partial(pp.sentence_order, sep_id=SEP, max_segment_sentences=2),
+               _dataset(docs))
+    kept = [d for d in docs if len(_split_on(d[:-1], SEP)) >= 2]
+    assert len(out) == len(kept)
+    labels = np.array([o["label"] for o in out])
+    assert set(labels) == {0, 1, 2}
+    widths = set()
+    prev = None
+    for o, doc in zip(out, kept):
+        inp, tt = o["inputs"], o["token_type_ids"]
+        n1 = int((tt == 0).sum())
+        assert inp[n1 - 1] == SEP and np.all(tt[n1:] == 1)
+        segs = [[_decode(s[0]) for s in _split_on(part, SEP)] for part in (inp[:n1 - 1], inp[n1:])]
+        for seg in segs:  # whole sentences, consecutive, of one document, at most 2
+            assert 1 <= len(seg) <= 2 and len({d for d, _ in seg}) == 1
+            assert [j for _, j in seg] == list(range(seg[0][1], seg[0][1] + len(seg)))
+        doc_id, n = _decode(doc[0])[0], len(_split_on(doc[:-1], SEP))
+        a, b = (segs[1], segs[0]) if o["label"] == 1 else segs
+        assert a[0][0] == doc_id
+        boundary = a[-1][1] + 1
+        # A is as long as the document allows before the boundary (up to 2 sentences)
+        assert len(a) == min(2, boundary)
+        if o["label"] == 2:
+            assert b[0][0] == prev[0] and len(b) == min(2, n - boundary, prev[1])
+        else:
+            assert b[0] == (doc_id, boundary) and len(b) == min(2, n - boundary)
+        widths.add((len(a), len(b)))
+        prev = (doc_id, n)
+    assert widths == {(1, 1), (1, 2), (2, 1), (2, 2)}
+
+
+def test_sentence_order_rejects_bad_segment_sizes():
+    with pytest.raises(ValueError, match="max_segment_sentences=0 must be an int >= 1"):
+        pp.sentence_order(_dataset(_sentence_docs(4)), sep_id=SEP, max_segment_sentences=0)
+
+
 # -------------------------------------------------------------------------------- T5
 def _merge_span_corruption(inputs, targets, start):
     """Put the target spans back in place of the input sentinels."""
