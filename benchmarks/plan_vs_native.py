@@ -28,7 +28,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BIG = ["--gin.ACTIVATION_DTYPE='bfloat16'", "--gin.REMAT_POLICY='full'",
@@ -47,16 +46,14 @@ CASES = {
 
 
 def _plan(args: list[str], native: bool, timeout: float) -> dict:
-    cmd = [sys.executable, "-m", "plug_jax.main", "--mode=plan", "--gin_file=runs/plan.gin",
-           *args, "--mesh=data:1", "--json"] + (["--native", "--measure"] if native else [])
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode:
-        raise SystemExit(f"plug-plan failed ({'native' if native else 'proxy'}):\n"
-                         f"{proc.stderr[-3000:]}")
-    out = json.loads(proc.stdout[proc.stdout.index("{"):])
-    out["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    return out
+    from plug_jax import plan  # imports no JAX: the child processes get the device
+    argv = ["--gin_file=runs/plan.gin", *args, "--mesh=data:1", "--json"]
+    try:
+        return plan.run_plan(argv + (["--native", "--measure"] if native else []),
+                             label=f"plug-plan ({'native' if native else 'proxy'})",
+                             timeout=timeout, cpu_only=not native, cwd=REPO)
+    except RuntimeError as e:
+        raise SystemExit(str(e)) from None
 
 
 def main(argv=None) -> int:

@@ -568,16 +568,21 @@ ROWS: tuple[Row, ...] = (
 )
 
 
-def run_row(row: Row, timeout: float = 1800) -> dict:
-    """Runs one row in a fresh process (its own device count); returns the report dict."""
+def run_plan(argv: Sequence[str], *, label: str, timeout: float = 1800,
+             cpu_only: bool = True, cwd: str | None = None) -> dict:
+    """Runs ``plug-plan argv`` (with ``--json``) in a fresh process; returns the report dict
+    with ``wall_seconds`` and ``spmd_full_remat_warnings`` added. ``cpu_only=False`` leaves
+    the process its accelerators (for ``--native``)."""
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
-    env["JAX_PLATFORMS"] = "cpu"
-    cmd = [sys.executable, "-m", "plug_jax.main", "--mode=plan"] + row.argv()
+    if cpu_only:
+        env["JAX_PLATFORMS"] = "cpu"
+    cmd = [sys.executable, "-m", "plug_jax.main", "--mode=plan", *argv]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
+                          cwd=cwd)
     if proc.returncode:
-        raise RuntimeError(f"row {row.name!r} failed ({proc.returncode}): "
+        raise RuntimeError(f"{label} failed ({proc.returncode}): "
                            f"{proc.stderr.strip()[-2000:]}")
     report = json.loads(proc.stdout[proc.stdout.index("{"):])
     report["wall_seconds"] = round(time.perf_counter() - t0, 1)
@@ -585,6 +590,11 @@ def run_row(row: Row, timeout: float = 1800) -> dict:
     # the real pod, and more memory); count them so the table shows it.
     report["spmd_full_remat_warnings"] = proc.stderr.count("Involuntary full rematerialization")
     return report
+
+
+def run_row(row: Row, timeout: float = 1800) -> dict:
+    """Runs one row in a fresh process (its own device count); returns the report dict."""
+    return run_plan(row.argv(), label=f"row {row.name!r}", timeout=timeout)
 
 
 TABLE_HEADER = ("| row | model | published params | preset params (computed) | hardware | mesh "
