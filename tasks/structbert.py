@@ -81,7 +81,7 @@ def _specials(output_features) -> dict[str, int]:
 
 # ------------------------------------------------------------------ preprocessors
 def newline_first(dataset):
-    """``text`` -> ``"\n" + text`` (with ``drop_through_first_sep`` after tokenizing: every
+    """``text`` -> ``"\\n" + text`` (with ``drop_through_first_sep`` after tokenizing: every
     sentence, the first one too, is then tokenized as it reads inside a document)."""
     return dataset.map(lambda ex: {**ex, "text": tf.strings.join(["\n", ex["text"]])},
                        num_parallel_calls=tf.data.AUTOTUNE)
@@ -150,7 +150,7 @@ def keep(*names):
 
 # ------------------------------------------------------------------ sources
 def description_document(ex: dict) -> str:
-    """``title \n description``: the product page the sentence-order pairs are drawn from."""
+    """``title \\n description``: the product page the sentence-order pairs are drawn from."""
     return f"{ex['title']}\n{ex['description']}"
 
 
@@ -160,7 +160,7 @@ def _description_example(world_seed: int, split: str, index: int, lang: str) -> 
 
 
 def shop_world_description_source(lang: str) -> seqio.FunctionDataSource:
-    """``{"index", "text": title \n description}`` of each split (the LM documents' split
+    """``{"index", "text": title \\n description}`` of each split (the LM documents' split
     sizes)."""
     return shop_world_source(_description_example, {"text": tf.string}, lang,
                              world_seed=WORLD_SEED, split_sizes=SHOPLM_SPLIT_SIZES)
@@ -191,7 +191,8 @@ def sentence_pair_prompts(split: str = "test", num: int = 4, lang: str = "zh") -
     def segments(i):
         ex = shop_world.text_example(WORLD_SEED, split, i, lang)
         page = [ex["title"], *ex["description_sentences"]]
-        return "\n".join(page[:SEGMENT_SENTENCES]), "\n".join(page[2:2 + SEGMENT_SENTENCES])
+        k = SEGMENT_SENTENCES  # A ends at the boundary k, B starts there
+        return "\n".join(page[:k]), "\n".join(page[k:2 * k])
 
     out = []
     for i in range(num):

@@ -286,8 +286,7 @@ def _sentence_order_pair(ex, seeds, *, sep_id: int, feature: str, prev_key: str,
     len_r = tf.maximum(tf.minimum(len_b, num_prev), 1)
     j = tf.random.stateless_uniform([], s_other, minval=0,
                                     maxval=tf.maximum(num_prev - len_r + 1, 1), dtype=tf.int32)
-    s1 = tf.where(label == 1, 1, 0)
-    s1 = tf.switch_case(s1, [lambda: seg_a, lambda: seg_b])
+    s1 = tf.cond(label == 1, lambda: seg_b, lambda: seg_a)
     s2 = tf.switch_case(label, [lambda: seg_b, lambda: seg_a,
                                 lambda: _segment(prev, j, j + len_r, sep_id)])
     out = {k: v for k, v in ex.items() if k not in (feature, prev_key, has_prev_key)}

@@ -727,18 +727,18 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
         return results
     step_fn, init_cache = model.decode_fns()
     encoded = [list(vocabulary.encode(p)) for p in prompts]
+    eos = getattr(vocabulary, "eos_id", None)
+    encoder_decoder = getattr(model, "encoder_decoder", False)
+    if encoder_decoder and eos is not None:
+        # encoder inputs end with EOS where the task's do (as in training and plug-eval)
+        from plug_jax.data.pipeline import task_adds_eos
+        if task_adds_eos(dataset_cfg.mixture_or_task_name):
+            encoded = [e + [eos] for e in encoded]
     width = max(len(e) for e in encoded)
     ids = np.zeros((len(prompts), width), np.int32)
     mask = np.zeros((len(prompts), width), np.int32)
-    eos = getattr(vocabulary, "eos_id", None)
-    if getattr(model, "encoder_decoder", False):
-        # The prompts are the encoder's inputs, ended with EOS where the task's inputs are
-        # (as in training and plug-eval); the decoder starts from its start token 0.
-        from plug_jax.data.pipeline import task_adds_eos
-        if eos is not None and task_adds_eos(dataset_cfg.mixture_or_task_name):
-            encoded = [e + [eos] for e in encoded]
-            width = max(len(e) for e in encoded)
-            ids = np.zeros((len(prompts), width), np.int32)
+    if encoder_decoder:
+        # The prompts are the encoder's inputs; the decoder starts from its start token 0.
         for r, e in enumerate(encoded):
             ids[r, :len(e)] = e
         params = {"model": params, "encoder_ids": ids}
