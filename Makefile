@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Parallel workers for the default test run (2 on the reference machine).
 TEST_WORKERS ?= 2
 
-.PHONY: install demo demo-core test test-slow bench prepare scaling clean
+.PHONY: install reference-env demo demo-core test test-slow bench prepare scaling clean
 # Where `make demo` trains (kept between runs: a second `make demo` resumes / re-evaluates).
 DEMO_DIR ?= runs/shop_tiny
 DEMO_GIN := --gin_file=experiments/gpt3/shop_tiny.gin --gin.MODEL_DIR=$(DEMO_DIR)
@@ -21,6 +21,12 @@ $(STAMP): setup.py | $(PY)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The modelscope package's own classes (the parity references for the ModelScope GPT-3 and
+# PALM checkpoints) need transformers 4.x: they get a venv of their own, .venv-reference,
+# built once from tests/reference_env/requirements.txt (tests/reference_env/build.py).
+reference-env: $(STAMP)
+	$(PY) tests/reference_env/build.py
 
 # The main job on the embedded default data (see README): train a tiny Chinese GPT-3 on
 # Shop World product text on the CPU, evaluate against a unigram baseline, and print
@@ -40,7 +46,7 @@ prepare: $(STAMP)
 	$(PY) -m plug_jax.data.shop_world_tfds
 
 # Default suite (excludes tests marked `slow`).
-test: $(STAMP)
+test: $(STAMP) reference-env
 	$(PY) -m pytest -n $(TEST_WORKERS) -q
 
 # Long tests only (large conversions, long decodes).
@@ -59,4 +65,4 @@ scaling: $(STAMP)
 	mv docs/scaling.md.tmp docs/scaling.md
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-reference .venv-reference.lock build *.egg-info

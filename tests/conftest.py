@@ -23,3 +23,33 @@ def pytest_sessionstart(session):
 # cache outside the user's home (atomic writes make concurrent workers safe).
 os.environ.setdefault("PLUG_JAX_CACHE", os.path.join(
     os.environ.get("TMPDIR", "/tmp"), "plug_jax_test_cache"))
+
+
+# ---------------------------------------------------------------- learning results
+# Learning-with-control tests report "result next to control" lines through the
+# `report_result` fixture. They travel in the test report (so they survive pytest-xdist
+# workers, which swallow stdout) and are printed in a block at the end of every run.
+_RESULT_KEY = "learning_result"
+
+
+@pytest.fixture
+def report_result(record_property):
+    """``report_result("shop_tiny held-out loss", 1.23, control="unigram 5.50")``."""
+    def report(what, value, control, **extra):
+        fields = " ".join(f"{k}={v}" for k, v in extra.items())
+        value = f"{value:.4f}" if isinstance(value, float) else value
+        record_property(_RESULT_KEY, f"{what}: {value} | control: {control} {fields}".rstrip())
+    return report
+
+
+def pytest_terminal_summary(terminalreporter):
+    lines = []
+    for reports in terminalreporter.stats.values():
+        for rep in reports:
+            if getattr(rep, "when", None) == "call":
+                lines += [f"{rep.nodeid.split('::')[-1]}: {v}"
+                          for k, v in getattr(rep, "user_properties", ()) if k == _RESULT_KEY]
+    if lines:
+        terminalreporter.section("learning results (model | control)")
+        for line in sorted(lines):
+            terminalreporter.write_line(line)

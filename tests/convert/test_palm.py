@@ -1,9 +1,15 @@
 """PALM converter: the released key names (AliceMind PALM, ModelScope palm_v2) <-> PalmModel.
 
-The synthetic checkpoints are built here from the key names of the released code, not from
-the exporter, and an independent numpy forward pass of the released architecture (BERT
-post-LN encoder, PreSumm pre-LN decoder, tied generator, CopyGenerator gate) checks that
-the converted weights give the same outputs."""
+ModelScope layout: the modelscope package's own ``PalmForTextGeneration`` (palm_v2), run in the
+reference env (tests/reference_env/modelscope_palm.py), writes a random tiny checkpoint as
+``AbsSummarizer`` loads it and records its generator's log-probabilities; the converted params
+must reproduce them to 1e-4.
+
+AliceMind layouts (``bert.model.*``, with or without the ``-p_gen`` copy head): AliceMind's PALM
+code is not an installable package, so the synthetic checkpoints are built here from the key
+names of the released code, and a numpy forward pass of the released architecture written
+here (BERT post-LN encoder, PreSumm pre-LN decoder, tied generator, ``CopyGenerator``
+including its second softmax over the scattered copy weights) checks the outputs."""
 import argparse
 import math
 
@@ -102,7 +108,8 @@ def _mha(q_in, kv_in, sd, names, heads, visible):
     return _lin(ctx, sd, names[3]), probs
 
 
-def _reference_logprobs(sd, cfg, enc_ids, dec_ids, enc_valid, layout, copy):
+def _reference_logprobs(sd, cfg, enc_ids, dec_ids, enc_valid, layout, copy,
+                        released_copy_softmax=True):
     erf = np.vectorize(math.erf)
     enc = "bert.model." if layout == "alicemind" else "bert."
     sd = {k: np.asarray(v, np.float64) for k, v in sd.items()}
@@ -154,7 +161,7 @@ def _reference_logprobs(sd, cfg, enc_ids, dec_ids, enc_valid, layout, copy):
         logits = _lin(y, sd, gen)
         probs = np.exp(logits - logits.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
-        if copy:  # CopyGenerator, without the released extra softmax (documented)
+        if copy:  # CopyGenerator (PALM/models/model_builder.py)
             a = attn.mean(0)
             context = a @ memory
             gate = 1 / (1 + np.exp(-_lin(np.concatenate([context, y], -1), sd,
@@ -162,6 +169,9 @@ def _reference_logprobs(sd, cfg, enc_ids, dec_ids, enc_valid, layout, copy):
             copy_dist = np.zeros_like(probs)
             for j in range(s):
                 copy_dist[:, ids[j]] += a[:, j]
+            if released_copy_softmax:  # the release's copy_softmax over the vocabulary
+                copy_dist = np.exp(copy_dist - copy_dist.max(-1, keepdims=True))
+                copy_dist /= copy_dist.sum(-1, keepdims=True)
             probs = gate * probs + (1 - gate) * copy_dist
         out.append(np.log(probs))
     return np.stack(out)
@@ -180,10 +190,14 @@ def _inputs():
     return enc, dec, (enc > 0).astype(np.int32)
 
 
-@pytest.mark.parametrize("layout,copy", [("alicemind", False), ("alicemind", True),
-                                         ("modelscope", False)])
-def test_released_layout_round_trips_and_matches_a_reference_forward(layout, copy):
-    cfg = CFG.replace(copy=copy, copy_gate_uses_input=False) if copy else CFG.replace(copy=False)
+@pytest.mark.parametrize("copy,copy_softmax", [(False, False), (True, True), (True, False)])
+def test_alicemind_layout_round_trips_and_matches_a_reference_forward(copy, copy_softmax):
+    """copy_softmax=True is the released CopyGenerator; False the published pointer-generator
+    (See et al.), which PalmModel uses by default."""
+    layout = "alicemind"
+    cfg = CFG.replace(copy=False)
+    if copy:
+        cfg = CFG.replace(copy=True, copy_gate_uses_input=False, copy_softmax=copy_softmax)
     sd = _released_state_dict(layout, copy)
     wrapped = {"model": {f"palm.{k}": v for k, v in sd.items()}}  # unwrapped on import
     params = palm_from_state_dict(wrapped, cfg)
@@ -193,11 +207,59 @@ def test_released_layout_round_trips_and_matches_a_reference_forward(layout, cop
     for k, v in params_only.items():
         np.testing.assert_array_equal(back[k], v, err_msg=k)
     enc, dec, valid = _inputs()
-    want = _reference_logprobs(sd, cfg, enc, dec, valid, layout, copy)
+    want = _reference_logprobs(sd, cfg, enc, dec, valid, layout, copy, copy_softmax)
     got = np.asarray(_ours(cfg, params, enc, dec, valid))
     if not copy:
         got = np.asarray(jax.nn.log_softmax(got))
     np.testing.assert_allclose(got, want, atol=2e-4)
+    if copy:  # the two copy forms are really different distributions
+        other = _reference_logprobs(sd, cfg, enc, dec, valid, layout, copy, not copy_softmax)
+        assert np.abs(other - want).max() > 1e-2
+
+
+@pytest.fixture(scope="module")
+def modelscope_palm(modelscope_checkpoint):
+    """(folder, reference outputs, PalmConfig) of a random modelscope PalmForTextGeneration."""
+    import json
+
+    folder = modelscope_checkpoint("modelscope_palm.py")
+    ms = json.loads((folder / "config.json").read_text())
+    bert = json.loads((folder / "bert" / "config.json").read_text())
+    cfg = PalmConfig(  # from the two config.json files ModelScope's PalmConfig reads
+        vocab_size=bert["vocab_size"], num_encoder_layers=bert["num_hidden_layers"],
+        num_heads=bert["num_attention_heads"], hidden_size=bert["hidden_size"],
+        ffn_size=bert["intermediate_size"],
+        max_position_embeddings=bert["max_position_embeddings"], position_offset=0,
+        type_vocab_size=bert["type_vocab_size"], layer_norm_epsilon=bert["layer_norm_eps"],
+        num_decoder_layers=ms["dec_layers"], num_decoder_heads=ms["dec_heads"],
+        decoder_ffn_size=ms["dec_ff_size"], dropout_rate=0.0, attention_dropout_rate=0.0,
+        decoder_dropout_rate=0.0, copy=False)
+    assert ms["dec_hidden_size"] == cfg.hidden_size and ms["encoder"] == "bert"
+    return folder, dict(np.load(folder / "reference.npz")), cfg
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_modelscope_palm_checkpoint_gives_its_log_probs(modelscope_palm, scan_layers):
+    folder, ref, cfg = modelscope_palm
+    cfg = cfg.replace(scan_layers=scan_layers)
+    params = load_palm_checkpoint(folder / "pytorch_model.bin", cfg)
+    logits = _ours(cfg, params, ref["src"], ref["dec_in"], ref["mask_src"])
+    got = np.asarray(jax.nn.log_softmax(logits))
+    np.testing.assert_allclose(got, ref["log_probs"], atol=1e-4, rtol=0)
+
+
+def test_modelscope_palm_checkpoint_round_trips(modelscope_palm):
+    import torch
+
+    folder, _, cfg = modelscope_palm
+    sd = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    back = palm_to_state_dict(load_palm_checkpoint(folder / "pytorch_model.bin", cfg), cfg,
+                              layout="modelscope")
+    released = {k: v.numpy() for k, v in sd.items()
+                if not k.endswith(("pe", "mask", "position_ids"))}
+    assert set(back) == set(released)
+    for k, v in released.items():
+        np.testing.assert_array_equal(back[k], v, err_msg=k)
 
 
 def test_ours_to_released_to_ours_is_exact_for_both_layouts_and_layer_layouts():

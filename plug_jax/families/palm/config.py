@@ -82,6 +82,10 @@ class PalmConfig(FamilyConfig):
     # The copy gate also sees the decoder input embedding (See et al. 2017). The released
     # CopyGenerator uses [context; state] only; conversion zero-fills the extra rows.
     copy_gate_uses_input: bool = True
+    # The released CopyGenerator passes the scattered copy weights through a second softmax
+    # over the vocabulary before mixing; True reproduces it (what a converted AliceMind
+    # ``-p_gen`` checkpoint was trained with). False: the published pointer-generator.
+    copy_softmax: bool = False
     initializer_range: float = 0.02
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -107,6 +111,9 @@ class PalmConfig(FamilyConfig):
         if self.num_experts:
             raise ValueError("PalmConfig: PALM has no mixture-of-experts variant; set "
                              "num_experts=0")
+        if self.copy_softmax and not self.copy:
+            raise ValueError("PalmConfig: copy_softmax=True needs copy=True (it changes the copy "
+                             "head)")
         self.check_basics("PalmConfig")
         if self.decoder_activation not in ACTIVATIONS:
             raise ValueError(f"PalmConfig: unknown decoder_activation {self.decoder_activation!r}; "

@@ -30,8 +30,9 @@ and returns ``logits`` ``[batch, dec_len, vocab]`` float32:
 
 Differences from the released code (README.md): the released ``CopyGenerator`` passes the
 scattered copy weights through a second ``softmax`` over the vocabulary (which flattens the copy
-distribution to almost uniform); this is the pointer-generator as published (See et al.) with
-no such softmax. The FFN-internal dropout of the released decoder is not applied.
+distribution to almost uniform); by default this is the pointer-generator as published (See et
+al.) with no such softmax, and ``copy_softmax=True`` applies it as released (for converted
+``-p_gen`` checkpoints). The FFN-internal dropout of the released decoder is not applied.
 
 Parameter tree (scanned; ``scan_layers=False`` gives ``layers_0 ..``)::
 
@@ -185,6 +186,8 @@ class PalmModel(nn.Module):
         gate = jnp.where(sees_encoder, gate[..., 0], jnp.float32(30.0))  # p_gen = 1 there
         log_gen = jax.nn.log_sigmoid(gate)[..., None] + jax.nn.log_softmax(logits, axis=-1)
         copy = scatter_copy(attn, encoder_input_ids, cfg.vocab_size)
+        if cfg.copy_softmax:  # the released CopyGenerator's second softmax (module docstring)
+            copy = jax.nn.softmax(copy, axis=-1)
         copy = jax.nn.sigmoid(-gate)[..., None] * copy
         positive = copy > 0
         log_copy = jnp.where(positive, jnp.log(jnp.where(positive, copy, 1.0)), -jnp.inf)

@@ -1,0 +1,81 @@
+"""Runs in the reference env: a random modelscope ``PalmForTextGeneration`` (palm_v2).
+
+    python modelscope_palm.py OUT_DIR [--seed N]
+
+Builds the model as ModelScope's ``PalmConfig`` describes it (a BERT encoder read from
+``encoder_pth``, the PreSumm-style decoder, the tied ``PalmPointerGenerator``) at a tiny size,
+puts Gaussian noise on every parameter (so biases and LayerNorms are not 0 / 1; the tied
+generator weight stays tied), and writes into OUT_DIR:
+
+* ``pytorch_model.bin``: ``torch.save(model.palm.state_dict())``, the summarizer's state dict,
+  which ``AbsSummarizer`` loads from ``pytorch_model.bin`` (``_unwrap_checkpoint`` then
+  ``load_state_dict``); it is reloaded that way here and must give the same outputs;
+* ``config.json`` (ModelScope's ``PalmConfig``) and ``bert/`` (the encoder's ``config.json``
+  and a ``vocab.txt`` the tokenizer needs);
+* ``reference.npz``: ``src`` [2, 9] (row 0 padded with id 0 after 6 tokens), ``mask_src``,
+  ``dec_in`` = ``tgt[:, :-1]`` (what ``AbsSummarizer.forward`` feeds the decoder) and
+  ``log_probs`` = ``palm.generator(decoder_outputs)`` [2, 5, vocab], in float32.
+"""
+import argparse
+import os
+
+import numpy as np
+import torch
+from transformers import BertConfig
+
+from modelscope.models.nlp.palm_v2.configuration import PalmConfig
+from modelscope.models.nlp.palm_v2.text_generation import AbsSummarizer, PalmForTextGeneration
+
+VOCAB = 96
+BERT = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=256, max_position_embeddings=64, type_vocab_size=2,
+            layer_norm_eps=1e-12, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+DECODER = dict(dec_layers=3, dec_hidden_size=64, dec_heads=4, dec_ff_size=256, dec_dropout=0.0,
+               label_smoothing=0.0)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out_dir")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    bert_dir = os.path.join(args.out_dir, "bert")
+    os.makedirs(bert_dir, exist_ok=True)
+    BertConfig(**BERT).save_pretrained(bert_dir)
+    special = ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens = ["[PAD]", "[unused1]", "[unused2]"] + special
+    tokens += [f"w{i}" for i in range(VOCAB - len(tokens))]
+    with open(os.path.join(bert_dir, "vocab.txt"), "w") as f:
+        f.write("\n".join(tokens) + "\n")
+    config = PalmConfig(encoder="bert", encoder_pth=bert_dir, max_pos=512, **DECODER)
+    config.save_pretrained(args.out_dir)
+
+    torch.manual_seed(args.seed)
+    model = PalmForTextGeneration(config).eval()
+    palm = model.palm
+    with torch.no_grad():
+        for p in palm.parameters():  # the tied table is one Parameter: noised once
+            p.add_(0.1 * torch.randn_like(p))
+    assert palm.generator.dense.weight is palm.decoder.embeddings.weight
+    path = os.path.join(args.out_dir, "pytorch_model.bin")
+    torch.save(palm.state_dict(), path)
+
+    src = torch.randint(7, VOCAB, (2, 9))
+    src[0, 6:] = 0
+    mask_src = (src != 0).long()
+    tgt = torch.randint(7, VOCAB, (2, 6))
+    reloaded = AbsSummarizer(config, checkpoint=torch.load(path, weights_only=True)).eval()
+    with torch.no_grad():
+        outs = []
+        for summarizer in (palm, reloaded):
+            decoder_outputs, _, _ = summarizer(src, tgt, mask_src)
+            outs.append(summarizer.generator(decoder_outputs))
+    assert torch.equal(outs[0], outs[1]), "the saved state dict does not reload the same model"
+    np.savez(os.path.join(args.out_dir, "reference.npz"), src=src.numpy(),
+             mask_src=mask_src.numpy(), dec_in=tgt[:, :-1].numpy(),
+             log_probs=outs[0].numpy().astype(np.float32))
+    print(f"wrote {args.out_dir}: {len(palm.state_dict())} tensors")
+
+
+if __name__ == "__main__":
+    main()
