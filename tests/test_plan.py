@@ -145,3 +145,34 @@ def test_scaling_doc_in_sync_with_rows():
         assert row.hardware in plan.HARDWARE
         assert os.path.exists(os.path.join(REPO, "gin_configs", row.model_gin))
         plan.parse_mesh(row.mesh)
+
+
+# The cheapest row to plan (about 20 s in its own process on the 2-core reference machine).
+CHECKED_ROW = "gpt3-175B / v5p-128"
+
+
+def _table_cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_scaling_doc_numbers_match_a_fresh_plan():
+    """Re-plans one row of docs/scaling.md and compares what the doc says with what
+    plug-plan says now: every cell exactly (parameter / optimizer bytes per device, the
+    parameter count, mesh, batch, fits, ...), except XLA's temporaries and the compiled total
+    (5%: compiler noise) and the compile time."""
+    with open(os.path.join(REPO, "docs", "scaling.md"), encoding="utf-8") as f:
+        doc = [x for x in f.read().splitlines() if x.startswith(f"| {CHECKED_ROW} | ")]
+    assert len(doc) == 1, CHECKED_ROW
+    row = next(r for r in plan.ROWS if r.name == CHECKED_ROW)
+    header = _table_cells(plan.TABLE_HEADER)
+    want = dict(zip(header, _table_cells(doc[0]), strict=True))
+    got = dict(zip(header, _table_cells(plan.table_line(row, plan.run_row(row, timeout=600))),
+                   strict=True))
+    noisy = ("temp GB/dev", "total GB/dev")
+    assert {"params GB/dev", "opt GB/dev", "fits?", "compile s", *noisy} <= set(header)
+    for col in header:
+        why = f"{CHECKED_ROW} {col}: docs/scaling.md {want[col]!r}, plug-plan now {got[col]!r}"
+        if col in noisy:
+            assert float(got[col]) == pytest.approx(float(want[col]), rel=0.05), why
+        elif col != "compile s":
+            assert got[col] == want[col], why

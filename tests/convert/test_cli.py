@@ -6,14 +6,13 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from plug_jax.convert import io as cio  # noqa: E402
-from plug_jax.convert.cli import main  # noqa: E402
-from plug_jax.families.gpt3 import GPT3Config, GPT3LM  # noqa: E402
-from plug_jax.trainer import checkpointing  # noqa: E402
+from plug_jax.convert import io as cio
+from plug_jax.convert.cli import main
+from plug_jax.families.gpt3 import GPT3Config, GPT3LM
+from plug_jax.trainer import checkpointing
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,14 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from plug_jax.convert.hf_bert import (config_from_bert, from_bert_state_dict,  # noqa: E402
+from plug_jax.convert.hf_bert import (config_from_bert, from_bert_state_dict,
                                       from_megatron_bert_state_dict, load_bert_checkpoint,
                                       to_bert_config, to_bert_state_dict,
                                       to_megatron_bert_state_dict)
-from plug_jax.families.structbert import BertEncoder, StructBERTForPreTraining  # noqa: E402
+from plug_jax.families.structbert import BertEncoder, StructBERTForPreTraining
 
 TINY = dict(vocab_size=101, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=256, max_position_embeddings=32, type_vocab_size=2)

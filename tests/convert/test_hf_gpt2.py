@@ -6,13 +6,12 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from plug_jax.convert import (from_transformers, gpt3_config_from_hf, to_transformers,  # noqa: E402
+from plug_jax.convert import (from_transformers, gpt3_config_from_hf, to_transformers,
                               to_transformers_config)
-from plug_jax.families.gpt3 import GPT3LM  # noqa: E402
+from plug_jax.families.gpt3 import GPT3LM
 
 TINY = dict(n_embd=64, n_head=4, n_layer=2, vocab_size=101, n_positions=32)
 # n_head=6 is not a power of two; exact-erf GELU; the eager upcast/reorder attention path.

@@ -12,11 +12,10 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from plug_jax.convert import io as cio  # noqa: E402
-from plug_jax.convert.megatron import (MegatronMergeError, load_megatron_shards,  # noqa: E402
+from plug_jax.convert import io as cio
+from plug_jax.convert.megatron import (MegatronMergeError, load_megatron_shards,
                                        merge_plug_checkpoint, merge_megatron_shards,
                                        split_tensor_parallel)
 

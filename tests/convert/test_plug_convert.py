@@ -1,5 +1,12 @@
 """PLUG merged Megatron state dict <-> PlugModel, shards round trip, and plug-convert for
-structbert (hf <->) and plug (megatron <->)."""
+structbert (hf <->) and plug (megatron <->).
+
+The PLUG decoder is checked against a numpy reference written here, not against the
+modelscope package's ``modelscope.models.nlp.plug`` classes (as GPT-3 and PALM are, see
+tests/reference_env/): those are built from Megatron's ``mpu`` layers throughout, and the
+``megatron_util`` package on PyPI is an empty placeholder, so they cannot be run here. The
+encoder side is checked against transformers' ``MegatronBertModel``
+(test_hf_bert.py::test_megatron_bert_model_parity)."""
 import importlib.util
 import os
 
@@ -7,21 +14,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from plug_jax.convert import io as cio  # noqa: E402
-from plug_jax.convert.cli import main  # noqa: E402
-from plug_jax.convert.megatron import merge_megatron_shards  # noqa: E402
-from plug_jax.convert.plug import (EMBED_NORM_KEYS, load_plug_checkpoint,  # noqa: E402
+from plug_jax.convert import io as cio
+from plug_jax.convert.cli import main
+from plug_jax.convert.megatron import merge_megatron_shards
+from plug_jax.convert.plug import (EMBED_NORM_KEYS, load_plug_checkpoint,
                                    plug_from_merged_state_dict, plug_to_megatron_shards,
                                    plug_to_merged_state_dict, save_megatron_shards)
-from plug_jax.families.plug.config import PlugConfig  # noqa: E402
-from plug_jax.families.plug.network import PlugModel, abstract_params  # noqa: E402
-from plug_jax.families.structbert import StructBERTForPreTraining  # noqa: E402
-from plug_jax.families.structbert.config import StructBERTConfig  # noqa: E402
-from plug_jax.trainer import checkpointing  # noqa: E402
+from plug_jax.families.plug.config import PlugConfig
+from plug_jax.families.plug.network import PlugModel, abstract_params
+from plug_jax.families.structbert import StructBERTForPreTraining
+from plug_jax.families.structbert.config import StructBERTConfig
+from plug_jax.trainer import checkpointing
 
 ENC_LEN, DEC_LEN = 7, 5
 

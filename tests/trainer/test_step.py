@@ -48,6 +48,22 @@ def test_cross_entropy_sums_match_numpy():
     assert out["weight"] == w.sum()
 
 
+class _BatchSizeSpy:
+    """Delegates everything to ``model`` and records the leading (batch) dimension of every
+    batch its ``loss_sums`` is traced with."""
+
+    def __init__(self, model):
+        self._model = model
+        self.batch_sizes = set()
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def loss_sums(self, params, batch, *args, **kwargs):
+        self.batch_sizes |= {x.shape[0] for x in jax.tree_util.tree_leaves(batch)}
+        return self._model.loss_sums(params, batch, *args, **kwargs)
+
+
 @pytest.mark.parametrize("tx_name", ["sgd", "adamw"])
 def test_four_microbatches_equal_one_full_batch(tx_name):
     """Same loss and update; with SGD(lr=1) the update *is* the gradient (1e-6).
@@ -59,9 +75,12 @@ def test_four_microbatches_equal_one_full_batch(tx_name):
     batch = _batch(0)
     tx = optax.sgd(1.0) if tx_name == "sgd" else optim.adamw(1e-3, weight_decay=0.1)
     init = _state(model, tx, batch)
-    s1, m1 = jax.jit(make_train_step(model, 1))(init, batch, jax.random.PRNGKey(1))
-    s4, m4 = jax.jit(make_train_step(model, 4))(_state(model, tx, batch), batch,
-                                                jax.random.PRNGKey(1))
+    spy1, spy4 = _BatchSizeSpy(model), _BatchSizeSpy(model)
+    s1, m1 = jax.jit(make_train_step(spy1, 1))(init, batch, jax.random.PRNGKey(1))
+    s4, m4 = jax.jit(make_train_step(spy4, 4))(_state(model, tx, batch), batch,
+                                               jax.random.PRNGKey(1))
+    # The step really splits the batch: the model only ever sees a quarter of it.
+    assert spy1.batch_sizes == {8} and spy4.batch_sizes == {8 // 4}
     np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
     np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-6)
     assert float(m1["tokens"]) == float(m4["tokens"]) == float(batch["decoder_loss_weights"].sum())
@@ -137,15 +156,36 @@ def test_schedules():
         optim.warmup_cosine(1.0, 0, 0)
 
 
-def test_clipping_bounds_the_update_direction():
-    params = {"w": jnp.ones((3,))}
-    tx = optim.adamw(1.0, weight_decay=0.0, clip_norm=0.5)
-    st = tx.init(params)
-    grads = {"w": jnp.array([30.0, 40.0, 0.0])}
-    clipped = optax.clip_by_global_norm(0.5).update(grads, optax.EmptyState())[0]
-    np.testing.assert_allclose(optax.global_norm(clipped), 0.5, rtol=1e-6)
-    upd, _ = tx.update(grads, st, params)
-    assert np.all(np.isfinite(np.asarray(upd["w"])))
+def _adam_state(opt_state) -> optax.ScaleByAdamState:
+    """The one ``ScaleByAdamState`` in an optax state tree (chains, masks, ...)."""
+    is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+    found = [x for x in jax.tree_util.tree_leaves(opt_state, is_leaf=is_adam) if is_adam(x)]
+    assert len(found) == 1, opt_state
+    return found[0]
+
+
+def test_clipping_scales_the_gradient_adam_sees():
+    """After one update Adam's first moment is ``(1 - b1) * g'`` where ``g'`` is the
+    gradient Adam received: ``g * clip / ||g||`` (global norm over all leaves) when
+    ``||g|| > clip``, ``g`` itself otherwise."""
+    clip, b1 = 0.5, 0.9
+    params = {"w": jnp.ones((3,)), "b": jnp.ones((2,))}
+    tx = optim.adamw(1.0, b1=b1, weight_decay=0.0, clip_norm=clip)
+
+    def first_moment(grads):
+        _, new = tx.update(jax.tree_util.tree_map(jnp.asarray, grads), tx.init(params), params)
+        return {k: np.asarray(v) for k, v in _adam_state(new).mu.items()}
+
+    big = {"w": np.array([30.0, 40.0, 0.0], np.float32), "b": np.array([0.0, 120.0], np.float32)}
+    norm = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in big.values()))  # 130
+    assert norm > clip
+    mu = first_moment(big)
+    for k, g in big.items():
+        np.testing.assert_allclose(mu[k], (1 - b1) * g * clip / norm, rtol=1e-6, atol=1e-9)
+    small = {"w": np.array([0.03, 0.04, 0.0], np.float32), "b": np.array([0.0, 0.12], np.float32)}
+    mu = first_moment(small)  # ||g|| = 0.13 < clip: passed through unscaled
+    for k, g in small.items():
+        np.testing.assert_allclose(mu[k], (1 - b1) * g, rtol=1e-6, atol=1e-9)
 
 
 def test_finalize_eval():

@@ -8,13 +8,12 @@ import functools
 
 import numpy as np
 import pytest
+import torch
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from plug_jax import decoding as D  # noqa: E402
-from plug_jax.convert import from_transformers  # noqa: E402
-from plug_jax.families.gpt3.network import GPT3LM  # noqa: E402
+from plug_jax import decoding as D
+from plug_jax.convert import from_transformers
+from plug_jax.families.gpt3.network import GPT3LM
 
 N_NEW = 32
 PROMPT = np.array([[11, 23, 5, 77, 42, 9], [0, 0, 64, 3, 120, 17]], np.int64)

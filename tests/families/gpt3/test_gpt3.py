@@ -137,7 +137,10 @@ def test_bf16_compute_keeps_f32_params_and_logits():
     logits = model.apply({"params": params}, ids)
     ref = GPT3LM(c.replace(dtype="float32")).apply({"params": params}, ids)
     assert logits.dtype == jnp.float32
-    np.testing.assert_allclose(logits, ref, atol=5e-2)
+    # Measured: max |bf16 - f32| = 0.0045 (logits up to 0.93). The floor shows bf16 ran:
+    # computing in float32 anyway gives a difference of 0 (at most float32 rounding).
+    diff = float(np.max(np.abs(np.asarray(logits) - np.asarray(ref))))
+    assert 5e-4 < diff < 1e-2, diff
 
 
 def test_config_errors_are_clear():

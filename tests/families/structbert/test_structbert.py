@@ -184,7 +184,10 @@ def test_bf16_compute_keeps_f32_params_and_logits():
     ref = _run(TINY, params, ids, types, mask)
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(params))
     assert out["mlm_logits"].dtype == jnp.float32
-    np.testing.assert_allclose(out["mlm_logits"], ref["mlm_logits"], atol=5e-2)
+    # Measured: max |bf16 - f32| = 0.0050 (logits up to 0.66). The floor shows bf16 ran:
+    # computing in float32 anyway gives a difference of 0 (at most float32 rounding).
+    diff = float(np.max(np.abs(np.asarray(out["mlm_logits"]) - np.asarray(ref["mlm_logits"]))))
+    assert 5e-4 < diff < 1e-2, diff
 
 
 def test_config_errors_are_clear():
