@@ -7,3 +7,5 @@ from plug_jax.layers.embeddings import Embed
 from plug_jax.layers.mlp import MLP, get_activation
 from plug_jax.layers.norms import LayerNorm, RMSNorm
 from plug_jax.layers.scan import LayerStack, stack_layers, unstack_layers
+from plug_jax.layers.vision import (ClassToken, PatchEmbed, PositionEmbedding, TubeletEmbed,
+                                    resize_positions)
