@@ -11,7 +11,13 @@
                                     and word-structural trigram shuffling (5% of the
                                     trigrams) on that pair
 ``structbert_sentiment_{lang}_v1``  review sentiment: ``[CLS] review``, ``label`` 0 negative,
-                                    1 positive (Shop World's review kind)
+                                    1 positive (Shop World's review kind). Every review holds
+                                    a cue phrase of its own sentiment, so a fresh encoder
+                                    learns it as fast as a pre-trained one (docs/data.md)
+``structbert_sentswap_{lang}_v1``   sentence-pair order, the fine-tune that pre-training
+                                    helps: ``[CLS] S1 [SEP] S2``, two adjacent sentences of a
+                                    description page (title first), ``label`` 1 in order, 0
+                                    swapped (``_sentence_swap_example``)
 ``plug_stage1_{lang}_v2``           PLUG stage 1: the same data as
                                     ``structbert_pretrain_{lang}_v2`` (PLUG's encoder is
                                     trained with the StructBERT objectives first)
@@ -40,7 +46,8 @@ Every sentence is tokenized as it reads inside a document (``newline_first`` the
 ``drop_through_first_sep``): SentencePiece marks the start of a text (``"▁The"``, against
 ``"The"`` after a newline), which would make a page's first sentence recognisable by its first
 token and make ``plug-infer`` prompts, encoded from their start, differ from the training
-pairs. ``plug_jax.models.encode_in_document`` encodes prompts (``"S1\\tS2"``) the same way.
+pairs. ``plug_jax.families.structbert.prompts.encode_in_document`` encodes prompts
+(``"S1\\tS2"``) the same way.
 
 Ids (the Shop World SentencePiece vocabulary with 100 extra ids, as the PALM/PLUG tasks):
 ``[CLS]`` is the second-to-last extra id (``vocab_size - 2``), ``[MASK]`` the last
@@ -87,16 +94,17 @@ def newline_first(dataset):
                        num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def drop_through_first_sep(dataset, output_features):
-    """Drops the tokens up to and including the first ``[SEP]`` of ``targets``: the
+def drop_through_first_sep(dataset, output_features, feature="targets"):
+    """Drops the tokens up to and including the first ``[SEP]`` of ``feature``: the
     SentencePiece start-of-text piece (``"▁"``) that ``newline_first``'s newline split off.
-    ``plug_jax.models.encode_in_document`` tokenizes ``plug-infer`` prompts the same way."""
+    ``plug_jax.families.structbert.prompts.encode_in_document`` tokenizes ``plug-infer``
+    prompts the same way."""
     sep = _specials(output_features)["sep"]
 
     def f(ex):
-        t = ex["targets"]
+        t = ex[feature]
         first = tf.argmax(tf.cast(tf.equal(t, sep), tf.int32), output_type=tf.int32)
-        return {**ex, "targets": t[first + 1:]}
+        return {**ex, feature: t[first + 1:]}
 
     return dataset.map(f, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -201,6 +209,32 @@ def sentence_pair_prompts(split: str = "test", num: int = 4, lang: str = "zh") -
     return out
 
 
+def pair_token_types(dataset, output_features):
+    """``token_type_ids`` of a ``S1 [SEP] S2`` pair in ``inputs``: 0 up to and including the
+    first ``[SEP]``, 1 after it (as the pre-training pairs)."""
+    sep = _specials(output_features)["sep"]
+
+    def f(ex):
+        t = tf.cast(ex["inputs"], tf.int32)
+        after = tf.cumsum(tf.cast(tf.equal(t, sep), tf.int32), exclusive=True) > 0
+        return {**ex, "token_type_ids": tf.cast(after, tf.int32)}
+
+    return dataset.map(f, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _sentence_swap_example(world_seed: int, split: str, index: int, lang: str) -> dict:
+    """Two adjacent sentences of product ``index``'s description page (title first), in
+    order (``label`` 1) or swapped (0), a half each, as ``"S1\\nS2"``. The draws come from
+    their own stream (``kind_rng(..., "sentence_swap")``), so the page is the generator's."""
+    ex = shop_world.text_example(world_seed, split, index, lang, kinds=("title", "description"))
+    rng = shop_world.text.kind_rng(world_seed, split, index, "sentence_swap")
+    page = [ex["title"], *ex["description_sentences"]]
+    i = int(rng.integers(0, len(page) - 1))
+    label = int(rng.random() < 0.5)
+    a, b = page[i], page[i + 1]
+    return {"text": f"{a}\n{b}" if label else f"{b}\n{a}", "label": label}
+
+
 # ------------------------------------------------------------------ registration
 def _spec(kind: str, lang: str) -> dict:
     vocab = shop_world_vocabulary(lang)
@@ -265,7 +299,39 @@ def register_sentiment_task(name: str, lang: str = "zh"):
     return registry.register_task(name, _spec("structbert_sentiment", lang), build)
 
 
+def register_pair_task(name: str, example_fn, lang: str = "zh", kind: str = "pair"):
+    """A 2-way sentence-pair classification task ``[CLS] S1 [SEP] S2`` (token types 0 / 1
+    as in pre-training, every sentence tokenized as inside a document) over the Shop World
+    examples ``example_fn(world_seed, split, index, lang) -> {"text": "S1\\nS2", "label"}``."""
+    vocab = shop_world_vocabulary(lang)
+
+    def build():
+        return seqio.TaskRegistry.add(
+            name,
+            source=shop_world_source(example_fn, {"text": tf.string, "label": tf.int32}, lang),
+            preprocessors=[
+                newline_first,
+                functools.partial(seqio.preprocessors.rekey,
+                                  key_map={"inputs": "text", "label": "label"}),
+                functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+                functools.partial(drop_through_first_sep, feature="inputs"),
+                seqio.CacheDatasetPlaceholder(),
+                pair_token_types,
+                prepend_cls,
+                trim_inputs,
+                keep("inputs", "token_type_ids", "label"),
+            ],
+            output_features={
+                "inputs": seqio.Feature(vocabulary=vocab, add_eos=False, dtype=tf.int32)},
+            shuffle_buffer_size=SHUFFLE_BUFFER_SIZE,
+        )
+
+    return registry.register_task(name, _spec(kind, lang), build)
+
+
 for _lang in ("zh", "en"):
     register_pretrain_task(f"structbert_pretrain_{_lang}_v2", _lang)
     register_pretrain_task(f"plug_stage1_{_lang}_v2", _lang)
     register_sentiment_task(f"structbert_sentiment_{_lang}_v1", _lang)
+    register_pair_task(f"structbert_sentswap_{_lang}_v1", _sentence_swap_example, _lang,
+                       "structbert_sentswap")

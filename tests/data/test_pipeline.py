@@ -223,11 +223,45 @@ def test_finite_epoch_yields_every_document_once_and_pads(pipeline, zh_vocab):
         assert targets[i][weights[i] > 0][-1] == zh_vocab.eos_id
 
 
-def test_unigram_baseline_is_between_zero_and_uniform(pipeline, zh_vocab):
-    result = pipeline.unigram_baseline("gpt3_shoplm_zh_v1", LENGTHS, zh_vocab.vocab_size,
-                                       num_batches=4, global_batch_size=8, num_eval_batches=4)
-    assert math.isfinite(result["loss"]) and 0 < result["loss"] < math.log(zh_vocab.vocab_size)
-    assert 0 < result["accuracy"] < 1 and result["eval_tokens"] > 0
+def test_unigram_baseline_equals_a_numpy_count_on_the_same_batches(pipeline, zh_vocab,
+                                                                   report_result):
+    """``unigram_baseline`` against a count done here: add-one-smoothed frequencies of the
+    loss-weighted target tokens of the first ``n`` shuffled train batches (seed ``seed``),
+    scored on the first ``m`` unshuffled validation batches, with the same loss weights."""
+    task, vocab_size, batch, n, m, seed = "gpt3_shoplm_zh_v1", zh_vocab.vocab_size, 8, 4, 4, 3
+    result = pipeline.unigram_baseline(task, LENGTHS, vocab_size, num_batches=n,
+                                       global_batch_size=batch, seed=seed, num_eval_batches=m)
+
+    train = _take(pipeline.get_batch_iterator(task, LENGTHS, "train", batch, shuffle=True,
+                                              seed=seed, repeat=True), n)
+    evaluation = _take(pipeline.get_batch_iterator(task, LENGTHS, "validation", batch,
+                                                   shuffle=False, repeat=False), m)
+    counts = np.zeros(vocab_size, np.float64)
+    for b in train:
+        w = b["decoder_loss_weights"]
+        assert (w == 0).any() and set(np.unique(w)) == {0, 1}  # padding: weights matter
+        np.add.at(counts, b["decoder_target_tokens"][w > 0], 1.0)
+    prob = (counts + 1.0) / (counts.sum() + vocab_size)
+    most_frequent = int(np.argmax(counts))
+    tokens = np.concatenate([b["decoder_target_tokens"][b["decoder_loss_weights"] > 0]
+                             for b in evaluation])
+    expected_loss = float(-np.log(prob[tokens]).mean())
+    expected_accuracy = float((tokens == most_frequent).mean())
+    uniform = math.log(vocab_size)
+
+    report_result("unigram baseline held-out loss (pipeline)", result["loss"],
+                  control=f"numpy count on the same batches {expected_loss:.6f}; uniform "
+                          f"{uniform:.4f}",
+                  accuracy=f"{result['accuracy']:.4f}", numpy_accuracy=f"{expected_accuracy:.4f}")
+    assert result["loss"] == pytest.approx(expected_loss, rel=0, abs=1e-5), (
+        f"unigram_baseline loss {result['loss']!r} != numpy count {expected_loss!r}")
+    assert result["accuracy"] == pytest.approx(expected_accuracy, rel=0, abs=1e-5), (
+        f"unigram_baseline accuracy {result['accuracy']!r} != numpy count "
+        f"{expected_accuracy!r}")
+    assert result["train_tokens"] == counts.sum() and result["eval_tokens"] == tokens.size, (
+        result, counts.sum(), tokens.size)
+    # and the count itself is what a frequency model should give on Shop World
+    assert 0 < expected_loss < uniform - 1.0 and 0 < expected_accuracy < 0.2
 
 
 def test_bad_arguments_give_one_line_errors(pipeline):

@@ -1,0 +1,42 @@
+"""Run gin experiments through the command line from tests (``plug_jax.main``).
+
+Tests load this module by its path (they run with ``--import-mode=importlib``, so
+``tests/`` is not on ``sys.path``), as tests/families/structbert/test_experiments.py does::
+
+    _spec = importlib.util.spec_from_file_location(  # from tests/<a>/<b>/test_x.py
+        "plug_jax_tests_cli_helpers",
+        pathlib.Path(__file__).resolve().parents[2] / "cli_helpers.py")
+    cli_helpers = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(cli_helpers)
+
+``cli(mode, gin_file, model_dir, *flags)`` runs ``python -m plug_jax.main --mode=...`` in
+a subprocess from the repository root on the CPU and returns the ``CompletedProcess``
+(it fails the test with the end of stderr if the command exits non-zero);
+``rows(model_dir)`` reads ``MODEL_DIR/metrics.jsonl``; ``eval_rows(model_dir)`` keeps
+its evaluation rows.
+"""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(mode, gin_file, model_dir, *flags, timeout=600):
+    out = subprocess.run(
+        [sys.executable, "-m", "plug_jax.main", f"--mode={mode}", f"--gin_file={gin_file}",
+         f"--gin.MODEL_DIR={model_dir}", *flags],
+        capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=ROOT,
+        timeout=timeout)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+def rows(model_dir):
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def eval_rows(model_dir):
+    return [r for r in rows(model_dir) if "eval/loss" in r]
