@@ -14,7 +14,11 @@ as ``GPT3LM``)::
     step_fn.prepare_params(params) -> params   (optional attribute)
         if present, called once per decode inside the jit, before the prefill; its
         result is what ``step_fn`` receives (e.g. unstacking scanned layers once
-        instead of slicing them in every step).
+        instead of slicing them in every step, or encoding an encoder-decoder's source).
+    init_cache_fn.takes_params = True            (optional attribute)
+        then the cache is created as ``init_cache_fn(batch, max_len, params=prepared)``:
+        a cache that starts from the input (an encoder-decoder's cross-attention keys and
+        values of the encoded source; :func:`encdec_adapter`).
 
 ``step_fn`` and ``init_cache_fn`` are static arguments of the jits: they must be
 hashable and compare equal from call to call (module-level functions or frozen
@@ -43,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -218,9 +222,18 @@ def _prepare(step_fn, params):
     return params if prepare is None else prepare(params)
 
 
+def _init_cache(init_cache_fn, params, batch, max_len):
+    """``init_cache_fn(batch, max_len)``, or with ``params=`` (the prepared params) when
+    the cache depends on the input (``init_cache_fn.takes_params``, e.g. an
+    encoder-decoder cache that starts with the source's cross-attention keys / values)."""
+    if getattr(init_cache_fn, "takes_params", False):
+        return init_cache_fn(batch, max_len, params=params)
+    return init_cache_fn(batch, max_len)
+
+
 def _prefill(step_fn, init_cache_fn, params, prompt_ids, prompt_mask, max_len):
     batch = prompt_ids.shape[0]
-    cache = init_cache_fn(batch, max_len)
+    cache = _init_cache(init_cache_fn, params, batch, max_len)
     logits, cache = step_fn(params, cache, prompt_ids, prompt_positions(prompt_mask),
                             prompt_mask)
     return logits[:, -1].astype(jnp.float32), cache
@@ -477,19 +490,100 @@ def beam_search(step_fn: StepFn, init_cache_fn: InitCacheFn, params, prompt_ids,
                             pad_id=int(pad_id), length_penalty_form=length_penalty_form)
 
 
-# ------------------------------------------------------- encoder-decoder adapter
+# ------------------------------------------------------- encoder-decoder adapters
+def encoder_features(params) -> dict:
+    """The encoder input of encoder-decoder decoding params: ``params['encoder_features']``
+    (a dict of arrays with the batch on axis 0, whatever the model's ``encode`` reads), or
+    the text shorthand ``params['encoder_ids']`` int ``[B, E]`` = ``{'encoder_input_tokens':
+    ids}`` (padding is id 0)."""
+    if "encoder_features" in params:
+        return dict(params["encoder_features"])
+    if "encoder_ids" in params:
+        return {"encoder_input_tokens": params["encoder_ids"]}
+    raise ValueError("encoder-decoder decoding params need 'encoder_features' (a dict) or "
+                     f"'encoder_ids' next to 'model'; got {sorted(params)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncDecCachedStep:
+    """``step_fn`` of an encoder-decoder flax module with the cached-decoding interface:
+    the source is encoded once, the decoder runs one token per step over a KV cache.
+
+    ``params`` is ``{'model': params, 'encoder_features': {...}}`` (or the text shorthand
+    ``'encoder_ids'``; :func:`encoder_features`). The module implements (flax methods,
+    called through ``apply(..., method=...)``)::
+
+        encode(features) -> encoded
+            the whole encoder side, once per decode: any pytree the decoder reads (batch on
+            axis 0), e.g. ``{'hidden_states': [B, E, D], 'mask': bool [B, E]}``.
+        decode(token_ids, positions, token_mask, encoded=None, cache_length=None) -> logits
+            with the ``cache`` collection mutable. Called once with ``encoded`` and
+            ``cache_length`` and no cache, it creates the cache (self-attention slots and
+            everything the steps need from ``encoded``, such as the cross-attention keys and
+            values; its output is discarded); every later call appends its tokens to the
+            cache and returns their logits ``[B, L, V]`` (log-softmax is taken of them).
+
+    :meth:`prepare_params` (once per decode, inside the jit) runs ``encode``;
+    :class:`EncDecCachedInitCache` creates the cache from its result, so every cache
+    leaf (cross-attention keys and values included) is repeated and reordered with the
+    beams. With ``unstack=True`` the module is the unrolled twin of a scanned model and
+    the scanned parameters are unstacked once per decode, as in :class:`FlaxLMStep`;
+    ``encoder`` (the scanned module) then encodes from the parameters as given, so only
+    what the decoder steps read is unstacked (XLA drops the unused encoder slices).
+    """
+
+    model: Any
+    unstack: bool = False
+    encoder: Any = None  # module whose ``encode`` runs on params['model'] (default: model)
+
+    def prepare_params(self, params):
+        encoder = self.model if self.encoder is None else self.encoder
+        encoded = encoder.apply({"params": params["model"]}, encoder_features(params),
+                                method="encode")
+        p = unstack_scanned_params(params["model"]) if self.unstack else params["model"]
+        return {"model": p, "encoded": encoded}
+
+    def __call__(self, params, cache, token_ids, positions, token_mask):
+        logits, mutated = self.model.apply(
+            {"params": params["model"], "cache": cache}, token_ids, positions, token_mask,
+            method="decode", mutable=["cache"])
+        return logits, mutated["cache"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EncDecCachedInitCache:
+    """``init_cache_fn`` of :class:`EncDecCachedStep` (``takes_params``): the decoder
+    cache of the encoded source, from one ``decode`` call on a dummy token with
+    ``encoded`` and ``cache_length=max_len``."""
+
+    model: Any
+    takes_params: ClassVar[bool] = True
+
+    def __call__(self, batch: int, max_len: int, params=None):
+        if params is None or "encoded" not in params:
+            raise ValueError("EncDecCachedInitCache needs the prepared params "
+                             "(EncDecCachedStep.prepare_params)")
+        ids = jnp.zeros((batch, 1), jnp.int32)
+        _, mutated = self.model.apply(
+            {"params": params["model"]}, ids, ids, jnp.ones((batch, 1), jnp.bool_),
+            params["encoded"], max_len, method="decode", mutable=["cache"])
+        return mutated["cache"]
+
+
 @dataclasses.dataclass(frozen=True)
 class EncDecStep:
-    """``step_fn`` of an encoder-decoder flax module (``PlugModel``-like), for
-    :func:`generate` and :func:`beam_search`.
+    """Reference ``step_fn`` of an encoder-decoder flax module (``PlugModel``-like) without
+    a KV cache, for :func:`generate` and :func:`beam_search` (``encdec_adapter(module,
+    cache=False)``).
 
-    ``params`` is ``{'model': params, 'encoder_ids': int [B, E]}`` (encoder padding is id
-    0). The decoder prompt is what the model's decoder starts from (``[[0]]`` per row: seqio's
-    decoder inputs begin with 0). The cache holds the decoder tokens so far ``[rows, L]``;
-    ``rows`` is ``B`` or ``B * num_beams`` (beam search repeats each row), and the encoder
-    rows are repeated to match. Reference implementation without a KV cache: every step
-    re-runs the encoder and the decoder over the whole buffer, O(L^2) per sequence, meant
-    for small models and tests.
+    ``params`` as :class:`EncDecCachedStep` (``encoder_features`` with
+    ``encoder_input_tokens`` and optional ``encoder_segment_ids``, or ``encoder_ids``;
+    encoder padding is id 0). The decoder prompt is what the model's decoder starts from
+    (``[[0]]`` per row: seqio's decoder inputs begin with 0). The cache holds the decoder
+    tokens so far ``[rows, L]``; ``rows`` is ``B`` or ``B * num_beams`` (beam search repeats
+    each row), and the encoder rows are repeated to match. Every step re-runs the encoder
+    and the decoder over the whole buffer, O(L^2) per sequence: the reference the cached
+    path is tested against, meant for small models and tests.
     """
 
     model: Any
@@ -498,10 +592,14 @@ class EncDecStep:
         tokens = cache["tokens"]
         rows = jnp.arange(tokens.shape[0])[:, None]
         tokens = tokens.at[rows, positions].set(jnp.where(token_mask, token_ids, 0))
-        enc = params["encoder_ids"]
-        enc = jnp.repeat(enc, tokens.shape[0] // enc.shape[0], axis=0)
+        feats = encoder_features(params)
+        enc = jnp.asarray(feats["encoder_input_tokens"], jnp.int32)
+        seg = feats.get("encoder_segment_ids")
+        seg = (enc > 0).astype(jnp.int32) if seg is None else jnp.asarray(seg, jnp.int32)
+        reps = tokens.shape[0] // enc.shape[0]
+        enc, seg = jnp.repeat(enc, reps, axis=0), jnp.repeat(seg, reps, axis=0)
         out = self.model.apply({"params": params["model"]}, enc, tokens,
-                               encoder_segment_ids=(enc > 0).astype(jnp.int32))
+                               encoder_segment_ids=seg)
         logits = jnp.take_along_axis(out["logits"], positions[..., None], axis=1)
         return logits, {"tokens": tokens}
 
@@ -514,6 +612,24 @@ class EncDecInitCache:
         return {"tokens": jnp.zeros((batch, max_len), jnp.int32)}
 
 
-def encdec_adapter(model) -> DecodeFns:
-    """``(step_fn, init_cache_fn)`` for an encoder-decoder module; see :class:`EncDecStep`."""
-    return DecodeFns(EncDecStep(model), EncDecInitCache())
+def encdec_adapter(model, *, cache: bool = True, unroll_layers: bool = True) -> DecodeFns:
+    """``(step_fn, init_cache_fn)`` for an encoder-decoder flax module.
+
+    ``cache=True`` (default): :class:`EncDecCachedStep` — encode once, decode over a KV
+    cache; the module needs ``encode`` / ``decode`` methods (``PlugModel``, ``PalmModel``).
+    With ``unroll_layers`` a scanned model (``config.scan_layers``) decodes with its
+    unrolled twin, as :func:`flax_lm_adapter`. ``cache=False``: :class:`EncDecStep`, the
+    reference that re-runs the encoder and the whole decoder prefix every step.
+    """
+    if not cache:
+        return DecodeFns(EncDecStep(model), EncDecInitCache())
+    if not (callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None))):
+        raise ValueError(f"encdec_adapter(cache=True) needs a module with encode / decode "
+                         f"methods (docs/decoding.md); {type(model).__name__} has none: "
+                         f"fix: add them, or use cache=False")
+    config = getattr(model, "config", None)
+    if unroll_layers and getattr(config, "scan_layers", False):
+        unrolled = model.clone(config=config.replace(scan_layers=False))
+        return DecodeFns(EncDecCachedStep(unrolled, unstack=True, encoder=model),
+                         EncDecCachedInitCache(unrolled))
+    return DecodeFns(EncDecCachedStep(model), EncDecCachedInitCache(model))

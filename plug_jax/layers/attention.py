@@ -11,10 +11,16 @@ with the helpers below and combined with :func:`combine_masks`:
 Incremental decoding (``decode=True``) keeps ``cached_key``, ``cached_value``,
 ``cached_mask`` (which cache slots hold real tokens) and ``cache_index`` in the
 ``cache`` collection. Every cache leaf has the batch as its axis 0. The cache is
-created by initialising with an input of the full cache length; after that each
-call writes its tokens at ``cache_index`` and attends causally to every valid
-slot written so far. Rows advance in lock step, so prompts of different lengths
-are left-padded (their padding slots are marked invalid).
+created by the first call without a cache (initialising with an input of the full
+cache length, or any input and ``cache_length``); after that each call writes its
+tokens at ``cache_index`` and attends causally to every valid slot written so far.
+Rows advance in lock step, so prompts of different lengths are left-padded (their
+padding slots are marked invalid).
+
+Cross-attention of an encoder-decoder decodes with ``decode=True, static_kv=True``: the
+call that creates the cache projects ``inputs_kv`` (the encoder states) into
+``cached_key`` / ``cached_value`` once; later calls read them back and project nothing
+(``inputs_kv`` may then be None).
 """
 from __future__ import annotations
 
@@ -131,35 +137,51 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(self, inputs_q, inputs_kv=None, mask=None, *, decode: bool = False,
-                 token_mask=None, deterministic: bool = True):
+                 token_mask=None, deterministic: bool = True, static_kv: bool = False,
+                 cache_length: int | None = None):
         """Attends ``inputs_q`` to ``inputs_kv`` (``inputs_q`` when None).
 
         Args:
-          mask: boolean ``[b, 1|h, q, k]`` mask (ignored in cached decoding, which
-            builds its own causal-over-cache mask).
-          decode: use / fill the KV cache (self-attention only).
+          mask: boolean ``[b, 1|h, q, k]`` mask (ignored in cached self-attention
+            decoding, which builds its own causal-over-cache mask; used as given by
+            cached cross-attention).
+          decode: use / fill the KV cache.
           token_mask: ``[b, q]`` validity of the new tokens when decoding.
+          static_kv: with ``decode``, cross-attention to fixed ``inputs_kv``: their keys
+            and values are projected once, by the call that creates the cache, and read
+            from the cache afterwards (``inputs_kv`` may be None then).
+          cache_length: with ``decode``, the number of self-attention cache slots when
+            this call creates the cache (default: this input's length).
         """
         kv_heads = self.num_kv_heads or self.num_heads
         features = inputs_q.shape[-1]
         dense = functools.partial(DenseGeneral, use_bias=self.use_bias, dtype=self.dtype,
                                   param_dtype=self.param_dtype, kernel_init=self.kernel_init)
-        is_self = inputs_kv is None
+        if static_kv and not decode:
+            raise ValueError("static_kv=True needs decode=True")
+        if decode and not static_kv and inputs_kv is not None:
+            raise ValueError("decode=True with inputs_kv is only supported for self-attention; "
+                             "cross-attention to fixed encoder states decodes with "
+                             "static_kv=True")
+        is_self = inputs_kv is None and not static_kv
         inputs_kv = inputs_q if is_self else inputs_kv
         query = dense(features=(self.num_heads, self.head_dim),
                       kernel_axes=(A.EMBED, A.HEADS, A.KV), name="query")(inputs_q)
-        key = dense(features=(kv_heads, self.head_dim),
-                    kernel_axes=(A.EMBED, A.KV_HEADS, A.KV), name="key")(inputs_kv)
-        value = dense(features=(kv_heads, self.head_dim),
-                      kernel_axes=(A.EMBED, A.KV_HEADS, A.KV), name="value")(inputs_kv)
         query = with_logical_constraint(query, (A.ACT_BATCH, A.ACT_LENGTH, A.ACT_HEADS, A.ACT_KV))
-        key = with_logical_constraint(key, (A.ACT_BATCH, A.ACT_KV_LENGTH, A.ACT_KV_HEADS, A.ACT_KV))
-        value = with_logical_constraint(value, (A.ACT_BATCH, A.ACT_KV_LENGTH, A.ACT_KV_HEADS, A.ACT_KV))
 
-        if decode:
-            if not is_self:
-                raise ValueError("decode=True is only supported for self-attention")
-            key, value, mask = self._update_cache(key, value, token_mask)
+        def project(name, x):
+            y = dense(features=(kv_heads, self.head_dim),
+                      kernel_axes=(A.EMBED, A.KV_HEADS, A.KV), name=name)(x)
+            return with_logical_constraint(
+                y, (A.ACT_BATCH, A.ACT_KV_LENGTH, A.ACT_KV_HEADS, A.ACT_KV))
+
+        if static_kv:
+            key, value = self._static_kv_cache(lambda: project("key", inputs_kv),
+                                               lambda: project("value", inputs_kv))
+        else:
+            key, value = project("key", inputs_kv), project("value", inputs_kv)
+            if decode:
+                key, value, mask = self._update_cache(key, value, token_mask, cache_length)
 
         dropout_rng = None
         if not deterministic and self.dropout_rate > 0.0:
@@ -175,15 +197,29 @@ class MultiHeadAttention(nn.Module):
                            name="out")(out)
         return with_logical_constraint(out, (A.ACT_BATCH, A.ACT_LENGTH, A.ACT_EMBED))
 
-    def _update_cache(self, key, value, token_mask):
+    def _static_kv_cache(self, make_key, make_value):
+        """Cross-attention keys / values: projected by the call that creates the cache
+        (``make_key()`` / ``make_value()``), read back from it afterwards."""
+        if not self.has_variable("cache", "cached_key"):
+            if not self.is_mutable_collection("cache"):
+                raise ValueError("static_kv decoding without a cache: create it with the "
+                                 "encoder states and mutable=['cache']")
+        key = self.variable("cache", "cached_key", make_key)
+        value = self.variable("cache", "cached_value", make_value)
+        return key.value, value.value
+
+    def _update_cache(self, key, value, token_mask, cache_length=None):
         b, n_new = key.shape[:2]
         initialized = self.has_variable("cache", "cached_key")
-        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
-        cached_mask = self.variable("cache", "cached_mask", jnp.zeros, key.shape[:2], jnp.bool_)
+        slots = n_new if cache_length is None else int(cache_length)
+        shape = (b, slots) + key.shape[2:]
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
+        cached_mask = self.variable("cache", "cached_mask", jnp.zeros, (b, slots), jnp.bool_)
         cache_index = self.variable("cache", "cache_index", jnp.zeros, (b,), jnp.int32)
         if not initialized:
-            # Creating the cache: its length is the length of this (dummy) input.
+            # Creating the cache (``cache_length`` slots, default this input's length); the
+            # tokens of this call are not written into it.
             return key, value, causal_mask(b, n_new)
         max_len = cached_key.value.shape[1]
         index = cache_index.value[0]

@@ -56,7 +56,8 @@ import numpy as np
 from flax import linen as nn
 
 from plug_jax.families.palm.config import PalmConfig
-from plug_jax.families.plug.network import PlugDecoderLayer, decoder_masks
+from plug_jax.families.plug.network import (PlugDecoderLayer, decoder_cross_mask, decoder_masks,
+                                            encoder_text_features)
 from plug_jax.families.structbert.network import BertEncoder
 from plug_jax.layers.dense import DenseGeneral
 from plug_jax.layers.embeddings import Embed
@@ -98,35 +99,69 @@ class PalmModel(nn.Module):
 
     config: PalmConfig
 
+    def encode(self, features: dict) -> dict:
+        """The encoder side of generation, run once: ``features`` as
+        ``plug.network.encoder_text_features`` -> ``{'hidden_states': [B, E, D], 'mask': bool
+        [B, E], 'input_ids': [B, E]}`` (the copy head scatters onto ``input_ids``)."""
+        ids, seg, pos, types = encoder_text_features(features)
+        return self(ids, None, types, seg, encoder_positions=pos, _phase="encode")
+
+    def decode(self, decoder_input_ids, decoder_positions, token_mask, encoded=None,
+               cache_length: int | None = None):
+        """One cached decoder step -> ``logits`` ``[B, L, vocab]`` as ``__call__`` gives them
+        (the copy mixture's log-probabilities with ``copy``), with the ``cache`` collection
+        mutable. The call with ``encoded`` (from :meth:`encode`) and no cache creates the
+        cache: ``cache_length`` self-attention slots, every layer's cross-attention keys
+        and values, the copy-attention keys, and the encoder states, mask and ids the copy
+        head needs (its output is discarded). Later calls (``encoded=None``) append
+        ``decoder_input_ids`` at the cache index."""
+        return self(None, decoder_input_ids, decoder_positions=decoder_positions,
+                    _phase="decode", _encoded=encoded, _token_mask=token_mask,
+                    _cache_length=cache_length)["logits"]
+
     @nn.compact
     def __call__(self, encoder_input_ids, decoder_input_ids, encoder_token_type_ids=None,
                  encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None,
-                 mlm_positions=None, encoder_positions=None, *, deterministic: bool = True):
+                 mlm_positions=None, encoder_positions=None, *, deterministic: bool = True,
+                 _phase: str = "full", _encoded=None, _token_mask=None, _cache_length=None):
+        # _phase (private; use encode / decode): "full" (training, the default), "encode"
+        # (the encoder alone) or "decode" (one cached decoder step; no encoder input).
         cfg = self.config
         if mlm_positions is not None:
             raise ValueError("PalmModel has no MLM head; call it without mlm_positions")
         dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
         init = nn.initializers.normal(cfg.initializer_range)
-        b, enc_len = encoder_input_ids.shape
-        dec_len = decoder_input_ids.shape[1]
+        decode = _phase == "decode"
+        dec_len = None if decoder_input_ids is None else decoder_input_ids.shape[1]
 
         # ---- encoder (BERT / RoBERTa positions)
-        if encoder_positions is None:
-            encoder_positions = jnp.broadcast_to(jnp.arange(enc_len, dtype=jnp.int32),
-                                                 (b, enc_len))
-        enc_pos = jnp.asarray(encoder_positions, jnp.int32) + cfg.position_offset
         encoder = BertEncoder(cfg.encoder_config, name="encoder")
-        enc = encoder(encoder_input_ids, encoder_token_type_ids, None, enc_pos,
-                      encoder_segment_ids, deterministic=deterministic)
-        out = {"encoder_hidden_states": enc}
-        if cfg.use_pooler:
-            pooled = DenseGeneral(cfg.hidden_size, (A.EMBED, A.MLP), dtype=dtype,
-                                  param_dtype=pdtype, kernel_init=init, name="pooler")(enc[:, 0])
-            out["pooled"] = jnp.tanh(pooled)
+        out = {}
+        if decode:
+            b = decoder_input_ids.shape[0]
+            enc = None if _encoded is None else _encoded["hidden_states"]
+        else:
+            b, enc_len = encoder_input_ids.shape
+            if encoder_positions is None:
+                encoder_positions = jnp.broadcast_to(jnp.arange(enc_len, dtype=jnp.int32),
+                                                     (b, enc_len))
+            enc_pos = jnp.asarray(encoder_positions, jnp.int32) + cfg.position_offset
+            enc = encoder(encoder_input_ids, encoder_token_type_ids, None, enc_pos,
+                          encoder_segment_ids, deterministic=deterministic)
+            if _phase == "encode":
+                return {"hidden_states": enc, "mask": jnp.asarray(encoder_segment_ids) > 0,
+                        "input_ids": jnp.asarray(encoder_input_ids, jnp.int32)}
+            out["encoder_hidden_states"] = enc
+            if cfg.use_pooler:
+                pooled = DenseGeneral(cfg.hidden_size, (A.EMBED, A.MLP), dtype=dtype,
+                                      param_dtype=pdtype, kernel_init=init,
+                                      name="pooler")(enc[:, 0])
+                out["pooled"] = jnp.tanh(pooled)
 
         # ---- decoder embeddings: table * sqrt(d) + sinusoidal positions
         if cfg.share_embeddings:
-            table = nn.unbox(encoder.variables["params"]["word_embed"]["embedding"])
+            shared = self.variables["params"]["encoder"] if decode else encoder.variables["params"]
+            table = nn.unbox(shared["word_embed"]["embedding"])
         else:
             table = Embed(cfg.vocab_size, cfg.hidden_size, axes=(A.VOCAB, A.EMBED), dtype=dtype,
                           param_dtype=pdtype, embedding_init=init,
@@ -143,21 +178,25 @@ class PalmModel(nn.Module):
         x = with_logical_constraint(x, _ACT)
 
         # ---- decoder layers: a stack of L-1, then the last one (copy attention)
-        self_mask, cross_mask = decoder_masks(b, enc_len, dec_len, encoder_segment_ids,
-                                              decoder_segment_ids)
         dcfg = cfg.decoder_config
         kw = (("config", dcfg), ("deterministic", deterministic))
+        if decode:  # cached step: masks come from the cache, no remat
+            kw += (("decode", True), ("cache_length", _cache_length))
+            args = (enc, None, decoder_cross_mask(self, _encoded), _token_mask)
+        else:
+            args = (enc,) + decoder_masks(b, enc_len, dec_len, encoder_segment_ids,
+                                          decoder_segment_ids)
+        remat = "none" if decode else cfg.remat_policy
         if cfg.num_decoder_layers > 1:
             x = LayerStack(layer_cls=PlugDecoderLayer, num_layers=cfg.num_decoder_layers - 1,
                            layer_kwargs=kw, scan=cfg.scan_layers,
-                           remat_policy=cfg.remat_policy, name="decoder")(
-                x, enc, self_mask, cross_mask)
+                           remat_policy=remat, name="decoder")(x, *args)
         last_cls = PlugDecoderLayer
-        if cfg.remat_policy != "none":
+        if remat != "none":
             from plug_jax.layers.scan import REMAT_POLICIES
-            last_cls = nn.remat(PlugDecoderLayer, policy=REMAT_POLICIES[cfg.remat_policy])
-        x, copy_attn = last_cls(dcfg, deterministic, return_cross_attention=cfg.copy,
-                                name="decoder_last")(x, enc, self_mask, cross_mask)
+            last_cls = nn.remat(PlugDecoderLayer, policy=REMAT_POLICIES[remat])
+        x, copy_attn = last_cls(**dict(kw), return_cross_attention=cfg.copy,
+                                name="decoder_last")(x, *args)
         x = LayerNorm(epsilon=cfg.decoder_layer_norm_epsilon, dtype=dtype, param_dtype=pdtype,
                       name="decoder_final_norm")(x)
         x = with_logical_constraint(x, _ACT)
@@ -175,6 +214,11 @@ class PalmModel(nn.Module):
             return out
 
         # ---- pointer-generator
+        if decode:  # the encoder states and ids, stored in the cache when it is created
+            enc = self.variable("cache", "encoder_hidden_states", lambda: enc).value
+            encoder_input_ids = self.variable(
+                "cache", "encoder_input_ids",
+                lambda: jnp.asarray(_encoded["input_ids"], jnp.int32)).value
         attn = copy_attn.astype(jnp.float32)  # [b, t, s], 0 on hidden encoder positions
         sees_encoder = jnp.sum(attn, axis=-1) > 0.5  # rows with at least one visible key
         context = jnp.einsum("bts,bsd->btd", attn, enc.astype(jnp.float32))

@@ -39,18 +39,31 @@ from plug_jax.partitioning.constraints import with_logical_constraint
 _ACT = (A.ACT_BATCH, A.ACT_LENGTH, A.ACT_EMBED)
 
 
-def cross_attention_probs(attn: nn.Module, q_in, kv_in, mask) -> jax.Array:
+def cross_attention_keys(attn: nn.Module, kv_in) -> jax.Array:
+    """The keys ``[batch, kv_len, heads, head_dim]`` (float32) that
+    :func:`cross_attention_probs` attends with, from a bound ``MultiHeadAttention`` and its
+    key/value input (cached decoding computes them once per source)."""
+    p = nn.unbox(attn.variables["params"])
+    f32 = jnp.float32
+    k = jnp.einsum("bsd,dhk->bshk", kv_in.astype(f32), p["key"]["kernel"].astype(f32))
+    if "bias" in p["key"]:
+        k = k + p["key"]["bias"].astype(f32)
+    return k
+
+
+def cross_attention_probs(attn: nn.Module, q_in, kv_in, mask, *, keys=None) -> jax.Array:
     """Head-averaged attention probabilities ``[batch, q_len, kv_len]`` (float32) of a bound
     ``MultiHeadAttention`` that has already been called (its ``query`` / ``key`` parameters
     exist), recomputed from its inputs. Keys hidden by ``mask`` (``[b, 1|h, q, k]``) get exactly
-    0; rows without any visible key are all 0 (not uniform). PALM's copy head uses this."""
+    0; rows without any visible key are all 0 (not uniform). PALM's copy head uses this.
+    ``keys``: :func:`cross_attention_keys` of ``kv_in``, when already computed (``kv_in`` is
+    then unused)."""
     p = nn.unbox(attn.variables["params"])
     f32 = jnp.float32
     q = jnp.einsum("btd,dhk->bthk", q_in.astype(f32), p["query"]["kernel"].astype(f32))
-    k = jnp.einsum("bsd,dhk->bshk", kv_in.astype(f32), p["key"]["kernel"].astype(f32))
     if "bias" in p["query"]:
         q = q + p["query"]["bias"].astype(f32)
-        k = k + p["key"]["bias"].astype(f32)
+    k = cross_attention_keys(attn, kv_in) if keys is None else keys
     logits = jnp.einsum("bthk,bshk->bhts", q / np.sqrt(q.shape[-1]), k)
     if mask is not None:
         logits = jnp.where(mask, logits, -1e30)
@@ -84,15 +97,26 @@ class PlugDecoderLayer(nn.Module):
 
     Returns ``(x, None)``, or with ``return_cross_attention`` ``(x, probs)``: the
     cross-attention probabilities averaged over heads ``[batch, dec_len, enc_len]`` (PALM's
-    copy attention; :func:`cross_attention_probs`)."""
+    copy attention; :func:`cross_attention_probs`).
+
+    ``decode=True``: cached incremental decoding, ``layer(x, enc, None, cross_mask,
+    token_mask)`` with the ``cache`` collection mutable. The call that creates the cache
+    (``enc`` = the encoder states; ``cache_length`` self-attention slots) projects the
+    cross-attention keys and values of ``enc`` once (and, with ``return_cross_attention``,
+    the float32 copy-attention keys); later calls pass ``enc=None``, append ``x`` to the
+    self-attention cache (``token_mask`` ``[b, len]`` marks real tokens) and read the
+    encoder side from the cache. ``cross_mask`` ``[b, 1, 1|len, enc_len]`` hides encoder
+    padding. Parameters are the same as without ``decode``."""
 
     config: PlugConfig
     deterministic: bool = True
     use_moe: bool = False  # the FFN is a mixture of experts (PLUG-MoE)
     return_cross_attention: bool = False
+    decode: bool = False
+    cache_length: int | None = None  # self-attention cache slots (decode, cache creation)
 
     @nn.compact
-    def __call__(self, x, enc, self_mask, cross_mask):
+    def __call__(self, x, enc, self_mask, cross_mask, token_mask=None):
         cfg = self.config
         dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
         init = nn.initializers.normal(cfg.initializer_range)
@@ -118,15 +142,31 @@ class PlugDecoderLayer(nn.Module):
         cross = attention("cross_attn")
         probs = []
 
+        decode = self.decode
+
+        def self_sub(h):
+            if decode:
+                return attention("self_attn")(h, decode=True, token_mask=token_mask,
+                                              cache_length=self.cache_length,
+                                              deterministic=det)
+            return attention("self_attn")(h, mask=self_mask, deterministic=det)
+
         def cross_sub(h):
-            out = cross(h, enc, mask=cross_mask, deterministic=det)
+            if not decode:
+                out = cross(h, enc, mask=cross_mask, deterministic=det)
+                if self.return_cross_attention:
+                    probs.append(cross_attention_probs(cross, h, enc, cross_mask))
+                return out
+            out = cross(h, enc, mask=cross_mask, decode=True, static_kv=True,
+                        deterministic=det)
             if self.return_cross_attention:
-                probs.append(cross_attention_probs(cross, h, enc, cross_mask))
+                keys = self.variable("cache", "copy_keys",
+                                     lambda: cross_attention_keys(cross, enc)).value
+                probs.append(cross_attention_probs(cross, h, None, cross_mask, keys=keys))
             return out
 
         subs = (
-            ("self_attn_norm", lambda h: attention("self_attn")(h, mask=self_mask,
-                                                                deterministic=det)),
+            ("self_attn_norm", self_sub),
             ("cross_attn_norm", cross_sub),
             ("mlp_norm", lambda h: mlp(h, deterministic=det)),
         )
@@ -136,6 +176,29 @@ class PlugDecoderLayer(nn.Module):
             else:
                 x = norm(norm_name)(x + drop(sub(x), deterministic=det))
         return with_logical_constraint(x, _ACT), (probs[0] if probs else None)
+
+
+def encoder_text_features(features: dict):
+    """``(ids, segment_ids, positions, token_types)`` of a text encoder's features (the
+    seqio names of an encoder-decoder batch): ``encoder_input_tokens`` int ``[B, E]`` and,
+    optional, ``encoder_segment_ids`` (default: 1 for ids > 0, padding is id 0),
+    ``encoder_positions`` and ``encoder_token_types``."""
+    if "encoder_input_tokens" not in features:
+        raise ValueError(f"the encoder features need 'encoder_input_tokens' (int [B, E]); got "
+                         f"{sorted(features)}")
+    ids = jnp.asarray(features["encoder_input_tokens"], jnp.int32)
+    seg = features.get("encoder_segment_ids")
+    seg = (ids > 0).astype(jnp.int32) if seg is None else jnp.asarray(seg, jnp.int32)
+    return ids, seg, features.get("encoder_positions"), features.get("encoder_token_types")
+
+
+def decoder_cross_mask(module: nn.Module, encoded) -> jax.Array:
+    """Cached decoding: the ``[b, 1, 1, enc_len]`` cross-attention mask, from ``encoded['mask']``
+    (the real encoder positions) on the call that creates the cache, and stored in the
+    module's ``cache`` collection for the later steps."""
+    mask = module.variable("cache", "encoder_mask",
+                           lambda: jnp.asarray(encoded["mask"], jnp.bool_)).value
+    return mask[:, None, None, :]
 
 
 class PlugModel(nn.Module):
@@ -153,24 +216,57 @@ class PlugModel(nn.Module):
 
     Returns ``logits`` ``[batch, dec_len, vocab]`` (float32), ``encoder_hidden_states``,
     ``mlm_logits`` ``[batch, P, vocab]`` and ``sentence_logits`` ``[batch, 3]``.
+
+    Cached generation (``decoding.encdec_adapter``; ``docs/decoding.md``) uses
+    :meth:`encode` once per source and :meth:`decode` per step, on the same parameters.
     """
 
     config: PlugConfig
 
+    def encode(self, features: dict) -> dict:
+        """The encoder side of generation, run once: ``features`` as
+        :func:`encoder_text_features` -> ``{'hidden_states': [B, E, D], 'mask': bool [B, E]}``."""
+        ids, seg, pos, types = encoder_text_features(features)
+        return self(ids, None, types, seg, encoder_positions=pos, _phase="encode")
+
+    def decode(self, decoder_input_ids, decoder_positions, token_mask, encoded=None,
+               cache_length: int | None = None):
+        """One cached decoder step -> logits ``[B, L, vocab]`` (float32), with the ``cache``
+        collection mutable. The first call, with ``encoded`` (from :meth:`encode`) and no
+        cache, creates the cache: ``cache_length`` self-attention slots and the
+        cross-attention keys / values of the encoder states (its output is discarded).
+        Every later call (``encoded=None``) appends ``decoder_input_ids`` at the cache
+        index and attends to the cache."""
+        return self(None, decoder_input_ids, decoder_positions=decoder_positions,
+                    _phase="decode", _encoded=encoded, _token_mask=token_mask,
+                    _cache_length=cache_length)
+
     @nn.compact
     def __call__(self, encoder_input_ids, decoder_input_ids, encoder_token_type_ids=None,
                  encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None,
-                 mlm_positions=None, encoder_positions=None, *, deterministic: bool = True):
+                 mlm_positions=None, encoder_positions=None, *, deterministic: bool = True,
+                 _phase: str = "full", _encoded=None, _token_mask=None, _cache_length=None):
+        # _phase (private; use encode / decode): "full" (training, the default), "encode"
+        # (the encoder alone) or "decode" (one cached decoder step; no encoder input).
         cfg = self.config
-        b, enc_len = encoder_input_ids.shape
-        dec_len = decoder_input_ids.shape[1]
-        if mlm_positions is None:
-            mlm_positions = jnp.zeros((b, 1), jnp.int32)
+        decode = _phase == "decode"
         structbert = StructBERTForPreTraining(cfg.encoder_config, name="structbert")
-        enc_out = structbert(encoder_input_ids, encoder_token_type_ids, None, encoder_positions,
-                             encoder_segment_ids, mlm_positions, deterministic=deterministic)
-        enc = enc_out["hidden_states"]
-        emb = structbert.variables["params"]["encoder"]
+        if decode:
+            emb = self.variables["params"]["structbert"]["encoder"]
+            enc = None if _encoded is None else _encoded["hidden_states"]
+            b = decoder_input_ids.shape[0]
+        else:
+            b, enc_len = encoder_input_ids.shape
+            if mlm_positions is None:
+                mlm_positions = jnp.zeros((b, 1), jnp.int32)
+            enc_out = structbert(encoder_input_ids, encoder_token_type_ids, None,
+                                 encoder_positions, encoder_segment_ids, mlm_positions,
+                                 deterministic=deterministic)
+            enc = enc_out["hidden_states"]
+            if _phase == "encode":
+                return {"hidden_states": enc, "mask": jnp.asarray(encoder_segment_ids) > 0}
+            emb = structbert.variables["params"]["encoder"]
+        dec_len = decoder_input_ids.shape[1]
         word = jnp.asarray(nn.unbox(emb["word_embed"]["embedding"]), cfg.compute_dtype)
         pos_table = jnp.asarray(nn.unbox(emb["pos_embed"]["embedding"]), cfg.compute_dtype)
         if decoder_positions is None:
@@ -188,18 +284,24 @@ class PlugModel(nn.Module):
                            cfg.layer_norm_epsilon, cfg.compute_dtype)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         x = with_logical_constraint(x, _ACT)
-        self_mask, cross_mask = decoder_masks(b, enc_len, dec_len, encoder_segment_ids,
-                                              decoder_segment_ids)
-        x = LayerStack(**stack_kwargs(cfg, PlugDecoderLayer, cfg.num_decoder_layers,
-                                      (("config", cfg), ("deterministic", deterministic))),
-                       scan=cfg.scan_layers, remat_policy=cfg.remat_policy,
-                       name="decoder")(x, enc, self_mask, cross_mask)
+        layer_kw = (("config", cfg), ("deterministic", deterministic))
+        if decode:
+            layer_kw += (("decode", True), ("cache_length", _cache_length))
+            args = (enc, None, decoder_cross_mask(self, _encoded), _token_mask)
+        else:
+            args = (enc,) + decoder_masks(b, enc_len, dec_len, encoder_segment_ids,
+                                          decoder_segment_ids)
+        x = LayerStack(**stack_kwargs(cfg, PlugDecoderLayer, cfg.num_decoder_layers, layer_kw),
+                       scan=cfg.scan_layers, remat_policy="none" if decode else cfg.remat_policy,
+                       name="decoder")(x, *args)
         if cfg.norm_placement == "pre":
             x = LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
                           param_dtype=cfg.params_dtype, name="decoder_final_norm")(x)
         logits = jnp.einsum("bld,vd->blv", x, word)
         logits = with_logical_constraint(jnp.asarray(logits, jnp.float32),
                                          (A.ACT_BATCH, A.ACT_LENGTH, A.ACT_VOCAB))
+        if decode:
+            return logits
         return {"logits": logits, "encoder_hidden_states": enc,
                 "mlm_logits": enc_out["mlm_logits"], "sentence_logits": enc_out["sentence_logits"]}
 
