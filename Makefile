@@ -57,11 +57,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/decode_vs_transformers.py
 	$(PY) benchmarks/train_vs_transformers.py
 	$(PY) benchmarks/input_pipeline.py
+	$(PY) benchmarks/encdec_decode.py
 
-# docs/scaling.md: plug-plan of every row of plug_jax.plan.ROWS (GPT-3 13B / 30B / 175B on
+# docs/scaling.md: plug-plan of every family's plan rows (FamilySpec.plan_rows: GPT-3 13B / 30B / 175B on
 # H100 and TPU pods), each compiled for its mesh of fake CPU devices (a few minutes on 2 cores).
 scaling: $(STAMP)
-	JAX_PLATFORMS=cpu $(PY) -m plug_jax.plan --table > docs/scaling.md.tmp
+	JAX_PLATFORMS=cpu $(VENV)/bin/plug-plan --table > docs/scaling.md.tmp
 	mv docs/scaling.md.tmp docs/scaling.md
 
 clean:

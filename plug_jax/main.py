@@ -25,40 +25,11 @@ TensorFlow is imported here (metric writers) and by the data layer, never by mod
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Sequence
 
-MODES = ("train", "eval", "infer", "plan")
-
-
-def _parser(prog: str, mode: str | None) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    if mode is None:
-        ap.add_argument("--mode", choices=MODES, default="train")
-    ap.add_argument("--gin_file", action="append", default=[],
-                    help="gin file (repeatable), relative to the search paths or a path")
-    ap.add_argument("--gin_search_paths", default=None,
-                    help="comma-separated folders for gin files and includes "
-                         "(default: the installed gin_configs/)")
-    ap.add_argument("--print_config", action="store_true",
-                    help="print every gin binding and where it was set, then exit")
-    ap.add_argument("--prompt", action="append", default=None,
-                    help="(infer) a prompt; repeatable; overrides the gin-bound prompts")
-    from plug_jax import distributed
-    distributed.add_flags(ap)  # --coordinator_address, --num_processes, --process_id, ...
-    return ap
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from plug_jax.gin_utils import GinConfigError
-    from plug_jax.partitioning import MeshError, PartitioningError
-    from plug_jax.trainer.checkpointing import CheckpointError
-    from plug_jax.trainer.loop import TrainError
-    from plug_jax.distributed import DistributedError
-    return (GinConfigError, MeshError, PartitioningError, CheckpointError, TrainError,
-            DistributedError)
+from plug_jax.cli import base_parser, configurable, user_errors
 
 
 def _tensorboard_writer(model_dir: str):
@@ -73,7 +44,7 @@ def run(argv: Sequence[str] | None = None, mode: str | None = None, prog: str = 
     if mode == "plan" or (mode is None and plan.wants_plan(argv)):
         return plan.main(argv, prog="plug-plan" if mode == "plan" else prog)
     bindings, rest = gin_utils.split_gin_flags(argv)
-    args = _parser(prog, mode).parse_args(rest)
+    args = base_parser(prog, mode).parse_args(rest)
     mode = mode or args.mode
     search = ([p for p in args.gin_search_paths.split(",") if p]
               if args.gin_search_paths else gin_utils.default_search_paths())
@@ -87,11 +58,11 @@ def run(argv: Sequence[str] | None = None, mode: str | None = None, prog: str = 
         from plug_jax import distributed
         cluster = distributed.initialize_from_args(args)  # before any device is touched
         hw_kw = {"num_cpu_devices": args.num_cpu_devices} if args.num_cpu_devices else {}
-        peak = gin_utils.call_with_gin_errors(_configurable(hardware.hardware), **hw_kw)
+        peak = gin_utils.call_with_gin_errors(configurable(hardware.hardware), **hw_kw)
         distributed.print_summary(cluster)
         if mode == "train":
             out = gin_utils.call_with_gin_errors(
-                _configurable(loop.train), metric_writer=_tensorboard_writer,
+                configurable(loop.train), metric_writer=_tensorboard_writer,
                 config_text=gin.config_str,
                 on_start=lambda d: gin_utils.write_operative_config(d, sources),
                 peak_flops=peak)
@@ -100,11 +71,11 @@ def run(argv: Sequence[str] | None = None, mode: str | None = None, prog: str = 
             from plug_jax.trainer import generation_eval  # runs/eval_generation.gin
             fn = (generation_eval.evaluate_generation if generation_eval.selected_by_gin()
                   else loop.evaluate)
-            gin_utils.call_with_gin_errors(_configurable(fn))
+            gin_utils.call_with_gin_errors(configurable(fn))
         else:
             kw = {"prompts": args.prompt} if args.prompt else {}
-            gin_utils.call_with_gin_errors(_configurable(loop.infer), **kw)
-    except _user_errors() as e:
+            gin_utils.call_with_gin_errors(configurable(loop.infer), **kw)
+    except user_errors() as e:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         return _distributed().exit_now_if_multi_process(2)
     except BaseException:  # several processes: do not wait for the others (docs/launch.md)
@@ -116,15 +87,6 @@ def run(argv: Sequence[str] | None = None, mode: str | None = None, prog: str = 
 def _distributed():
     from plug_jax import distributed
     return distributed
-
-
-def _configurable(fn):
-    """gin's configured version of ``fn`` when a gin file binds it, else ``fn`` itself."""
-    import gin
-    try:
-        return gin.get_configurable(fn)
-    except (KeyError, ValueError):
-        return fn
 
 
 def main(argv: Sequence[str] | None = None) -> int:

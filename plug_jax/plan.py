@@ -45,8 +45,9 @@ allocates the state, runs the step and reports the device's peak bytes in use.
 ``benchmarks/plan_vs_native.py`` puts the proxy, the native figure and the measurement side
 by side (results on an H200 are in docs/scaling.md's caveats).
 
-``python -m plug_jax.plan --table`` regenerates ``docs/scaling.md`` (``make scaling``)
-from :data:`ROWS`, running each row in its own process.
+``plug-plan --table`` (or ``python -m plug_jax.plan --table``) regenerates ``docs/scaling.md``
+(``make scaling``) from every family's plan rows (``FamilySpec.plan_rows``), running each row in
+its own process; ``plug-plan --list`` lists them.
 """
 from __future__ import annotations
 
@@ -233,11 +234,11 @@ def plan_train(*, model, train_dataset_cfg, mesh=None, optimizer=None,
     builder = loop.StateBuilder(model, part, tx, dummy)  # abstract: eval_shape only
     train_step = make_train_step(model, k, schedule)
     state_sh = builder.state_shardings()
-    batch_sh = part.data_sharding(2)
+    batch_sh = part.batch_shardings(dummy)  # per feature: leading dim over the batch axes
     step_fn = part.jit(train_step, in_shardings=(state_sh, batch_sh, None),
                        out_shardings=(state_sh, None), donate_argnums=(0,))
     abstract_state = builder.state(builder.abstract)
-    abstract_batch = {name: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
+    abstract_batch = {name: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh[name])
                       for name, v in dummy.items()}
     abstract_rng = jax.eval_shape(lambda: jax.random.PRNGKey(0))
     lowered = step_fn.lower(abstract_state, abstract_batch, abstract_rng)
@@ -250,7 +251,7 @@ def plan_train(*, model, train_dataset_cfg, mesh=None, optimizer=None,
     opt_total, opt_dev = _tree_bytes(builder.abstract["opt_state"],
                                      builder.shardings["opt_state"])
     step_dev = _tree_bytes(builder.abstract["step"], builder.shardings["step"])[1]
-    batch_dev = sum(shard_bytes(v.shape, v.dtype, batch_sh) for v in dummy.values())
+    batch_dev = sum(shard_bytes(v.shape, v.dtype, batch_sh[k]) for k, v in dummy.items())
     n_params = sum(int(math.prod(x.shape))
                    for x in jax.tree_util.tree_leaves(builder.abstract["params"]))
 
@@ -325,7 +326,7 @@ def _measure(builder, compiled, dummy: dict, batch_sh) -> dict:
     the first device's memory statistics (``None`` where the backend keeps none, e.g. CPU)."""
     import jax
     state = builder.state(builder.init(jax.random.PRNGKey(0)))
-    batch = {k: jax.device_put(v, batch_sh) for k, v in dummy.items()}
+    batch = {k: jax.device_put(v, batch_sh[k]) for k, v in dummy.items()}
     rng = jax.random.PRNGKey(1)
     times = []
     for _ in range(3):
@@ -413,8 +414,8 @@ def wants_plan(argv: Sequence[str]) -> bool:
 
 
 def _plan_parser(prog: str):
-    from plug_jax.main import _parser
-    ap = _parser(prog, "plan")
+    from plug_jax.cli import base_parser
+    ap = base_parser(prog, "plan")
     ap.description = "Per-device memory of the train step on a target mesh (fake CPU devices)."
     ap.add_argument("--mode", choices=("plan",), default="plan", help=argparse.SUPPRESS)
     ap.add_argument("--mesh", default=None,
@@ -438,8 +439,10 @@ def _plan_parser(prog: str):
 def main(argv: Sequence[str] | None = None, prog: str = "plug-plan") -> int:
     """``plug-plan`` (also ``python -m plug_jax.main --mode=plan``)."""
     from plug_jax import gin_utils
-    from plug_jax.main import _configurable, _user_errors
+    from plug_jax.cli import user_errors as _user_errors
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--table" in argv or "--list" in argv:  # docs/scaling.md from every family's rows
+        return _table_main([a for a in argv if not a.startswith("--mode")], prog)
     bindings, rest = gin_utils.split_gin_flags(argv)
     args = _plan_parser(prog).parse_args(rest)
     search = ([p for p in args.gin_search_paths.split(",") if p]
@@ -481,91 +484,19 @@ def main(argv: Sequence[str] | None = None, prog: str = "plug-plan") -> int:
 
 
 # ------------------------------------------------------------------ scaling table
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One row of docs/scaling.md: a model gin, a mesh, a target and gin overrides."""
-
-    name: str
-    model_gin: str
-    mesh: str
-    hardware: str
-    published: str  # published size with its MODEL_SPECS.md tag
-    where: str  # the pod the mesh stands for
-    overrides: tuple[str, ...] = ()  # --gin.NAME=VALUE bindings (without --gin.)
-    partitioning_gin: str = "partitioning/fsdp.gin"
-
-    def argv(self) -> list[str]:
-        return (["--gin_file=runs/plan.gin", f"--gin_file={self.model_gin}",
-                 f"--gin_file={self.partitioning_gin}"]
-                + [f"--gin.{o}" for o in self.overrides]
-                + [f"--mesh={self.mesh}", f"--hardware={self.hardware}", "--json"])
-
-    def command(self) -> str:
-        """The shell command that plans this row (human-readable report)."""
-        import shlex
-
-        def quote(a: str) -> str:
-            if re.fullmatch(r"[\w@%+=:,./-]+", a):
-                return a
-            return f'"{a}"' if not re.search(r'["$`\\!]', a) else shlex.quote(a)
-        return "plug-plan " + " ".join(quote(a) for a in self.argv() if a != "--json")
+from plug_jax.families.spec import PlanRow as Row  # noqa: E402  (one row of docs/scaling.md)
 
 
-# What a real large run sets: bf16 activations, full remat, 2048-token sequences.
-_BIG = ("ACTIVATION_DTYPE='bfloat16'", "REMAT_POLICY='full'",
-        "TASK_FEATURE_LENGTHS={'targets': 2048}")
+def all_rows() -> tuple[Row, ...]:
+    """Every family's plan rows (``FamilySpec.plan_rows``), in the registry's listing order."""
+    from plug_jax.families import registry
+    return tuple(row for spec in registry.specs() for row in spec.plan_rows())
 
-# The table. Adding a row is one line (an MoE row would add e.g. "EXPERT_PARALLELISM=8"
-# to its overrides and an expert degree to its mesh).
-ROWS: tuple[Row, ...] = (
-    Row("gpt3-13B / 64xH100", "models/gpt3/13B.gin", "data:8,fsdp:8", "h100_80gb",
-        "13B [V-card]", "8 hosts x 8 H100", _BIG + ("BATCH_SIZE=256", "NUM_MICROBATCHES=2")),
-    Row("gpt3-30B / 64xH100", "models/gpt3/30B.gin", "data:4,fsdp:16", "h100_80gb",
-        "30B [V-card]", "8 hosts x 8 H100", _BIG + ("BATCH_SIZE=256", "NUM_MICROBATCHES=4")),
-    Row("gpt3-30B / v4-128", "models/gpt3/30B.gin", "fsdp:64", "tpu_v4",
-        "30B [V-card]", "TPU v4-128 = 64 chips", _BIG + ("BATCH_SIZE=256", "NUM_MICROBATCHES=4")),
-    Row("gpt3-175B / 64xH100", "models/gpt3/175B.gin", "fsdp:8,model:8", "h100_80gb",
-        "175B [V-card, WIP]", "8 hosts x 8 H100",
-        _BIG + ("BATCH_SIZE=512", "NUM_MICROBATCHES=64"),
-        "partitioning/fsdp_tp.gin"),
-    Row("gpt3-175B / 256xH100", "models/gpt3/175B.gin", "fsdp:32,model:8", "h100_80gb",
-        "175B [V-card, WIP]", "32 hosts x 8 H100",
-        _BIG + ("BATCH_SIZE=512", "NUM_MICROBATCHES=16"),
-        "partitioning/fsdp_tp.gin"),
-    Row("gpt3-175B / v4-512", "models/gpt3/175B.gin", "fsdp:64,model:4", "tpu_v4",
-        "175B [V-card, WIP]", "TPU v4-512 = 256 chips",
-        _BIG + ("BATCH_SIZE=512", "NUM_MICROBATCHES=8"),
-        "partitioning/fsdp_tp.gin"),
-    Row("gpt3-175B / v4-512 tp8", "models/gpt3/175B.gin", "fsdp:32,model:8", "tpu_v4",
-        "175B [V-card, WIP]", "TPU v4-512 = 256 chips",
-        _BIG + ("BATCH_SIZE=512", "NUM_MICROBATCHES=16"),
-        "partitioning/fsdp_tp.gin"),
-    Row("gpt3-175B / v5p-128", "models/gpt3/175B.gin", "fsdp:16,model:4", "tpu_v5p",
-        "175B [V-card, WIP]", "TPU v5p-128 = 64 chips",
-        _BIG + ("BATCH_SIZE=512", "NUM_MICROBATCHES=32"),
-        "partitioning/fsdp_tp.gin"),
-    # GPT-MoE is named by its dense (active) size; the experts multiply the MoE FFNs.
-    Row("gpt-moe-1.3B-32E / 64xH100", "models/gpt3/1.3B-MoE-32.gin", "data:2,fsdp:4,expert:8",
-        "h100_80gb", "1.3B active, 32 experts [V-code]", "8 hosts x 8 H100",
-        _BIG + ("BATCH_SIZE=256",), "partitioning/ep_fsdp_tp.gin"),
-    # PLUG: encoder-decoder; stage 2 draws encoder and decoder lengths up to 512.
-    Row("plug-27B / 64xH100", "models/plug/27B.gin", "fsdp:8,model:8", "h100_80gb",
-        "27B [V-card]", "8 hosts x 8 H100",
-        ("ACTIVATION_DTYPE='bfloat16'", "REMAT_POLICY='full'",
-         "TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 512}", "BATCH_SIZE=512",
-         "NUM_MICROBATCHES=4"), "partitioning/fsdp_tp.gin"),
-    # StructBERT large (encoder only, 512-token pairs), BERT-large's pre-training batch 256.
-    Row("structbert-large-zh / 8xH100", "models/structbert/large-zh.gin", "data:8",
-        "h100_80gb", "330M [V-card]", "1 host x 8 H100",
-        ("ACTIVATION_DTYPE='bfloat16'", "TASK_FEATURE_LENGTHS={'inputs': 512}",
-         "BATCH_SIZE=256", "NUM_MICROBATCHES=4"), "partitioning/dp.gin"),
-    # PLUG-MoE 20B (defined in plug_jax/families/plug/README.md): 8 experts over 'expert'.
-    Row("plug-moe-20B / 64xH100", "models/plug/20B-MoE.gin", "fsdp:8,expert:8", "h100_80gb",
-        "20B [NF: defined here]", "8 hosts x 8 H100",
-        ("ACTIVATION_DTYPE='bfloat16'", "REMAT_POLICY='full'",
-         "TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 512}", "BATCH_SIZE=512",
-         "NUM_MICROBATCHES=4"), "partitioning/ep_fsdp_tp.gin"),
-)
+
+def __getattr__(name: str):
+    if name == "ROWS":  # computed on use, so a family registered later is in it
+        return all_rows()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_plan(argv: Sequence[str], *, label: str, timeout: float = 1800,
@@ -626,8 +557,8 @@ def render_table(results: Sequence[tuple[Row, dict]]) -> str:
     lines = [
         "# Scaling plan: per-device memory of the train step on target pods",
         "",
-        "Generated by `make scaling` (`python -m plug_jax.plan --table > docs/scaling.md`) "
-        "from `plug_jax.plan.ROWS`; do not edit by hand. Every row lowers and compiles the "
+        "Generated by `make scaling` (`plug-plan --table > docs/scaling.md`) "
+        "from every family's plan rows (`FamilySpec.plan_rows`); do not edit by hand. Every row lowers and compiles the "
         "real train step (the trainer's `StateBuilder`, `make_train_step` and partitioner, "
         "AdamW from `runs/pretrain.gin`) for a mesh of fake CPU devices with `plug-plan`; "
         "no parameter is allocated. Reproduce one row with the command under the table.",
@@ -705,14 +636,25 @@ def render_table(results: Sequence[tuple[Row, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _table_main(argv: Sequence[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m plug_jax.plan")
+def _table_main(argv: Sequence[str], prog: str = "plug-plan") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description="Plan every family's rows and print "
+                                 "docs/scaling.md (each row in its own process).")
     ap.add_argument("--table", action="store_true", help="print docs/scaling.md")
     ap.add_argument("--rows", default="", help="comma-separated row names (default: all)")
+    ap.add_argument("--list", action="store_true", help="list the rows and their commands "
+                    "without planning them")
     args = ap.parse_args(argv)
-    if not args.table:
-        return main(argv)
-    wanted = [r for r in ROWS if not args.rows or r.name in args.rows.split(",")]
+    rows = all_rows()
+    if args.list:
+        for row in rows:
+            print(f"{row.name}: {row.command()}")
+        return 0
+    wanted = [r for r in rows if not args.rows or r.name in args.rows.split(",")]
+    unknown = set(filter(None, args.rows.split(","))) - {r.name for r in rows}
+    if unknown:
+        print(f"{prog}: error: unknown rows {sorted(unknown)}; --list shows them",
+              file=sys.stderr)
+        return 2
     results = []
     for row in wanted:
         print(f"plan: {row.name} ...", file=sys.stderr, flush=True)
@@ -725,6 +667,4 @@ def _table_main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    if "--table" in sys.argv[1:]:
-        sys.exit(_table_main(sys.argv[1:]))
     sys.exit(main(sys.argv[1:]))

@@ -42,6 +42,11 @@ import seqio  # noqa: E402
 
 from plug_jax.data import corpora_vision, registry  # noqa: E402
 
+# Readers for families whose folders come later (mPLUG, HiTeA); their own tasks modules
+# will declare the same prefixes.
+registry.add_task_prefixes("mplug")
+registry.add_task_prefixes("hitea")
+
 SHUFFLE_BUFFER_SIZE = 64
 
 

@@ -54,6 +54,9 @@ from plug_jax.data.vocab import ShopWorldVocabulary  # noqa: E402
 
 from .gpt3 import SHOPLM_SPLIT_SIZES, WORLD_SEED, shop_world_lm_source  # noqa: E402
 
+# PALM 2.0's tasks are named palm2_* (family palm).
+registry.add_task_prefixes("palm", "palm2")
+
 EXTRA_IDS = 100
 SHUFFLE_BUFFER_SIZE = 128
 PLUG_MIN_LENGTH, PLUG_MAX_LENGTH = 32, 512  # PLUG stage 2 random encoder/decoder lengths

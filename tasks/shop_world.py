@@ -18,6 +18,9 @@ from plug_jax.data.vocab import ShopWorldVocabulary  # noqa: E402
 
 from .gpt3 import WORLD_SEED, add_lm_task  # noqa: E402
 
+# shop_*: the data source's own tasks (any family can train on them).
+registry.add_task_prefixes("shop")
+
 
 def register_tfds_lm_task(name: str, lang: str = "zh"):
     vocab = ShopWorldVocabulary(None, seed=WORLD_SEED, lang=lang)

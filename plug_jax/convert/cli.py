@@ -6,14 +6,18 @@
     plug-convert --family structbert --source hf --input BERT_DIR --output OUT_DIR
     plug-convert --family plug --source megatron --input DIR_WITH_mp_rank_files \\
         --output OUT_DIR [--preset 27B] [--vocab_size N] [--num_ranks 8] [--drop_embedding_norm]
+    plug-convert --family palm --source modelscope --preset base-zh --input MS_DIR --output OUT
     plug-convert --to hf --family structbert --input OUT_DIR --output HF_DIR
     plug-convert --to megatron --family plug --input OUT_DIR --output SHARDS_DIR [--num_ranks 8]
 
+The families and their formats come from the family registry
+(:mod:`plug_jax.families.registry`): each family's ``FamilySpec.converters`` names the formats it
+imports from (``--source``) and exports to (``--to``); ``--help`` lists them.
+
 Import writes ``OUT_DIR/{params/,config.json,metadata.json}`` with
 :func:`plug_jax.trainer.checkpointing.save_params`; ``--to`` reads such a directory and writes
-the foreign layout (``config.json`` + ``model.safetensors`` for ``hf``,
-``mp_rank_XX_model_states.pt`` for ``megatron``). A bad input prints one line
-``plug-convert: error: ...`` on stderr and exits with status 2.
+the foreign layout. A bad input prints one line ``plug-convert: error: ...`` on stderr and
+exits with status 2.
 """
 from __future__ import annotations
 
@@ -24,12 +28,23 @@ import sys
 
 import numpy as np
 
+from plug_jax.families import registry
+
 PROG = "plug-convert"
-SOURCES = ("hf", "modelscope", "megatron")
-# family -> sources it is imported from / formats it is exported to (--to)
-FAMILY_SOURCES = {"gpt3": ("hf", "modelscope"), "structbert": ("hf",), "plug": ("megatron",)}
-FAMILY_TARGETS = {"structbert": ("hf",), "plug": ("megatron",)}
-DEFAULT_PRESETS = {"plug": "27B"}  # structbert: config.json of the input, or --preset
+
+
+def _families_with(direction: str) -> list:
+    return [s for s in registry.specs() if s.formats(direction)]
+
+
+def _formats_help() -> str:
+    lines = []
+    for spec in registry.specs():
+        for c in spec.converters:
+            flag = "--source" if c.direction == "import" else "--to"
+            uses = f" [{', '.join('--' + u for u in c.uses)}]" if c.uses else ""
+            lines.append(f"  --family {spec.name} {flag} {c.format}: {c.help}{uses}")
+    return "conversions:\n" + "\n".join(lines)
 
 
 class _UsageError(Exception):
@@ -51,19 +66,20 @@ def _bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Convert a Hugging Face, ModelScope or Megatron "
-                                       "checkpoint into a plug_jax params checkpoint, or back "
-                                       "with --to.")
-    p.add_argument("--family", required=True, help="family: gpt3, structbert or plug")
+    p = _Parser(prog=PROG, description="Convert a foreign checkpoint (Hugging Face, ModelScope, "
+                                       "Megatron, AliceMind, ...) into a plug_jax params "
+                                       "checkpoint, or back with --to.",
+                epilog=_formats_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    names = ", ".join(s.name for s in registry.specs() if s.converters)
+    p.add_argument("--family", required=True, help=f"family: {names}")
     p.add_argument("--source", default=None,
-                   help="checkpoint format to import: hf or modelscope (gpt3), hf (structbert), "
-                        "megatron (plug)")
+                   help="checkpoint format to import (see the conversions below)")
     p.add_argument("--to", default=None,
-                   help="export a plug_jax params checkpoint (--input) instead: hf (structbert) "
-                        "or megatron (plug)")
+                   help="export a plug_jax params checkpoint (--input) to this format instead")
     p.add_argument("--preset", default=None,
-                   help="family preset giving the config (plug: default 27B; structbert: used "
-                        "instead of the input's config.json)")
+                   help="family preset giving the config, where the converter uses one "
+                        "(plug: default 27B; structbert: used instead of the input's "
+                        "config.json; palm: required)")
     p.add_argument("--vocab_size", type=int, default=None, help="override the preset's vocab_size")
     p.add_argument("--num_ranks", type=int, default=8,
                    help="plug: tensor-parallel rank files to read / write (default 8)")
@@ -84,56 +100,75 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _options(args, converter) -> dict:
+    """The options ``converter`` uses; a set option it does not use is an error."""
+    given = {"preset": args.preset, "vocab_size": args.vocab_size,
+             "num_ranks": args.num_ranks if args.num_ranks != 8 else None,
+             "drop_embedding_norm": args.drop_embedding_norm or None}
+    unused = [k for k, v in given.items() if v is not None and k not in converter.uses]
+    if unused:
+        flags = " / ".join(f"--{k}" for k in unused)
+        verb = "is" if len(unused) == 1 else "are"
+        raise _UsageError(f"{flags} {verb} not used by family {args.family!r} "
+                          f"({'--source' if converter.direction == 'import' else '--to'} "
+                          f"{converter.format}); drop it")
+    return {"preset": args.preset, "vocab_size": args.vocab_size, "num_ranks": args.num_ranks,
+            "drop_embedding_norm": args.drop_embedding_norm, "scan_layers": args.scan_layers}
+
+
+def _converter(args):
+    """The registered converter for the arguments, or a one-line _UsageError."""
+    if args.family not in registry.names():
+        supported = ", ".join(s.name for s in registry.specs() if s.converters)
+        raise _UsageError(f"unknown family {args.family!r}; supported families: {supported}")
+    spec = registry.get(args.family)
+    if args.to is not None:
+        if args.source is not None:
+            raise _UsageError("pass either --source (import) or --to (export), not both")
+        if args.to not in spec.formats("export"):
+            combos = ", ".join(f"--family {s.name} --to {t}" for s in _families_with("export")
+                               for t in s.formats("export"))
+            raise _UsageError(f"cannot export family {args.family!r} to {args.to!r}; "
+                              f"supported: {combos}")
+        return spec, spec.converter(args.to, "export")
+    sources = spec.formats("import")
+    if args.source is None:
+        raise _UsageError("the following arguments are required: --source (or --to to export)")
+    known = {c.format for s in registry.specs() for c in s.converters}
+    if args.source not in known:
+        raise _UsageError(f"unknown source {args.source!r}; choose one of {', '.join(sources)} "
+                          f"(family {args.family})")
+    if args.source not in sources:
+        raise _UsageError(f"family {args.family!r} cannot be converted from source "
+                          f"{args.source!r}; use --source {' or '.join(sources)}")
+    return spec, spec.converter(args.source, "import")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        spec, converter = _converter(args)
+        options = _options(args, converter)
     except _UsageError as e:
         return _fail(str(e))
-
-    if args.family not in FAMILY_SOURCES:
-        return _fail(f"unknown family {args.family!r}; supported families: "
-                     f"{', '.join(FAMILY_SOURCES)}")
-    if args.to is not None:
-        if args.source is not None:
-            return _fail("pass either --source (import) or --to (export), not both")
-        targets = FAMILY_TARGETS.get(args.family, ())
-        if args.to not in targets:
-            combos = ", ".join(f"--family {f} --to {t}" for f, ts in FAMILY_TARGETS.items()
-                               for t in ts)
-            return _fail(f"cannot export family {args.family!r} to {args.to!r}; supported: "
-                         f"{combos}")
-    else:
-        if args.source is None:
-            return _fail("the following arguments are required: --source (or --to to export)")
-        if args.source not in SOURCES:
-            return _fail(f"unknown source {args.source!r}; choose one of "
-                         f"{', '.join(FAMILY_SOURCES[args.family])} (family {args.family})")
-        if args.source not in FAMILY_SOURCES[args.family]:
-            return _fail(f"family {args.family!r} cannot be converted from source "
-                         f"{args.source!r}; use --source "
-                         f"{' or '.join(FAMILY_SOURCES[args.family])}")
-    if args.family == "gpt3" and (args.preset or args.vocab_size):
-        return _fail("--preset / --vocab_size are not used by family 'gpt3' (its config comes "
-                     "from the input)")
-    if args.family == "structbert" and args.vocab_size is not None and not args.preset:
-        return _fail("--vocab_size needs --preset for family 'structbert' (otherwise the "
-                     "input's config.json gives the vocabulary)")
+    except ValueError as e:  # a family module that cannot be imported, a bad FamilySpec
+        return _fail(str(e))
     if args.num_ranks < 1:
         return _fail(f"--num_ranks must be >= 1, got {args.num_ranks}")
     if not os.path.exists(args.input):
         return _fail(f"input {args.input} does not exist")
-    if args.to is not None or args.family != "gpt3":
-        return _main_bert_plug(args)
 
-    from plug_jax.convert import from_modelscope, from_transformers
     from plug_jax.trainer import checkpointing
 
     try:
         out = checkpointing.check_output_dir(args.output, args.overwrite)  # fail before work
-        convert = from_transformers if args.source == "hf" else from_modelscope
-        config, params = convert(args.input, family=args.family, scan_layers=args.scan_layers)
-        import numpy as np
-
+        if converter.direction == "export":
+            config, params = _load_ours(args, spec)
+            os.makedirs(out, exist_ok=True)
+            what = converter.fn(config, params, out, options)
+            print(f"{PROG}: {args.family} {args.input} -> {args.to} {out}: {what}")
+            return 0
+        config, params = converter.fn(args.input, options)
         count = int(sum(np.size(x) for x in _leaves(params)))
         metadata = {"family": args.family, "preset": config.preset,
                     "scanned": config.scan_layers,
@@ -144,75 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e) if not isinstance(e, KeyError) else f"missing key {e}")
     print(f"{PROG}: {args.family} from {args.source} {args.input}: {count:,} parameters "
           f"({'scanned' if config.scan_layers else 'unscanned'}) -> {path}")
-    print(f"{PROG}: config: layers={config.num_layers} heads={config.num_heads} "
-          f"hidden={config.hidden_size} ffn={config.mlp_dim} vocab={config.vocab_size} "
-          f"max_pos={config.max_position_embeddings} activation={config.activation} "
-          f"eps={config.layer_norm_epsilon:g} tied={config.tie_word_embeddings}")
+    if converter.describe is not None:
+        print(f"{PROG}: config: {converter.describe(config)}")
     return 0
 
 
-def _preset_config(args):
-    """The family config from ``--preset`` (or the family default) and ``--vocab_size``."""
-    name = args.preset or DEFAULT_PRESETS.get(args.family)
-    if name is None:
-        return None
-    if args.family == "plug":
-        from plug_jax.families.plug.config import PlugConfig as cls
-    else:
-        from plug_jax.families.structbert.config import StructBERTConfig as cls
-    over = {"scan_layers": args.scan_layers}
-    if args.vocab_size is not None:
-        over["vocab_size"] = args.vocab_size
-    return cls.from_preset(name, **over)
-
-
-def _main_bert_plug(args) -> int:
-    """structbert (hf <->) and plug (megatron <->) conversions."""
-    from plug_jax.trainer import checkpointing
-
-    try:
-        out = checkpointing.check_output_dir(args.output, args.overwrite)  # fail before work
-        if args.to is not None:
-            return _export(args, out)
-        config = _preset_config(args)
-        if args.family == "structbert":
-            from plug_jax.convert.hf_bert import load_bert_checkpoint, to_bert_config
-
-            hf_cfg = None
-            if config is not None:  # --preset: its config instead of the input's config.json
-                hf_cfg = to_bert_config(config).to_dict()
-            over = {"preset": config.preset} if config is not None else {}
-            config, params = load_bert_checkpoint(args.input, hf_cfg,
-                                                  scan_layers=args.scan_layers, **over)
-        else:
-            from plug_jax.convert.megatron import find_megatron_shards
-            from plug_jax.convert.plug import load_plug_checkpoint
-
-            if os.path.isdir(args.input):
-                find_megatron_shards(args.input)  # one clear line when no mp_rank files
-            params = load_plug_checkpoint(
-                args.input, config, num_ranks=args.num_ranks,
-                embedding_norm="drop" if args.drop_embedding_norm else "error")
-        count = int(sum(np.size(x) for x in _leaves(params)))
-        metadata = {"family": args.family, "preset": config.preset,
-                    "scanned": config.scan_layers,
-                    "source": {"format": args.source, "path": os.path.abspath(args.input)}}
-        path = checkpointing.save_params(out, params, config_dict=dataclasses.asdict(config),
-                                         metadata=metadata, overwrite=args.overwrite)
-    except (ValueError, TypeError, OSError, KeyError) as e:
-        return _fail(str(e) if not isinstance(e, KeyError) else f"missing key {e}")
-    print(f"{PROG}: {args.family} from {args.source} {args.input}: {count:,} parameters "
-          f"({'scanned' if config.scan_layers else 'unscanned'}) -> {path}")
-    layers = (f"layers={config.num_layers}" if args.family == "structbert" else
-              f"encoder_layers={config.num_encoder_layers} "
-              f"decoder_layers={config.num_decoder_layers}")
-    print(f"{PROG}: config: preset={config.preset} {layers} heads={config.num_heads} "
-          f"hidden={config.hidden_size} ffn={config.mlp_dim} vocab={config.vocab_size} "
-          f"max_pos={config.max_position_embeddings} norm={config.norm_placement}")
-    return 0
-
-
-def _load_ours(args):
+def _load_ours(args, spec):
     from plug_jax.trainer import checkpointing
 
     config_dict, params, metadata = checkpointing.load_params(args.input)
@@ -220,46 +192,8 @@ def _load_ours(args):
     if family != args.family:
         raise ValueError(f"{args.input} holds a {family!r} checkpoint, not {args.family!r}; "
                          f"pass --family {family}")
-    if args.family == "plug":
-        from plug_jax.families.plug.config import PlugConfig as cls
-    else:
-        from plug_jax.families.structbert.config import StructBERTConfig as cls
-    known = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in config_dict.items() if k in known}), params
-
-
-def _export(args, out: str) -> int:
-    config, params = _load_ours(args)
-    os.makedirs(out, exist_ok=True)
-    note = ""
-    if args.to == "hf":
-        from safetensors.numpy import save_file
-
-        from plug_jax.convert.hf_bert import (to_bert_config, to_bert_state_dict,
-                                              to_megatron_bert_state_dict)
-
-        fn = to_megatron_bert_state_dict if config.pre_norm else to_bert_state_dict
-        sd = fn(config, params, as_numpy=True)
-        hf_cfg = to_bert_config(config)
-        hf_cfg.architectures = [("MegatronBert" if config.pre_norm else "Bert") + "ForPreTraining"]
-        hf_cfg.save_pretrained(out)
-        save_file(sd, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
-        count = int(sum(v.size for k, v in sd.items() if not k.startswith("cls.predictions.dec")))
-        classes = config.num_sentence_classes
-        if classes != 2:
-            note = (f"; note: cls.seq_relationship has {classes} classes, HF's pre-training "
-                    f"head 2: load with BertModel or ignore_mismatched_sizes=True")
-        what = "model.safetensors + config.json"
-    else:
-        from plug_jax.convert.plug import plug_to_megatron_shards, save_megatron_shards
-
-        shards = plug_to_megatron_shards(params, config, num_shards=args.num_ranks)
-        save_megatron_shards(shards, out)
-        count = int(sum(np.size(x) for x in _leaves(params)))
-        what = f"{len(shards)} mp_rank_XX_model_states.pt files"
-    print(f"{PROG}: {args.family} {args.input} -> {args.to} {out}: {count:,} parameters "
-          f"({what}){note}")
-    return 0
+    known = {f.name for f in dataclasses.fields(spec.config_cls)}
+    return spec.config_cls(**{k: v for k, v in config_dict.items() if k in known}), params
 
 
 def _leaves(tree):

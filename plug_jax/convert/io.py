@@ -170,15 +170,6 @@ def to_numpy(x: Any, dtype: Any = np.float32) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 # Parameter-tree helpers shared by the converters (numpy only; no torch).
 
-SUPPORTED_FAMILIES = ("gpt3",)
-
-
-def check_family(family: str, api: str) -> None:
-    if family not in SUPPORTED_FAMILIES:
-        raise ValueError(f"{api}: unknown family {family!r}; supported families: "
-                         f"{', '.join(SUPPORTED_FAMILIES)}")
-
-
 def unbox_params(params: Any) -> dict:
     """Drops ``nn.Partitioned`` boxes and an outer ``{'params': ...}`` wrapper."""
     from flax.core import meta
@@ -215,24 +206,6 @@ def assemble_decoder(layers: list[dict], scan_layers: bool) -> dict:
     flat = [flatten_tree(layer) for layer in layers]
     stacked = {k: np.stack([f[k] for f in flat]) for k in flat[0]}
     return {"layers": unflatten_tree(stacked)}
-
-
-def check_params_match(config: Any, params: Mapping, api: str) -> None:
-    """Raises one line if ``params`` differ in keys or shapes from ``GPT3LM(config)``."""
-    from flax import linen as nn
-
-    from plug_jax.families.gpt3.network import abstract_params
-
-    want = {k: tuple(v.shape) for k, v in flatten_tree(nn.unbox(abstract_params(config))).items()}
-    got = {k: tuple(np.shape(v)) for k, v in flatten_tree(params).items()}
-    for k in sorted(set(want) | set(got)):
-        if k not in got:
-            raise ValueError(f"{api}: converted params lack {k} that GPT3LM(config) expects")
-        if k not in want:
-            raise ValueError(f"{api}: converted params have {k} that GPT3LM(config) does not use")
-        if want[k] != got[k]:
-            raise ValueError(f"{api}: converted {k} has shape {got[k]}, GPT3LM(config) expects "
-                             f"{want[k]}")
 
 
 def flatten_tree(tree: Mapping, prefix: str = "") -> dict[str, Any]:

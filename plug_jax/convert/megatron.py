@@ -52,7 +52,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from plug_jax.convert import io as cio
-from plug_jax.convert.modelscope_gpt3 import normalize_state_dict
+from plug_jax.families.gpt3.convert_modelscope import normalize_state_dict
 
 KINDS = ("column", "column_qkv", "column_kv", "row", "vocab", "replicated")
 # kind -> (concatenation axis, number of interleaved parts per rank)

@@ -2,7 +2,7 @@
 
 A curriculum is trained like one task: ``CurriculumIterator`` has the interface of
 ``pipeline.BatchIterator`` (``step``, ``state()``, ``from_state``, ``feature_shapes``,
-``close``) and adds ``stage`` and ``stage_name``.
+``feature_specs``, ``close``) and adds ``stage`` and ``stage_name``.
 
 Positions are *global example indices*: global batch ``n`` holds examples
 ``n*B .. n*B + B - 1`` (``B`` the global batch size) whatever the process count. Stage ``s``
@@ -21,67 +21,16 @@ of steps" is ``until_fraction=0.9``). The last stage is open-ended.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from plug_jax.data import features
+from plug_jax.data.curriculum_registry import (  # noqa: F401  (re-exported)
+    _REGISTRY, Curriculum, Stage, get_curriculum, is_curriculum, names, register_curriculum)
+
 STATE_VERSION = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """One stage: a registered task or mixture, until an example index or a fraction."""
-
-    mixture_or_task_name: str
-    until_example: Optional[int] = None
-    until_fraction: Optional[float] = None
-
-    def __post_init__(self):
-        if self.until_example is not None and self.until_fraction is not None:
-            raise ValueError(f"stage {self.mixture_or_task_name!r} sets both until_example and "
-                             f"until_fraction; give one of them")
-        if self.until_example is not None and self.until_example <= 0:
-            raise ValueError(f"stage {self.mixture_or_task_name!r}: until_example must be > 0, "
-                             f"got {self.until_example}")
-        if self.until_fraction is not None and not 0.0 < self.until_fraction < 1.0:
-            raise ValueError(f"stage {self.mixture_or_task_name!r}: until_fraction must be in "
-                             f"(0, 1), got {self.until_fraction}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Curriculum:
-    name: str
-    stages: tuple[Stage, ...]
-
-    def __post_init__(self):
-        if not self.stages:
-            raise ValueError(f"curriculum {self.name!r} has no stages; give at least one")
-        for st in self.stages[:-1]:
-            if st.until_example is None and st.until_fraction is None:
-                raise ValueError(f"curriculum {self.name!r}: stage {st.mixture_or_task_name!r} "
-                                 f"is not the last, so it needs until_example or until_fraction")
-        last = self.stages[-1]
-        if last.until_example is not None or last.until_fraction is not None:
-            raise ValueError(f"curriculum {self.name!r}: the last stage "
-                             f"{last.mixture_or_task_name!r} is open-ended; drop its until_*")
-
-    def boundaries(self, total_examples: Optional[int] = None) -> tuple[int, ...]:
-        """Example index at which each stage after the first starts (increasing)."""
-        out = []
-        for st in self.stages[:-1]:
-            if st.until_fraction is not None:
-                if total_examples is None:
-                    raise ValueError(f"curriculum {self.name!r} has fractional stage ends; "
-                                     f"pass total_examples (train_steps * batch size)")
-                out.append(int(round(st.until_fraction * int(total_examples))))
-            else:
-                out.append(int(st.until_example))
-        if any(b <= a for a, b in zip([0] + out, out)):
-            raise ValueError(f"curriculum {self.name!r}: stage ends {out} must be positive and "
-                             f"strictly increasing; fix the until_* values")
-        return tuple(out)
 
 
 def batch_boundaries(example_boundaries: Sequence[int], global_batch_size: int) -> tuple[int, ...]:
@@ -91,42 +40,6 @@ def batch_boundaries(example_boundaries: Sequence[int], global_batch_size: int) 
 
 def stage_of_batch(step: int, batch_bounds: Sequence[int]) -> int:
     return int(np.searchsorted(np.asarray(batch_bounds, np.int64), step, side="right"))
-
-
-# ----------------------------------------------------------------------------- registry
-_REGISTRY: dict[str, Curriculum] = {}
-
-
-def register_curriculum(name: str, stages: Sequence[Stage]) -> Curriculum:
-    """Register (once) a curriculum; the same stages again is a no-op, others raise."""
-    cur = Curriculum(name, tuple(stages))
-    old = _REGISTRY.get(name)
-    if old is not None:
-        if old != cur:
-            raise ValueError(f"curriculum {name!r} is already registered with other stages; "
-                             f"pick another name (or bump its _vN version)")
-        return old
-    _REGISTRY[name] = cur
-    return cur
-
-
-def names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def is_curriculum(name: str) -> bool:
-    if name not in _REGISTRY:
-        try:
-            import plug_jax.tasks  # noqa: F401,PLC0415  (registers the project's)
-        except ImportError:
-            pass
-    return name in _REGISTRY
-
-
-def get_curriculum(name: str) -> Curriculum:
-    if not is_curriculum(name):
-        raise ValueError(f"unknown curriculum {name!r}; registered: {names()}")
-    return _REGISTRY[name]
 
 
 # ----------------------------------------------------------------------------- iterator
@@ -151,7 +64,7 @@ class CurriculumIterator:
                              f"{len(self.example_boundaries)} boundaries")
         self.global_batch_size = int(global_batch_size)
         self.batch_boundaries = batch_boundaries(self.example_boundaries, self.global_batch_size)
-        self.feature_lengths = {k: int(v) for k, v in task_feature_lengths.items()}
+        self.feature_lengths = features.normalize_lengths(task_feature_lengths)
         self.split, self.shuffle, self.seed, self.pack = split, bool(shuffle), int(seed), bool(pack)
         self.converter = converter
         self.process_index, self.process_count = int(process_index), int(process_count)
@@ -185,8 +98,12 @@ class CurriculumIterator:
         self._inner_stage = s
 
     @property
-    def feature_shapes(self) -> dict[str, tuple[int, int]]:
+    def feature_shapes(self) -> dict[str, tuple[int, ...]]:
         return self._inner.feature_shapes
+
+    @property
+    def feature_specs(self) -> dict:
+        return self._inner.feature_specs
 
     def __iter__(self) -> "CurriculumIterator":
         return self
@@ -218,7 +135,8 @@ class CurriculumIterator:
             "split": self.split,
             "seed": self.seed,
             "global_batch_size": self.global_batch_size,
-            "feature_lengths": dict(self.feature_lengths),
+            "feature_lengths": {k: list(v) if isinstance(v, tuple) else v
+                                for k, v in self.feature_lengths.items()},
             "pack": self.pack,
             "shuffle": self.shuffle,
             "converter": self.converter,

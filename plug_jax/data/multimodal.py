@@ -18,6 +18,14 @@ question: inputs = question, targets = answer), ``grounding`` (one example per r
 phrase: inputs = phrase, targets = its box as four location tokens); videos: ``caption``,
 ``temporal_qa`` (one example per question), ``moments`` (inputs = event caption, targets =
 ``<frame_s><frame_e>``).
+
+Feature converters ``image_text`` / ``video_text`` (:class:`ImageTextFeatureConverter`,
+:class:`VideoTextFeatureConverter`; specs in :mod:`plug_jax.data.features`) turn such examples,
+once ``inputs`` / ``targets`` are tokenized, into model features: the pixels as float32
+(``image`` ``[H, W, C]`` / ``frames`` ``[T, H, W, C]``, sizes from ``task_feature_lengths``,
+values unchanged: normalising is :func:`normalize_pixels`' job), the ``targets`` tokens as
+``decoder_target_tokens`` / ``decoder_input_tokens`` / ``decoder_loss_weights`` and, with an
+``inputs`` length, the prompt or question as ``encoder_input_tokens``.
 """
 from __future__ import annotations
 
@@ -116,3 +124,69 @@ def format_video_text(dataset: tf.data.Dataset, *, task: str,
         base(ex), ex[f"event_caption_{lang}"],
         "<frame_" + tf.strings.as_string(ex["event_start"]) + "><frame_"
         + tf.strings.as_string(ex["event_end"]) + ">"))
+
+
+# ------------------------------------------------------------------ feature converters
+class ImageTextFeatureConverter:
+    """``image_text``: one example per row (never packed: ``pack`` has no effect).
+
+    Task features: ``image`` (any real dtype, exactly ``task_feature_lengths['image']`` =
+    ``(H, W, C)``), ``targets`` (int tokens) and optionally ``inputs``. Model features (see
+    ``features.image_text_spec``): ``image`` float32 ``[H, W, C]`` (cast, values kept),
+    ``decoder_target_tokens`` (targets trimmed / zero-padded to the ``targets`` length),
+    ``decoder_input_tokens`` (shifted right, 0 first), ``decoder_loss_weights`` (1 on
+    non-zero targets) and, when ``task_feature_lengths`` has ``inputs``,
+    ``encoder_input_tokens`` (zeros for a task without ``inputs``).
+    """
+
+    NAME, MEDIA = "image_text", "image"
+
+    def __init__(self, pack: bool = False):
+        self.pack = bool(pack)
+
+    def get_model_feature_lengths(self, task_feature_lengths) -> dict:
+        from plug_jax.data import features  # noqa: PLC0415
+        return {k: s.shape[0] for k, s in
+                features.feature_spec(self.NAME, task_feature_lengths).items()}
+
+    def __call__(self, ds: tf.data.Dataset, task_feature_lengths) -> tf.data.Dataset:
+        from plug_jax.data import features  # noqa: PLC0415
+        specs = features.feature_spec(self.NAME, task_feature_lengths)
+        media, shape = self.MEDIA, specs[self.MEDIA].shape
+        lt = specs["decoder_target_tokens"].shape[0]
+        li = specs["encoder_input_tokens"].shape[0] if "encoder_input_tokens" in specs else None
+        spec = ds.element_spec
+        for need in (media, "targets"):
+            if need not in spec:
+                raise ValueError(f"the {self.NAME!r} feature converter needs a {need!r} task "
+                                 f"feature; the task gives {sorted(spec)}")
+        if not spec[media].shape.is_compatible_with(shape):
+            raise ValueError(f"task feature {media!r} has shape {tuple(spec[media].shape)} but "
+                             f"task_feature_lengths[{media!r}] is {shape}; fix: resize in a "
+                             f"preprocessor or pass {media!r}: {tuple(spec[media].shape)}")
+        if not (spec[media].dtype.is_floating or spec[media].dtype.is_integer):
+            raise ValueError(f"task feature {media!r} is {spec[media].dtype.name}, not pixels")
+
+        def fit(x, n):
+            x = tf.cast(x, tf.int32)[:n]
+            return tf.pad(x, [[0, n - tf.size(x)]])
+
+        def convert(ex):
+            tgt = fit(ex["targets"], lt)
+            out = {media: tf.ensure_shape(tf.cast(ex[media], tf.float32), shape),
+                   "decoder_target_tokens": tgt,
+                   "decoder_input_tokens": tf.pad(tgt[:-1], [[1, 0]]),
+                   "decoder_loss_weights": tf.cast(tf.not_equal(tgt, 0), tf.int32)}
+            if li is not None:
+                out["encoder_input_tokens"] = (fit(ex["inputs"], li) if "inputs" in ex
+                                               else tf.zeros([li], tf.int32))
+            return out
+
+        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class VideoTextFeatureConverter(ImageTextFeatureConverter):
+    """``video_text``: as ``image_text`` with ``frames`` float32 ``[T, H, W, C]``
+    (``task_feature_lengths['frames']``)."""
+
+    NAME, MEDIA = "video_text", "frames"

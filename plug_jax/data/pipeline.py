@@ -3,6 +3,11 @@
 ``get_batch_iterator`` turns a seqio Task or Mixture into an iterator of global batches
 (``DecoderFeatureConverter``, packed by default) and hands each process its rows:
 
+* the feature converter is looked up by name in :mod:`plug_jax.data.features`, which also
+  gives each model feature's dtype and per-example shape (``BatchIterator.feature_specs``);
+  every batch is cast to those dtypes and checked against those shapes (int32 token
+  features, float32 pixels, ...);
+
 * every process builds the same global batch stream (all shuffles are seeded) and keeps rows
   ``p*B/P : (p+1)*B/P`` of global batch ``n``, so the stream does not depend on the process
   count and a run can resume on a different number of processes;
@@ -24,21 +29,17 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from plug_jax.data import configure_tensorflow
+from plug_jax.data import configure_tensorflow, features
 
 tf = configure_tensorflow()
 
 import seqio  # noqa: E402
 
 STATE_VERSION = 1
-# Feature converters by name: what a task's features become for the model.
-FEATURE_CONVERTERS = {
-    "decoder": seqio.DecoderFeatureConverter,     # decoder-only LM (GPT-3)
-    "encdec": seqio.EncDecFeatureConverter,       # encoder-decoder (PALM, PLUG)
-    "prefix_lm": seqio.PrefixLMFeatureConverter,  # decoder-only with a bidirectional prefix
-    "encoder": None,  # encoder-only, one example per row (StructBERT): EncoderFeatureConverter
-    "encdec_mlm": None,  # encoder-decoder + encoder MLM targets (PLUG stage 2): EncDecMlm...
-}
+# Feature converters by name -> their tf.data implementation (a read-only view of the
+# registry in plug_jax.data.features: decoder, encdec, prefix_lm, encoder, encdec_mlm,
+# image_text, video_text and whatever else is registered there).
+FEATURE_CONVERTERS = features.ConverterView()
 DECODER_FEATURES = ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
                     "decoder_segment_ids", "decoder_positions")
 
@@ -88,7 +89,7 @@ def _provider(name: str) -> seqio.DatasetProviderBase:
 
 def _features(mixture_or_task_name: str) -> Mapping[str, seqio.Feature]:
     """Output features of a task, mixture or (its first stage's) curriculum."""
-    from plug_jax.data import curriculum  # noqa: PLC0415
+    from plug_jax.data import curriculum_registry as curriculum  # noqa: PLC0415
     if mixture_or_task_name not in seqio.TaskRegistry.names() and \
             mixture_or_task_name not in seqio.MixtureRegistry.names() and \
             curriculum.is_curriculum(mixture_or_task_name):
@@ -134,11 +135,7 @@ def _check_args(name: str, provider, task_feature_lengths, split: str, global_ba
     splits = getattr(provider, "splits", None)
     if splits and split not in splits:
         raise ValueError(f"{name!r} has no split {split!r}; use one of {sorted(splits)}")
-    if converter == "encoder":
-        feature_converter(converter).get_model_feature_lengths(task_feature_lengths)
-    elif "targets" not in task_feature_lengths:
-        raise ValueError(f"task_feature_lengths {dict(task_feature_lengths)} has no 'targets' "
-                         f"length; pass e.g. {{'targets': 256}}")
+    features.feature_spec(converter, task_feature_lengths)  # the lengths it needs
 
 
 class EncoderFeatureConverter:
@@ -163,12 +160,7 @@ class EncoderFeatureConverter:
         self.pack = bool(pack)
 
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict:
-        if "inputs" not in task_feature_lengths:
-            raise ValueError(f"the 'encoder' feature converter needs an 'inputs' length in "
-                             f"task_feature_lengths {dict(task_feature_lengths)}; fix: e.g. "
-                             f"{{'inputs': 128}}")
-        n = int(task_feature_lengths["inputs"])
-        return {**dict.fromkeys(self.MODEL_FEATURES, n), "label": 1}
+        return _lengths_of(features.feature_spec("encoder", task_feature_lengths))
 
     def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]):
         n = self.get_model_feature_lengths(task_feature_lengths)["encoder_input_tokens"]
@@ -213,14 +205,8 @@ class EncDecMlmFeatureConverter:
         self.pack = bool(pack)
 
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict:
-        if "inputs" not in task_feature_lengths or "targets" not in task_feature_lengths:
-            raise ValueError(f"the 'encdec_mlm' feature converter needs 'inputs' and "
-                             f"'targets' lengths, got {dict(task_feature_lengths)}; fix: "
-                             f"e.g. {{'inputs': 512, 'targets': 128}}")
-        li, lt = int(task_feature_lengths["inputs"]), int(task_feature_lengths["targets"])
-        enc = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
-               "encoder_mlm_targets", "encoder_mlm_weights")
-        return {**dict.fromkeys(enc, li), **dict.fromkeys(DECODER_FEATURES, lt)}
+        return _lengths_of(features.feature_spec("encdec_mlm", task_feature_lengths,
+                                                 pack=self.pack))
 
     def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]):
         lengths = self.get_model_feature_lengths(task_feature_lengths)
@@ -258,18 +244,54 @@ class EncDecMlmFeatureConverter:
         return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _lengths_of(specs: Mapping[str, features.FeatureSpec]) -> dict[str, int]:
+    """``{feature: length}`` of rank-1 specs (``get_model_feature_lengths``' layout)."""
+    return {k: s.shape[0] for k, s in specs.items() if len(s.shape) == 1}
+
+
 def feature_converter(name: str, pack: bool = True):
-    """The feature converter ``name`` (a seqio ``FeatureConverter`` or
-    :class:`EncoderFeatureConverter`): ``converter(ds, task_feature_lengths)`` and
-    ``converter.get_model_feature_lengths(task_feature_lengths)``."""
-    if name not in FEATURE_CONVERTERS:
-        raise ValueError(f"unknown feature converter {name!r}; use one of "
-                         f"{sorted(FEATURE_CONVERTERS)}")
-    if name == "encoder":
-        return EncoderFeatureConverter(pack=pack)
-    if name == "encdec_mlm":
-        return EncDecMlmFeatureConverter(pack=pack)
-    return FEATURE_CONVERTERS[name](pack=pack)
+    """The tf.data feature converter registered as ``name`` (a seqio ``FeatureConverter``,
+    :class:`EncoderFeatureConverter`, ...): ``converter(ds, task_feature_lengths)``. What it
+    gives is ``features.feature_spec(name, task_feature_lengths, pack)``."""
+    return features.tf_converter(name, pack)
+
+
+def _conform(ds: tf.data.Dataset, specs: Mapping[str, features.FeatureSpec],
+             converter: str) -> tf.data.Dataset:
+    """Batches cast to the spec's dtypes, with the spec's shapes (checked here when static,
+    by ``ensure_shape`` when not)."""
+    got = ds.element_spec
+    if set(got) != set(specs):
+        raise ValueError(f"feature converter {converter!r} gives features {sorted(got)} but "
+                         f"its FeatureSpec lists {sorted(specs)}; fix: make its spec_fn and "
+                         f"tf_impl agree (plug_jax.data.features)")
+    casts, shapes = {}, {}
+    for k, spec in specs.items():
+        want = tf.as_dtype(spec.dtype)
+        have = got[k]
+        if not have.shape[1:].is_compatible_with(spec.shape):
+            raise ValueError(f"feature converter {converter!r} gives {k!r} of shape "
+                             f"{tuple(have.shape[1:])} per example but its FeatureSpec says "
+                             f"{spec.shape}; fix: check task_feature_lengths or the spec_fn")
+        if have.dtype != want:
+            if have.dtype.is_floating and not want.is_floating:
+                raise ValueError(f"feature converter {converter!r} gives {k!r} as "
+                                 f"{have.dtype.name} but its FeatureSpec says {want.name}; "
+                                 f"fix: the spec_fn's dtype (a float is never cast to an int)")
+            casts[k] = want
+        if not have.shape[1:].is_fully_defined():
+            shapes[k] = [None, *spec.shape]
+    if not casts and not shapes:
+        return ds
+
+    def conform(batch):
+        out = {}
+        for k, v in batch.items():
+            v = tf.cast(v, casts[k]) if k in casts else v
+            out[k] = tf.ensure_shape(v, shapes[k]) if k in shapes else v
+        return out
+
+    return ds.map(conform, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _batched_lm_features(batch: dict) -> dict:
@@ -311,8 +333,11 @@ def global_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
                    converter: str = "decoder") -> tf.data.Dataset:
     """The tf.data stream of global batches (not sliced per process, not skipped).
 
-    With ``repeat=False`` the last, partial batch is kept (``BatchIterator`` pads it).
+    With ``repeat=False`` the last, partial batch is kept (``BatchIterator`` pads it). Every
+    feature has the dtype and per-example shape of ``features.feature_spec(converter,
+    task_feature_lengths, pack)``.
     """
+    specs = features.feature_spec(converter, task_feature_lengths, pack)
     provider = _provider(mixture_or_task_name)
     extra = {"try_in_mem_cache": False} if isinstance(provider, seqio.Task) else {}
     ds = provider.get_dataset(
@@ -322,14 +347,17 @@ def global_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
         # A plain LM task: same batches as seqio's DecoderFeatureConverter, but the shift
         # and loss weights are computed per batch (the per-example maps were most of the
         # pipeline's cost; see benchmarks/input_pipeline.py).
-        return _fast_decoder_batches(ds, task_feature_lengths["targets"], global_batch_size,
-                                     pack=pack, drop_remainder=repeat)
-    ds = feature_converter(converter, pack)(ds, dict(task_feature_lengths))
-    return ds.batch(int(global_batch_size), drop_remainder=repeat)
+        ds = _fast_decoder_batches(ds, task_feature_lengths["targets"], global_batch_size,
+                                   pack=pack, drop_remainder=repeat)
+    else:
+        ds = feature_converter(converter, pack)(ds, dict(task_feature_lengths))
+        ds = ds.batch(int(global_batch_size), drop_remainder=repeat)
+    return _conform(ds, specs, converter)
 
 
 class BatchIterator:
-    """Iterator of this process's rows of each global batch (dicts of int32 numpy arrays).
+    """Iterator of this process's rows of each global batch (dicts of numpy arrays with the
+    dtypes and shapes of ``feature_specs``: int32 tokens, float32 pixels, ...).
 
     ``step`` is the number of global batches yielded so far, ``start_step`` included.
     """
@@ -343,7 +371,7 @@ class BatchIterator:
         _check_args(mixture_or_task_name, provider, task_feature_lengths, split,
                     global_batch_size, process_index, process_count, start_step, converter)
         self.task = mixture_or_task_name
-        self.feature_lengths = {k: int(v) for k, v in task_feature_lengths.items()}
+        self.feature_lengths = features.normalize_lengths(task_feature_lengths)
         self.split = split
         self.global_batch_size = int(global_batch_size)
         self.shuffle = bool(shuffle)
@@ -357,6 +385,7 @@ class BatchIterator:
         self.step = int(start_step)
         self._rows = slice(self.process_index * self.local_batch_size,
                            (self.process_index + 1) * self.local_batch_size)
+        self._specs = features.feature_spec(converter, self.feature_lengths, self.pack)
         ds = global_dataset(mixture_or_task_name, self.feature_lengths, split,
                             self.global_batch_size, shuffle=shuffle, seed=seed, repeat=repeat,
                             pack=pack, converter=converter)
@@ -364,12 +393,16 @@ class BatchIterator:
         self._it = None
         _LIVE_ITERATORS.add(self)
 
-    # Shapes, for abstract initialisation and jit ahead of the first batch.
+    # Shapes and dtypes, for abstract initialisation and jit ahead of the first batch.
     @property
-    def feature_shapes(self) -> dict[str, tuple[int, int]]:
-        lengths = feature_converter(self.converter, self.pack).get_model_feature_lengths(
-            self.feature_lengths)
-        return {k: (self.local_batch_size, int(v)) for k, v in lengths.items()}
+    def feature_specs(self) -> dict[str, features.FeatureSpec]:
+        """``{feature: FeatureSpec}``: dtype and per-example shape of every feature."""
+        return dict(self._specs)
+
+    @property
+    def feature_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``{feature: (local batch, *per-example shape)}``."""
+        return {k: s.batched(self.local_batch_size) for k, s in self._specs.items()}
 
     def __iter__(self) -> "BatchIterator":
         return self
@@ -382,9 +415,9 @@ class BatchIterator:
         batch = next(self._it)  # StopIteration ends a repeat=False epoch
         out = {}
         for k, v in batch.items():
-            v = np.asarray(v, dtype=np.int32)
+            v = np.asarray(v)  # already the spec's dtype (global_dataset casts)
             if v.shape[0] < self.global_batch_size:  # last batch of a finite epoch
-                pad = np.zeros((self.global_batch_size - v.shape[0],) + v.shape[1:], np.int32)
+                pad = self._specs[k].zeros(self.global_batch_size - v.shape[0])
                 v = np.concatenate([v, pad])
             out[k] = v[self._rows]
         self.step += 1
@@ -404,7 +437,8 @@ class BatchIterator:
             "seed": self.seed,
             "step": self.step,
             "global_batch_size": self.global_batch_size,
-            "feature_lengths": dict(self.feature_lengths),
+            "feature_lengths": {k: list(v) if isinstance(v, tuple) else v
+                                for k, v in self.feature_lengths.items()},
             "pack": self.pack,
             "shuffle": self.shuffle,
             "repeat": self.repeat,
@@ -436,10 +470,12 @@ def get_batch_iterator(mixture_or_task_name: str, task_feature_lengths: Mapping[
                        start_step: int = 0, converter: str = "decoder") -> BatchIterator:
     """Batches of ``mixture_or_task_name`` for this process.
 
-    Yields dicts of int32 arrays ``[global_batch_size // process_count, length]``:
-    ``decoder_target_tokens``, ``decoder_input_tokens`` (targets shifted right within each
-    segment, 0 first), ``decoder_loss_weights`` (1 on real tokens), and when ``pack``
-    ``decoder_segment_ids`` (1, 2, ... per row, 0 on padding) and ``decoder_positions``.
+    Yields dicts of numpy arrays ``[global_batch_size // process_count, *shape]`` with the
+    dtypes and shapes of ``features.feature_spec(converter, task_feature_lengths, pack)``;
+    for ``decoder``, int32 ``[B/P, length]``: ``decoder_target_tokens``,
+    ``decoder_input_tokens`` (targets shifted right within each segment, 0 first),
+    ``decoder_loss_weights`` (1 on real tokens), and when ``pack`` ``decoder_segment_ids``
+    (1, 2, ... per row, 0 on padding) and ``decoder_positions``.
     Process ``p`` gets rows ``p*B/P : (p+1)*B/P`` of global batch ``n``; ``start_step=n``
     starts at global batch ``n`` of the same stream. With ``repeat=False`` the stream ends
     after one epoch and its last batch is padded with all-zero rows (loss weight 0).

@@ -204,6 +204,14 @@ class Partitioner:
             return NamedSharding(self.mesh, PartitionSpec())
         return NamedSharding(self.mesh, PartitionSpec(BATCH_MESH_AXES, *([None] * (ndim - 1))))
 
+    def batch_shardings(self, batch: Any) -> Any:
+        """The batch sharding of every leaf of ``batch`` (arrays or ``ShapeDtypeStruct`` s,
+        any rank: tokens ``[B, L]``, pixels ``[B, H, W, C]``, frames ``[B, T, H, W, C]``):
+        ``data_sharding(leaf.ndim)``, i.e. the leading dim over the batch mesh axes and every
+        other dim replicated. Same tree structure as ``batch``."""
+        return jax.tree_util.tree_map(
+            lambda x: self.data_sharding(len(getattr(x, "shape", np.shape(x)))), batch)
+
     @property
     def batch_size_multiple(self) -> int:
         """The global batch size must be a multiple of this."""

@@ -60,10 +60,11 @@ class DatasetConfig:
     shuffle: bool = True
     seed: int = 0
     pack: bool = True
-    # Feature converter (plug_jax.data.pipeline.FEATURE_CONVERTERS): 'decoder' (decoder-only
-    # LM), 'encdec' (encoder-decoder: PALM, PLUG; lengths {'inputs', 'targets'}),
-    # 'encdec_mlm' (encdec + the encoder's MLM targets: PLUG stage 2), 'prefix_lm', or
-    # 'encoder' (one example per row, StructBERT; lengths {'inputs'}).
+    # Feature converter (plug_jax.data.features registry): 'decoder' (decoder-only LM),
+    # 'encdec' (encoder-decoder: PALM, PLUG; lengths {'inputs', 'targets'}), 'encdec_mlm'
+    # (encdec + the encoder's MLM targets: PLUG stage 2), 'prefix_lm', 'encoder' (one
+    # example per row, StructBERT; lengths {'inputs'}), 'image_text' (lengths
+    # {'image': (H, W, C), 'targets'}), 'video_text' ({'frames': (T, H, W, C), 'targets'}).
     converter: str = "decoder"
 
 
@@ -161,43 +162,26 @@ def _shard_batch(part: Partitioner, batch: dict) -> dict:
 _CHECKED_ROWS: set = set()
 
 
+def model_feature_specs(cfg: DatasetConfig) -> dict:
+    """Model feature -> ``FeatureSpec`` (dtype, per-example shape) that ``cfg.converter``
+    gives for ``cfg.task_feature_lengths`` and ``cfg.pack``; from the converter registry
+    (``plug_jax.data.features``), without TensorFlow (used for abstract shapes, the batch
+    shardings and ``plug-plan``)."""
+    from plug_jax.data import features
+    try:
+        return features.feature_spec(cfg.converter, cfg.task_feature_lengths, pack=cfg.pack)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+
+
 def model_feature_lengths(cfg: DatasetConfig) -> dict[str, int]:
-    """Model feature -> length for ``cfg.converter`` (seqio's converters, packed layout),
-    without importing the data layer (used for abstract shapes and ``plug-plan``)."""
-    lengths = {k: int(v) for k, v in cfg.task_feature_lengths.items()}
-    decoder = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-               "decoder_segment_ids", "decoder_positions")
-    if cfg.converter == "decoder":
-        return dict.fromkeys(decoder, lengths["targets"])
-    if cfg.converter == "prefix_lm":
-        return dict.fromkeys(decoder, lengths["inputs"] + lengths["targets"])
-    if cfg.converter in ("encdec", "encdec_mlm"):
-        if "inputs" not in lengths:
-            raise TrainError(f"converter {cfg.converter!r} needs an 'inputs' length in "
-                             f"task_feature_lengths {lengths}; fix: e.g. "
-                             f"{{'inputs': 512, 'targets': 128}}")
-        out = dict.fromkeys(("encoder_input_tokens", "encoder_segment_ids",
-                             "encoder_positions"), lengths["inputs"])
-        out.update(dict.fromkeys(decoder, lengths["targets"]))
-        if cfg.converter == "encdec_mlm":  # data.pipeline.EncDecMlmFeatureConverter
-            out.update(dict.fromkeys(("encoder_mlm_targets", "encoder_mlm_weights"),
-                                     lengths["inputs"]))
-        return out
-    if cfg.converter == "encoder":  # data.pipeline.EncoderFeatureConverter
-        if "inputs" not in lengths:
-            raise TrainError(f"converter 'encoder' needs an 'inputs' length in "
-                             f"task_feature_lengths {lengths}; fix: e.g. {{'inputs': 128}}")
-        out = dict.fromkeys(("encoder_input_tokens", "encoder_token_types", "mlm_targets",
-                             "mlm_weights", "structural_weights"), lengths["inputs"])
-        out["label"] = 1
-        return out
-    raise TrainError(f"unknown converter {cfg.converter!r}; use 'decoder', 'encdec', "
-                     f"'encdec_mlm', 'prefix_lm' or 'encoder'")
+    """Model feature -> length for the rank-1 (token) features of ``cfg.converter``."""
+    return {k: s.shape[0] for k, s in model_feature_specs(cfg).items() if len(s.shape) == 1}
 
 
 def _dummy_batch(cfg: DatasetConfig) -> dict:
-    return {name: np.zeros((cfg.batch_size, n), np.int32)
-            for name, n in model_feature_lengths(cfg).items()}
+    """All-zero global batch with each feature's dtype and ``[batch, *shape]``."""
+    return {name: spec.zeros(cfg.batch_size) for name, spec in model_feature_specs(cfg).items()}
 
 
 def _vocab_fingerprint(cfg: DatasetConfig) -> str | None:
@@ -403,7 +387,8 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
             f"batch size that is a multiple of {k * multiple} or change the mesh")
     schedule = learning_rate if callable(learning_rate) else (lambda s: jnp.float32(learning_rate))
     tx = optimizer(learning_rate=schedule)
-    builder = StateBuilder(model, part, tx, _dummy_batch(train_dataset_cfg))
+    dummy_batch = _dummy_batch(train_dataset_cfg)
+    builder = StateBuilder(model, part, tx, dummy_batch)
     lengths = train_dataset_cfg.task_feature_lengths
     length = int(lengths["targets"] if "targets" in lengths else lengths["inputs"])
     identity = dict(model.metadata())
@@ -486,7 +471,7 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
             return inner(st, b, r)
 
     state_sh = builder.state_shardings()
-    batch_sh = part.data_sharding(2)  # every batch feature is [batch, length]
+    batch_sh = part.batch_shardings(dummy_batch)  # leading dim over the batch axes
     step_fn = part.jit(train_step, in_shardings=(state_sh, batch_sh, None),
                        out_shardings=(state_sh, None), donate_argnums=(0,))
     eval_fn = part.jit(make_eval_step(model)) if eval_dataset_cfg else None

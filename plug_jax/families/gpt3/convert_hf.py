@@ -26,6 +26,16 @@ import numpy as np
 from plug_jax.convert import io as cio
 from plug_jax.families.gpt3.config import GPT3Config
 
+# These converters produce the gpt3 family only (the ``family`` arguments are for callers
+# that pass it explicitly).
+SUPPORTED_FAMILIES = ("gpt3",)
+
+
+def check_family(family: str, api: str) -> None:
+    if family not in SUPPORTED_FAMILIES:
+        raise ValueError(f"{api}: unknown family {family!r}; supported families: "
+                         f"{', '.join(SUPPORTED_FAMILIES)}")
+
 # HF activation_function -> GPT3Config.activation
 HF_ACTIVATIONS = {
     "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
@@ -171,7 +181,7 @@ def from_transformers(model_or_dir: Any, family: str = "gpt3", *, config: Any = 
       ``params`` collection of ``GPT3LM(config)``.
     """
     api = "from_transformers"
-    cio.check_family(family, api)
+    check_family(family, api)
     hf_cfg, sd = _load_source(model_or_dir, config)
     cfg = gpt3_config_from_hf(hf_cfg, scan_layers=scan_layers)
     sd = {(k[len("transformer."):] if k.startswith("transformer.") else k): v
@@ -220,8 +230,26 @@ def from_transformers(model_or_dir: Any, family: str = "gpt3", *, config: Any = 
         more = f" (and {len(leftover) - 1} more)" if len(leftover) > 1 else ""
         raise ValueError(f"{api}: unexpected tensor {leftover[0]!r}{more} is not part of a GPT-2 "
                          f"LM; pass strict=False to ignore it")
-    cio.check_params_match(cfg, params, api)
+    check_params_match(cfg, params, api)
     return cfg, params
+
+
+def check_params_match(config: Any, params: Mapping, api: str) -> None:
+    """Raises one line if ``params`` differ in keys or shapes from ``GPT3LM(config)``."""
+    from flax import linen as nn
+
+    from plug_jax.families.gpt3.network import abstract_params
+
+    want = {k: tuple(v.shape) for k, v in cio.flatten_tree(nn.unbox(abstract_params(config))).items()}
+    got = {k: tuple(np.shape(v)) for k, v in cio.flatten_tree(params).items()}
+    for k in sorted(set(want) | set(got)):
+        if k not in got:
+            raise ValueError(f"{api}: converted params lack {k} that GPT3LM(config) expects")
+        if k not in want:
+            raise ValueError(f"{api}: converted params have {k} that GPT3LM(config) does not use")
+        if want[k] != got[k]:
+            raise ValueError(f"{api}: converted {k} has shape {got[k]}, GPT3LM(config) expects "
+                             f"{want[k]}")
 
 
 # ------------------------------------------------------------------------------ export
@@ -236,7 +264,7 @@ def to_transformers(config: GPT3Config, params: Mapping, family: str = "gpt3") -
     import torch
 
     api = "to_transformers"
-    cio.check_family(family, api)
+    check_family(family, api)
     to_transformers_config(config)  # validates that GPT-2 can express the config
     p = cio.unbox_params(params)
     d, heads, hd = config.hidden_size, config.num_heads, config.kv_dim

@@ -64,6 +64,7 @@ import numpy as np
 
 from plug_jax.convert import io as cio
 from plug_jax.families.gpt3.config import GPT3Config
+from plug_jax.families.gpt3.convert_hf import check_family, check_params_match
 
 LAYOUTS = ("backbone", "megatron")
 QKV_ORDERS = ("blockwise", "per_head")
@@ -267,7 +268,7 @@ def from_modelscope(state_dict_or_dir: Any, family: str = "gpt3", config: Any = 
       strict: raise on tensors that are not used.
     """
     api = "from_modelscope"
-    cio.check_family(family, api)
+    check_family(family, api)
     if layout not in LAYOUTS + ("auto",):
         raise ValueError(f"{api}: unknown layout {layout!r}; choose one of auto, "
                          f"{', '.join(LAYOUTS)}")
@@ -380,5 +381,5 @@ def from_modelscope(state_dict_or_dir: Any, family: str = "gpt3", config: Any = 
         more = f" (and {len(leftover) - 1} more)" if len(leftover) > 1 else ""
         raise ValueError(f"{api}: unexpected tensor {leftover[0]!r}{more} in the {layout} layout; "
                          f"pass strict=False to ignore it")
-    cio.check_params_match(cfg, params, api)
+    check_params_match(cfg, params, api)
     return cfg, params

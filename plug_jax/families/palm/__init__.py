@@ -4,3 +4,5 @@ from plug_jax.families.palm.network import PalmModel, abstract_params, param_cou
 
 __all__ = ["PRESETS", "PUBLISHED_PARAMS", "PalmConfig", "PalmModel", "abstract_params",
            "param_count"]
+
+from plug_jax.families.palm.family import FAMILY  # noqa: E402  (the registry reads it)

@@ -58,7 +58,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from plug_jax.convert import io as cio
-from plug_jax.convert.hf_bert import _dense, _layer_entries, _ln, _transforms
+from plug_jax.families.structbert.convert_hf import _dense, _layer_entries, _ln, _transforms
 from plug_jax.families.palm.config import PalmConfig
 
 LAYOUTS = ("alicemind", "modelscope")

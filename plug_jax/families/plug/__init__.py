@@ -4,3 +4,5 @@ from plug_jax.families.plug.network import PlugDecoderLayer, PlugModel, abstract
 
 __all__ = ["PRESETS", "PUBLISHED_PARAMS", "PlugConfig", "PlugDecoderLayer", "PlugModel",
            "abstract_params", "param_count"]
+
+from plug_jax.families.plug.family import FAMILY  # noqa: E402  (the registry reads it)

@@ -5,3 +5,5 @@ from plug_jax.families.structbert.network import (BertEncoder, BertLayer, MLMHea
                                                   StructBERTForSequenceClassification,
                                                   abstract_params,
                                                   param_count)
+
+from plug_jax.families.structbert.family import FAMILY  # noqa: E402  (the registry reads it)

@@ -1,0 +1,52 @@
+"""Pieces every plug_jax command shares: the base flag parser, the user-error classes that
+become one ``error:`` line and exit 2, and gin's configured version of a function.
+
+``plug_jax.main`` (plug-train / -eval / -infer) and ``plug_jax.plan`` (plug-plan) both build
+on these; neither imports the other's module for them.
+"""
+from __future__ import annotations
+
+import argparse
+
+MODES = ("train", "eval", "infer", "plan")
+DESCRIPTION = "plug_jax: train, evaluate, generate from and plan the AliceMind / X-PLUG models."
+
+
+def base_parser(prog: str, mode: str | None) -> argparse.ArgumentParser:
+    """``--gin_file``, ``--gin_search_paths``, ``--print_config``, ``--prompt`` and the
+    multi-process flags; ``--mode`` when no mode is fixed by the command's name."""
+    ap = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    if mode is None:
+        ap.add_argument("--mode", choices=MODES, default="train")
+    ap.add_argument("--gin_file", action="append", default=[],
+                    help="gin file (repeatable), relative to the search paths or a path")
+    ap.add_argument("--gin_search_paths", default=None,
+                    help="comma-separated folders for gin files and includes "
+                         "(default: the installed gin_configs/)")
+    ap.add_argument("--print_config", action="store_true",
+                    help="print every gin binding and where it was set, then exit")
+    ap.add_argument("--prompt", action="append", default=None,
+                    help="(infer) a prompt; repeatable; overrides the gin-bound prompts")
+    from plug_jax import distributed
+    distributed.add_flags(ap)  # --coordinator_address, --num_processes, --process_id, ...
+    return ap
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input: printed as one line, exit status 2."""
+    from plug_jax.distributed import DistributedError
+    from plug_jax.gin_utils import GinConfigError
+    from plug_jax.partitioning import MeshError, PartitioningError
+    from plug_jax.trainer.checkpointing import CheckpointError
+    from plug_jax.trainer.loop import TrainError
+    return (GinConfigError, MeshError, PartitioningError, CheckpointError, TrainError,
+            DistributedError)
+
+
+def configurable(fn):
+    """gin's configured version of ``fn`` when a gin file binds it, else ``fn`` itself."""
+    import gin
+    try:
+        return gin.get_configurable(fn)
+    except (KeyError, ValueError):
+        return fn

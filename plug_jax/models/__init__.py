@@ -1,0 +1,30 @@
+"""Task wrappers in the t5x sense: a family network plus its loss, metrics and decoding.
+
+A model object is what the trainer and ``plug-infer`` talk to. It is a frozen
+dataclass (hashable, so it can be a static argument of jitted functions)::
+
+    model.init_params(rng, batch)                      -> boxed params (use the partitioner)
+    model.loss_sums(params, batch, rng, deterministic) -> dict of float32 sums
+    model.flops_per_token(seq_len)                     -> training FLOPs per token
+    model.decode_fns()                                 -> (step_fn, init_cache_fn) for decoding
+    model.encode(params, encoder_features)             -> encoded (encoder-decoder models)
+    model.family, model.config, model.metadata()
+
+Batches use seqio's decoder feature names: ``decoder_input_tokens``,
+``decoder_target_tokens``, ``decoder_loss_weights`` and, for packed batches,
+``decoder_segment_ids`` and ``decoder_positions``.
+
+The wrappers live in one module each: ``decoder_lm`` (:class:`DecoderOnlyLM`), ``encdec_lm``
+(:class:`EncoderDecoderLM`), ``encoder`` (:class:`EncoderModel`); ``base`` has what they
+share. Gin files name them as ``models.DecoderOnlyLM`` etc. after
+``import plug_jax.models as models``.
+"""
+from plug_jax.models.base import (SOWN_COLLECTIONS, add_moe_sums, collect_sown, count_params,
+                                  encoder_families, family_spec, model_metadata, token_ce)
+from plug_jax.models.decoder_lm import DecoderOnlyLM, gpt3
+from plug_jax.models.encdec_lm import EncoderDecoderLM
+from plug_jax.models.encoder import ENCODER_OBJECTIVES, EncoderModel
+
+__all__ = ["DecoderOnlyLM", "ENCODER_OBJECTIVES", "EncoderDecoderLM", "EncoderModel",
+           "SOWN_COLLECTIONS", "add_moe_sums", "collect_sown", "count_params",
+           "encoder_families", "family_spec", "gpt3", "model_metadata", "token_ce"]
