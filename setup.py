@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets==4.9.10",
     "importlib_resources==7.1.0",  # tensorflow-datasets imports it when preparing a builder
     "sentencepiece==0.2.3",
+    "pillow==13.0.0",  # plug_jax.data.media: images / videos named by prompts (no TensorFlow)
 ]
 
 EXTRAS = {

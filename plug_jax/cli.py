@@ -27,6 +27,13 @@ def base_parser(prog: str, mode: str | None) -> argparse.ArgumentParser:
                     help="print every gin binding and where it was set, then exit")
     ap.add_argument("--prompt", action="append", default=None,
                     help="(infer) a prompt; repeatable; overrides the gin-bound prompts")
+    if mode in (None, "infer", "eval"):
+        ap.add_argument("--prompts_jsonl", default=None, metavar="PATH",
+                        help="(infer, eval) prompts, one JSON object a line with keys among "
+                             "text, image, video (paths relative to the file's folder); "
+                             "see docs/media_prompts.md")
+    else:
+        ap.set_defaults(prompts_jsonl=None)
     from plug_jax import distributed
     distributed.add_flags(ap)  # --coordinator_address, --num_processes, --process_id, ...
     return ap
@@ -38,9 +45,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from plug_jax.gin_utils import GinConfigError
     from plug_jax.partitioning import MeshError, PartitioningError
     from plug_jax.trainer.checkpointing import CheckpointError
+    from plug_jax.data.media import MediaError
     from plug_jax.trainer.loop import TrainError
     return (GinConfigError, MeshError, PartitioningError, CheckpointError, TrainError,
-            DistributedError)
+            DistributedError, MediaError)
 
 
 def configurable(fn):
