@@ -71,9 +71,15 @@ def run(argv: Sequence[str] | None = None, mode: str | None = None, prog: str = 
             from plug_jax.trainer import generation_eval  # runs/eval_generation.gin
             fn = (generation_eval.evaluate_generation if generation_eval.selected_by_gin()
                   else loop.evaluate)
-            gin_utils.call_with_gin_errors(configurable(fn))
+            kw = {"prompts_jsonl": args.prompts_jsonl} if args.prompts_jsonl else {}
+            if kw and fn is not loop.evaluate:
+                raise ValueError("--prompts_jsonl does not apply to the generation eval "
+                                 "(EVAL_GENERATION = True); drop one of them")
+            gin_utils.call_with_gin_errors(configurable(fn), **kw)
         else:
             kw = {"prompts": args.prompt} if args.prompt else {}
+            if args.prompts_jsonl:
+                kw["prompts_jsonl"] = args.prompts_jsonl
             gin_utils.call_with_gin_errors(configurable(loop.infer), **kw)
     except user_errors() as e:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)

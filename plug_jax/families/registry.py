@@ -87,7 +87,8 @@ def get(name: str) -> FamilySpec:
     env = _from_env()
     if name in env:
         return env[name]
-    raise ValueError(f"unknown family {name!r}; known families: {', '.join(names())}")
+    known = ", ".join(s.name for s in specs())  # in listing order (the order they joined)
+    raise ValueError(f"unknown family {name!r}; known families: {known}")
 
 
 def specs() -> list[FamilySpec]:

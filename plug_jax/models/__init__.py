@@ -15,16 +15,17 @@ Batches use seqio's decoder feature names: ``decoder_input_tokens``,
 ``decoder_segment_ids`` and ``decoder_positions``.
 
 The wrappers live in one module each: ``decoder_lm`` (:class:`DecoderOnlyLM`), ``encdec_lm``
-(:class:`EncoderDecoderLM`), ``encoder`` (:class:`EncoderModel`); ``base`` has what they
-share. Gin files name them as ``models.DecoderOnlyLM`` etc. after
+(:class:`EncoderDecoderLM`), ``encoder`` (:class:`EncoderModel`), ``dual_encoder``
+(:class:`DualEncoder`: contrastive, a whole-batch objective); ``base`` has what they share. Gin files name them as ``models.DecoderOnlyLM`` etc. after
 ``import plug_jax.models as models``.
 """
 from plug_jax.models.base import (SOWN_COLLECTIONS, add_moe_sums, collect_sown, count_params,
                                   encoder_families, family_spec, model_metadata, token_ce)
 from plug_jax.models.decoder_lm import DecoderOnlyLM, gpt3
+from plug_jax.models.dual_encoder import DualEncoder
 from plug_jax.models.encdec_lm import EncoderDecoderLM
 from plug_jax.models.encoder import ENCODER_OBJECTIVES, EncoderModel
 
-__all__ = ["DecoderOnlyLM", "ENCODER_OBJECTIVES", "EncoderDecoderLM", "EncoderModel",
+__all__ = ["DecoderOnlyLM", "DualEncoder", "ENCODER_OBJECTIVES", "EncoderDecoderLM", "EncoderModel",
            "SOWN_COLLECTIONS", "add_moe_sums", "collect_sown", "count_params",
            "encoder_families", "family_spec", "gpt3", "model_metadata", "token_ce"]

@@ -475,6 +475,8 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
     step_fn = part.jit(train_step, in_shardings=(state_sh, batch_sh, None),
                        out_shardings=(state_sh, None), donate_argnums=(0,))
     eval_fn = part.jit(make_eval_step(model)) if eval_dataset_cfg else None
+    outputs_fn = (part.jit(model.eval_outputs)
+                  if eval_dataset_cfg and hasattr(model, "eval_outputs") else None)
 
     def save(step: int, force: bool = False):
         data = train_it.state() if train_it is not None else {"step": step}
@@ -483,17 +485,8 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
         checkpointer.save(step, state.arrays(), data, get_config(), meta, force=force)
 
     def run_eval(step: int) -> dict:
-        it = _batch_iterator(eval_dataset_cfg, repeat=False, shuffle=False)
-        sums = None
-        for i, b in enumerate(it):
-            if i >= eval_steps:
-                break
-            out = jax.device_get(eval_fn(state.params, _shard_batch(part, b)))
-            sums = out if sums is None else {n: sums[n] + out[n] for n in sums}
-        if sums is None:
-            raise TrainError(f"evaluation split {eval_dataset_cfg.split!r} of "
-                             f"{eval_dataset_cfg.mixture_or_task_name} gave no batches")
-        res = finalize_eval(sums)
+        res = _evaluate_batches(model, part, state.params, eval_dataset_cfg, eval_steps,
+                                eval_fn, outputs_fn)
         row = {f"eval/{n}": v for n, v in res.items()}
         base = unigram() if eval_baseline else None
         if base is not None:
@@ -580,7 +573,8 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
                 # Scalars as floats; per-layer MoE statistics as (nested) lists.
                 row = {k_: float(v) if np.ndim(v) == 0 else np.asarray(v).tolist()
                        for k_, v in metrics.items() if k_ not in ("skipped",)}
-                row.update(tokens_per_sec=tok_s, steps_per_sec=steps_window / dt,
+                row.update(tokens_per_sec=tok_s, examples_per_sec=steps_window * batch / dt,
+                           steps_per_sec=steps_window / dt,
                            mfu=flops_per_step * steps_window / dt / peak_flops,
                            skipped_steps=skipped)
                 if stage_before is not None:  # the stage this step's batch came from
@@ -588,8 +582,10 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
                 logger.write(step, row)
                 done = step - start_for_eta
                 eta = (train_steps - step) * (now - t_start) / max(done, 1)
+                speed = (f"{tok_s:,.0f} tok/s" if getattr(model, "token_loss", True)
+                         else f"{row['examples_per_sec']:,.1f} examples/s")
                 _say(f"step {step}/{train_steps} | loss {row['loss']:.4f} | "
-                     f"{row['steps_per_sec']:.2f} steps/s | {tok_s:,.0f} tok/s | "
+                     f"{row['steps_per_sec']:.2f} steps/s | {speed} | "
                      f"mfu {100 * row['mfu']:.1f}% | ETA {format_duration(eta)}"
                      + (f" | skipped {skipped} non-finite step(s)" if skipped else ""))
                 t_window, steps_window = time.time(), 0
@@ -643,9 +639,46 @@ def load_for_inference(model, model_dir: str, dataset_cfg: DatasetConfig,
     return params, step, part
 
 
+def _gather_rows(tree):
+    """A pytree of global arrays (batch axis first) -> numpy on this host (all processes'
+    rows)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        return jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(tree,
+                                                                                    tiled=True))
+    return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+
+
+def _evaluate_batches(model, part: Partitioner, params, cfg: DatasetConfig, eval_steps: int,
+                      eval_fn, outputs_fn=None) -> dict:
+    """Sums of ``eval_fn`` over at most ``eval_steps`` batches -> loss and metrics; with
+    ``outputs_fn`` (``model.eval_outputs``), also the per-example outputs of every batch,
+    gathered and passed once to ``model.whole_set_metrics`` (retrieval over all candidates,
+    corpus-level scores)."""
+    sums, gathered = None, []
+    it = _batch_iterator(cfg, repeat=False, shuffle=False)
+    for i, b in enumerate(it):
+        if i >= eval_steps:
+            break
+        sharded = _shard_batch(part, b)
+        out = jax.device_get(eval_fn(params, sharded))
+        sums = out if sums is None else {n: sums[n] + out[n] for n in sums}
+        if outputs_fn is not None:
+            gathered.append(_gather_rows(outputs_fn(params, sharded)))
+    if sums is None:
+        raise TrainError(f"evaluation split {cfg.split!r} of {cfg.mixture_or_task_name} gave "
+                         f"no batches")
+    res = finalize_eval(sums, perplexity=getattr(model, "token_loss", True))
+    if gathered:
+        outputs = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *gathered)
+        res.update(model.whole_set_metrics(params, outputs))
+    return res
+
+
 def _eval_summary(model, res: Mapping) -> str:
     """One line of eval numbers: LMs print loss, perplexity and token accuracy; models with
-    an ``accuracy_name`` (encoders) print loss, that accuracy and their objective terms."""
+    an ``accuracy_name`` (encoders, dual encoders) print loss, that accuracy, their
+    objective terms and whole-set metrics (R@K)."""
     name = getattr(model, "accuracy_name", None)
     if name is None:
         return (f"loss {res['loss']:.4f}  perplexity {res['perplexity']:.2f}  "
@@ -653,24 +686,34 @@ def _eval_summary(model, res: Mapping) -> str:
     extra = "".join(f"  {k.replace('_', ' ')} {res[k]:.4f}" for k in
                     ("mlm_loss", "mlm_accuracy", "structural_loss", "structural_accuracy")
                     if isinstance(res.get(k), float))
+    recall = [k for k in res if "_r@" in k]
+    if recall:
+        extra += "  |  whole set ({} candidates): {}  mean recall {:.4f}".format(
+            int(res.get("retrieval_candidates", 0)),
+            " ".join(f"{k} {res[k]:.3f}" for k in recall), res["mean_recall"])
     return (f"loss {res['loss']:.4f}  {name} {res['accuracy']:.4f}  "
             f"({int(res['tokens'])} examples){extra}")
 
 
 def evaluate(*, model, model_dir: str, eval_dataset_cfg: DatasetConfig,
              mesh: MeshConfig = MeshConfig(), eval_steps: int = 20,
-             metric_writer: Any = None) -> dict:
-    """Loss, perplexity and token accuracy of the latest checkpoint in ``model_dir``."""
+             metric_writer: Any = None, prompts_jsonl: str | None = None) -> dict:
+    """Loss, perplexity and token accuracy of the latest checkpoint in ``model_dir``.
+
+    ``prompts_jsonl`` (dual encoders): evaluate retrieval over your own pairs instead, one
+    JSON object per line with ``image`` (or ``video``) and ``text``; lines with equal text
+    are positives of each other."""
     params, step, part = load_for_inference(model, model_dir, eval_dataset_cfg, mesh)
+    if prompts_jsonl:
+        res = _evaluate_jsonl_pairs(model, jax.device_get(params), eval_dataset_cfg,
+                                    prompts_jsonl)
+        _say(f"eval of {model_dir} @ step {step} on {prompts_jsonl}: " + "  ".join(
+            f"{k} {v:.4f}" for k, v in res.items()))
+        return res
     eval_fn = part.jit(make_eval_step(model))
-    sums = None
-    it = _batch_iterator(eval_dataset_cfg, repeat=False, shuffle=False)
-    for i, b in enumerate(it):
-        if i >= eval_steps:
-            break
-        out = jax.device_get(eval_fn(params, _shard_batch(part, b)))
-        sums = out if sums is None else {n: sums[n] + out[n] for n in sums}
-    res = finalize_eval(sums)
+    outputs_fn = part.jit(model.eval_outputs) if hasattr(model, "eval_outputs") else None
+    res = _evaluate_batches(model, part, params, eval_dataset_cfg, eval_steps, eval_fn,
+                            outputs_fn)
     logger = MetricsLogger(model_dir, metric_writer)
     logger.write(step, {f"eval/{n}": v for n, v in res.items()})
     logger.close()
@@ -685,12 +728,26 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
           top_k: int = 0, top_p: float = 0.9, num_beams: int = 4,
           length_penalty: float = 1.0, length_penalty_form: str = "power", seed: int = 0,
           vocabulary=None,
-          params=None) -> list[dict]:
-    """Prints continuations of ``prompts`` with each decoding method; returns them."""
+          params=None, prompts_jsonl: str | None = None) -> list[dict]:
+    """Prints continuations of ``prompts`` with each decoding method; returns them.
+
+    Dual encoders (models with ``rank``) rank texts for images instead: see
+    :func:`_infer_ranking`. ``prompts_jsonl`` adds the prompts of a JSONL file (one object
+    per line: ``text``, ``image``, ``video``; :mod:`plug_jax.data.media`)."""
     from plug_jax import decoding
     if vocabulary is None:
         from plug_jax.data.pipeline import task_vocabulary
         vocabulary = task_vocabulary(dataset_cfg.mixture_or_task_name)
+    # Read every image / video and check the prompts before restoring anything.
+    items = None
+    if hasattr(model, "rank"):
+        items = _load_media_prompts(list(prompts), prompts_jsonl, dataset_cfg)
+    else:
+        if prompts_jsonl:  # text models: a line naming an image or video is refused
+            from plug_jax.data import media
+            prompts = list(prompts) + [ex.get("text", "") for ex in media.load_prompts(
+                [], prompts_jsonl, image_size=None, num_frames=None)]
+        _refuse_media(prompts, model)
     if params is None:
         params, step, _ = load_for_inference(model, model_dir, dataset_cfg, mesh)
     else:
@@ -699,6 +756,8 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
         from jax.experimental import multihost_utils
         params = multihost_utils.process_allgather(params, tiled=True)
     params = jax.device_get(params)
+    if hasattr(model, "rank"):  # dual encoders: rank texts for images (or videos)
+        return _infer_ranking(model, params, dataset_cfg, items, vocabulary, model_dir, step)
     if hasattr(model, "infer_texts"):  # encoders: labels (and [MASK] fills), no decoding
         results = model.infer_texts(params, vocabulary, list(prompts))
         if jax.process_index() == 0:
@@ -762,6 +821,111 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
         print(f"continuations from {model_dir}" + (f" @ step {step}" if step is not None else ""))
         for res in results:
             print(f"[{res['method']}] {res['prompt']} ▸ {res['continuation']}", flush=True)
+    return results
+
+
+def _media_sizes(dataset_cfg: DatasetConfig) -> dict:
+    lengths = dict(dataset_cfg.task_feature_lengths)
+    image = lengths.get("image")
+    frames = lengths.get("frames")
+    size = tuple(image[:2]) if image else (tuple(frames[1:3]) if frames else (224, 224))
+    return {"image_size": size, "num_frames": int(frames[0]) if frames else 8}
+
+
+def _load_media_prompts(prompts, jsonl, dataset_cfg: DatasetConfig) -> list[dict]:
+    from plug_jax.data import media
+    return media.load_prompts(list(prompts), jsonl, **_media_sizes(dataset_cfg))
+
+
+def _evaluate_jsonl_pairs(model, params, dataset_cfg: DatasetConfig, jsonl: str) -> dict:
+    if not hasattr(model, "rank"):
+        raise TrainError(f"plug-eval --prompts_jsonl scores retrieval over image-text pairs, "
+                         f"which {type(model).__name__} ({model.family}) does not do; fix: "
+                         f"evaluate on the gin-bound eval split (drop --prompts_jsonl)")
+    from plug_jax.data.pipeline import task_vocabulary
+    from plug_jax.metrics import retrieval
+    items = _load_media_prompts([], jsonl, dataset_cfg)
+    key = "frames" if "frames" in dict(dataset_cfg.task_feature_lengths) else "image"
+    bad = [i + 1 for i, it in enumerate(items) if key not in it or not it.get("text")]
+    if bad:
+        raise TrainError(f"{jsonl}: pair {bad[0]} lacks {'a video' if key == 'frames' else 'an image'}"
+                         f" or a text; fix: give every line both")
+    vocabulary = task_vocabulary(dataset_cfg.mixture_or_task_name)
+    texts = [it["text"] for it in items]
+    scores = np.asarray(jax.device_get(model.rank(
+        params, {key: np.stack([it[key] for it in items]).astype(np.float32)},
+        {"decoder_target_tokens": _text_ids(texts, vocabulary, dataset_cfg)})), np.float64)
+    keys = np.asarray(texts, dtype=object)
+    pos = np.array([[a == b for b in keys] for a in keys])
+    a, b = model.side_names
+    return retrieval.two_way_recall(scores, pos, model.recall_ks, names=(f"{a}2{b}", f"{b}2{a}"))
+
+
+def _text_ids(texts, vocabulary, dataset_cfg: DatasetConfig) -> np.ndarray:
+    """Texts -> ``[N, targets length]`` ids ending in EOS (as the task tokenizes them)."""
+    length = int(dict(dataset_cfg.task_feature_lengths)["targets"])
+    eos = getattr(vocabulary, "eos_id", 1)
+    ids = np.zeros((len(texts), length), np.int32)
+    for r, t in enumerate(texts):
+        e = list(vocabulary.encode(t))[:length - 1] + [eos]
+        ids[r, :len(e)] = e
+    return ids
+
+
+def _refuse_media(prompts, model) -> None:
+    for p in prompts:
+        if p.lstrip().startswith(("image:", "video:")):
+            raise TrainError(f"prompt {p!r} names an image or video but {model.family} "
+                             f"({type(model).__name__}) reads text only; fix: drop the "
+                             f"image:/video: prefix or use an image-text family")
+
+
+def _infer_ranking(model, params, dataset_cfg: DatasetConfig, items: list[dict],
+                   vocabulary, model_dir: str, step) -> list[dict]:
+    """Dual-encoder inference: every image (or video) prompt against every text.
+
+    Images come from ``image:PATH`` / ``video:PATH`` prompts (and ``prompts_jsonl``); texts
+    from plain prompts and from the text after ``|``. With no image prompt, the first four
+    examples of ``dataset_cfg``'s split are used, and with no text their captions (so a
+    bare ``plug-infer`` shows the model matching held-out images to their captions). Prints,
+    for each image, the texts by score; returns ``[{'image', 'ranking': [(text, score)]}]``.
+    """
+    media_key = "frames" if "frames" in dict(dataset_cfg.task_feature_lengths) else "image"
+    rows = [(it.get("source", f"prompt {i}"), it[media_key])
+            for i, it in enumerate(items) if media_key in it]
+    other = "image" if media_key == "frames" else "frames"
+    if any(other in it for it in items):
+        raise TrainError(f"{model.family} reads {media_key!r} inputs; a prompt gives "
+                         f"{other!r}; fix: pass {'video:' if media_key == 'frames' else 'image:'}"
+                         f" prompts")
+    texts = [it["text"] for it in items if it.get("text")]
+    if not rows:
+        it = _batch_iterator(dataclasses.replace(dataset_cfg, batch_size=4), repeat=False,
+                             shuffle=False)
+        b = next(iter(it))
+        toks = np.asarray(b["decoder_target_tokens"])
+        for r in range(toks.shape[0]):
+            rows.append((f"{dataset_cfg.split}[{r}]", np.asarray(b[media_key][r])))
+        if not texts:
+            eos = getattr(vocabulary, "eos_id", 1)
+            for r in range(toks.shape[0]):
+                t = [int(x) for x in toks[r] if x > 0]
+                texts.append(vocabulary.decode(t[:t.index(eos)] if eos in t else t))
+    if not texts:
+        raise TrainError("no texts to rank: give plain text prompts (or 'image:PATH|text')")
+    scores = np.asarray(jax.device_get(model.rank(
+        params, {media_key: np.stack([x for _, x in rows]).astype(np.float32)},
+        {"decoder_target_tokens": _text_ids(texts, vocabulary, dataset_cfg)})))
+    results = []
+    for (name, _), row in zip(rows, scores):
+        order = np.argsort(-row, kind="stable")
+        results.append({"image": name, "ranking": [(texts[j], float(row[j])) for j in order]})
+    if jax.process_index() == 0:
+        print(f"rankings from {model_dir}" + (f" @ step {step}" if step is not None else ""))
+        for res in results:
+            best, score = res["ranking"][0]
+            print(f"[{media_key}] {res['image']} ▸ {best!r} (score {score:.2f}; "
+                  f"{len(texts)} texts)", flush=True)
     return results
 
 

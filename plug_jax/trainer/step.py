@@ -11,6 +11,26 @@
   old params and optimizer state (``skipped = 1``) and only the step counter advances,
   so the data position stays in step with the counter. Whether the loop then goes on
   or stops is the ``nonfinite`` policy of the loop.
+
+Two kinds of objective (``model.objective``, default ``'additive'``):
+
+* ``'additive'``: ``model.loss_sums(params, batch, rng, deterministic)`` returns sums over
+  examples or tokens (``loss`` and its denominator ``weight``, plus metric sums); sums of
+  microbatches add up to the sums of the whole batch.
+* ``'global'``: the loss couples the examples of the batch (a contrastive loss whose
+  negatives are the other examples). The model splits it in two:
+  ``model.embed(params, batch, rng, deterministic) -> per-example pytree`` (leading batch
+  axis) and ``model.global_loss_sums(params, embeddings, batch) -> sums`` over the embeddings
+  of the *whole global batch*. With ``k`` microbatches the step runs the exact gradient
+  cache of Gao et al. 2021 (GradCache): embed each microbatch without keeping activations,
+  take the loss and its gradient with respect to all embeddings at once, then re-run each
+  microbatch's embedding with ``jax.vjp`` and pull that microbatch's slice of the embedding
+  gradient back to the parameters. The result equals the one-batch gradient (each
+  microbatch's dropout key is the same in both passes); memory is one microbatch's
+  activations plus the ``[B, ...]`` embeddings. Across devices nothing extra is needed:
+  under ``jit`` the embeddings are one global array sharded over the batch axes, and XLA
+  gathers them for the ``[B, B]`` similarity, so the negatives span every device (and
+  every process).
 """
 from __future__ import annotations
 
@@ -95,6 +115,10 @@ def make_train_step(model, num_microbatches: int = 1,
     """
     k = int(num_microbatches or 1)
     factors = dict(DEFAULT_AUX_LOSS_FACTORS if aux_loss_factors is None else aux_loss_factors)
+    if objective_kind(model) == "global":
+        batch_sums_and_grads = _global_sums_and_grads(model, k)
+    else:
+        batch_sums_and_grads = None
 
     def sums_and_grads(params, mb, rng):
         def f(p):
@@ -105,7 +129,9 @@ def make_train_step(model, num_microbatches: int = 1,
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
-        if k == 1:
+        if batch_sums_and_grads is not None:
+            sums, grads = batch_sums_and_grads(state.params, batch, rng)
+        elif k == 1:
             sums, grads = sums_and_grads(state.params, batch, rng)
         else:
             mbs = _split(batch, k)
@@ -135,14 +161,16 @@ def make_train_step(model, num_microbatches: int = 1,
             lambda a, b: jnp.where(ok, a, b), new, old)
         new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
                                   opt_state=keep(new_opt, state.opt_state))
-        metrics = {
-            "loss": loss,
-            "z_loss": sums["z_loss"] / denom,
-            "accuracy": sums["correct"] / denom,
+        metrics = {"loss": loss}
+        if "z_loss" in sums:
+            metrics["z_loss"] = sums["z_loss"] / denom
+        if "correct" in sums:
+            metrics["accuracy"] = sums["correct"] / denom
+        metrics.update({
             "grad_norm": grad_norm,
             "tokens": sums["weight"],
             "skipped": (~ok).astype(jnp.int32),
-        }
+        })
         metrics.update(extra_metrics(sums, denom))
         if learning_rate_fn is not None:
             metrics["learning_rate"] = learning_rate_fn(state.step)
@@ -151,21 +179,87 @@ def make_train_step(model, num_microbatches: int = 1,
     return train_step
 
 
+def objective_kind(model) -> str:
+    """``'additive'`` (sums over examples / tokens) or ``'global'`` (a whole-batch loss)."""
+    kind = getattr(model, "objective", "additive")
+    if kind not in ("additive", "global"):
+        raise ValueError(f"{type(model).__name__}.objective is {kind!r}; it must be "
+                         f"'additive' or 'global'")
+    if kind == "global" and not (hasattr(model, "embed") and hasattr(model, "global_loss_sums")):
+        raise ValueError(f"{type(model).__name__} declares a global objective but lacks "
+                         f"embed() / global_loss_sums(); add both")
+    return kind
+
+
+def _global_sums_and_grads(model, k: int) -> Callable:
+    """``(params, batch, rng) -> (sums, grads)`` of a global objective (see the module
+    docstring): plain ``value_and_grad`` for one microbatch, GradCache for ``k > 1``."""
+    def loss_of_embeddings(params, emb, batch):
+        sums = model.global_loss_sums(params, emb, batch)
+        return sums["loss"], sums
+
+    def run(params, batch, rng):
+        if k == 1:
+            def f(p):
+                return loss_of_embeddings(p, model.embed(p, batch, rng, deterministic=False),
+                                          batch)
+            (_, sums), grads = jax.value_and_grad(f, has_aux=True)(params)
+            return sums, grads
+        mbs = _split(batch, k)
+
+        def embed_mb(p, i, mb):
+            return model.embed(p, mb, jax.random.fold_in(rng, i), deterministic=False)
+
+        # 1. embeddings of every microbatch, no activations kept
+        _, embs = jax.lax.scan(lambda c, xs: (c, embed_mb(params, *xs)), None,
+                               (jnp.arange(k), mbs))
+        emb_all = jax.tree_util.tree_map(
+            lambda x: jax.lax.stop_gradient(x.reshape((-1,) + x.shape[2:])), embs)
+        # 2. the loss over the whole batch; gradients for the parameters it reads directly
+        #    (e.g. a temperature) and for every embedding
+        (_, sums), (g_direct, g_emb) = jax.value_and_grad(
+            loss_of_embeddings, argnums=(0, 1), has_aux=True)(params, emb_all, batch)
+        g_emb = jax.tree_util.tree_map(lambda x: x.reshape((k, -1) + x.shape[1:]), g_emb)
+
+        # 3. each microbatch again, its embedding gradient pulled back to the parameters
+        def back(acc, xs):
+            i, mb, ge = xs
+            _, vjp = jax.vjp(lambda p: embed_mb(p, i, mb), params)
+            return jax.tree_util.tree_map(jnp.add, acc, vjp(ge)[0]), None
+
+        grads, _ = jax.lax.scan(back, g_direct, (jnp.arange(k), mbs, g_emb))
+        return sums, grads
+
+    return run
+
+
 def make_eval_step(model) -> Callable:
-    """``eval_step(params, batch) -> sums`` (no dropout); add the sums over batches."""
+    """``eval_step(params, batch) -> sums`` (no dropout); add the sums over batches. A
+    global objective is evaluated over each eval batch (its in-batch negatives)."""
+    if objective_kind(model) == "global":
+        def global_eval_step(params, batch):
+            emb = model.embed(params, batch, None, deterministic=True)
+            return model.global_loss_sums(params, emb, batch)
+        return global_eval_step
+
     def eval_step(params, batch):
         return model.loss_sums(params, batch, None, deterministic=True)
     return eval_step
 
 
-def finalize_eval(sums: dict[str, Any]) -> dict[str, float]:
-    """Loss, perplexity and token accuracy from summed eval outputs."""
+def finalize_eval(sums: dict[str, Any], *, perplexity: bool = True) -> dict[str, float]:
+    """Loss, perplexity (``perplexity=True``: token losses only) and accuracy from summed
+    eval outputs; ``tokens`` is the loss's denominator (tokens or examples)."""
     import math
     import numpy as np
     w = max(float(sums["weight"]), 1.0)
     loss = float(sums["loss"]) / w
-    out = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-           "accuracy": float(sums["correct"]) / w, "tokens": float(sums["weight"])}
+    out = {"loss": loss}
+    if perplexity:
+        out["perplexity"] = math.exp(min(loss, 50.0))
+    if "correct" in sums:
+        out["accuracy"] = float(sums["correct"]) / w
+    out["tokens"] = float(sums["weight"])
     sums64 = {n: np.asarray(v, np.float64) for n, v in sums.items()}
     # auxiliary losses and MoE statistics: per-token means; <g>_weight groups: their own
     for name, value in extra_metrics(sums64, w).items():

@@ -1,0 +1,66 @@
+"""The CLIP family's config: a :class:`plug_jax.layers.clip.CLIPConfig` (the two tower
+configs, nested) plus the preset name a checkpoint records.
+
+Presets: ``tiny`` (tests and the Shop World experiment: 64x64 images in 8x8 patches, two
+64-wide layers per tower, the Shop World vocabulary's end-of-sequence id 1 as the pooled
+token) and the published OpenAI sizes ``ViT-B/32``, ``ViT-B/16``, ``ViT-L/14``,
+``ViT-L/14-336`` (:data:`plug_jax.layers.clip._PRESETS`).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from plug_jax.layers.clip import _PRESETS, CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+
+TINY = (dict(image_size=64, patch_size=8, width=64, layers=2, heads=4, mlp_dim=256),
+        dict(vocab_size=1024, max_len=64, width=64, layers=2, heads=4, mlp_dim=256,
+             eos_token_id=1), 64)
+PRESETS = ("tiny",) + tuple(_PRESETS)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipConfig:
+    """``clip``: the towers (nested :class:`CLIPConfig`); ``preset``: its name, for metadata."""
+
+    clip: CLIPConfig = dataclasses.field(default_factory=CLIPConfig)
+    preset: str = "custom"
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "ClipConfig":
+        """A preset; ``overrides`` of tower fields apply to both towers (``dtype``,
+        ``scan_layers``, ...), ``vision_<field>`` / ``text_<field>`` to one."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown CLIP preset {name!r}; choose one of {list(PRESETS)}")
+        v, t, p = TINY if name == "tiny" else _PRESETS[name]
+        v, t = dict(v), dict(t)
+        for key, value in overrides.items():
+            for prefix, d in (("vision_", v), ("text_", t)):
+                if key.startswith(prefix):
+                    d[key[len(prefix):]] = value
+                    break
+            else:
+                v[key] = t[key] = value
+        try:
+            return cls(CLIPConfig(vision=CLIPVisionConfig(**v, projection_dim=p),
+                                  text=CLIPTextConfig(**t, projection_dim=p)), preset=name)
+        except TypeError as e:
+            raise ValueError(f"ClipConfig.from_preset({name!r}): {e}") from None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.clip.text.vocab_size
+
+    @property
+    def scan_layers(self) -> bool:
+        return self.clip.vision.scan_layers
+
+    @property
+    def dtype(self) -> str:
+        return self.clip.vision.dtype
+
+    @property
+    def param_dtype(self) -> str:
+        return self.clip.vision.param_dtype
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)

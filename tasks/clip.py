@@ -1,0 +1,96 @@
+"""CLIP tasks on Shop World images.
+
+``clip_shop_captions_{en,zh}_v1``: the ``shop_world/images_64`` TFDS config, one example per
+image: ``image`` (float32 ``[64, 64, 3]``, CLIP-normalised pixels) and ``targets`` (its
+caption, tokenized with the Shop World vocabulary of the language, ending in EOS = 1, the
+token the text tower pools). Feature converter ``image_text``; ``TASK_FEATURE_LENGTHS =
+{'image': (64, 64, 3), 'targets': 64}``. The English vocabulary is SentencePiece (1024 ids),
+the Chinese one character-level WordPiece-style (1124 ids).
+
+``clip_shop_video_captions_en_v1``: ``shop_world/videos_8``: ``frames`` float32
+``[8, 64, 64, 3]`` and the caption; feature converter ``video_text``, lengths
+``{'frames': (8, 64, 64, 3), 'targets': 64}`` (CLIP4Clip-style mean of frame embeddings).
+"""
+from __future__ import annotations
+
+import functools
+
+from plug_jax.data import configure_tensorflow
+
+tf = configure_tensorflow()
+
+import seqio  # noqa: E402
+
+from plug_jax.data import multimodal, registry  # noqa: E402
+from plug_jax.data.shop_world_tfds import VERSION, ShopWorldTfdsSource  # noqa: E402
+from plug_jax.data.vocab import ShopWorldVocabulary  # noqa: E402
+
+from .gpt3 import WORLD_SEED  # noqa: E402
+
+SHUFFLE_BUFFER_SIZE = 256
+
+
+def _format(dataset, *, lang: str):
+    return multimodal.format_image_text(dataset, task="caption", lang=lang)
+
+
+def register_caption_task(name: str, lang: str = "en", config: str = "images_64"):
+    vocab = ShopWorldVocabulary(None, seed=WORLD_SEED, lang=lang)
+    spec = {"kind": "clip_shop_captions", "config": config, "version": VERSION, "lang": lang,
+            "vocab": {k: v for k, v in vocab.spec.items() if k != "cache_dir"}}
+
+    def build():
+        return seqio.TaskRegistry.add(
+            name,
+            source=ShopWorldTfdsSource(config, features=["image", "product_id",
+                                                         f"caption_{lang}"]),
+            preprocessors=[
+                functools.partial(_format, lang=lang),
+                functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+                seqio.preprocessors.append_eos_after_trim,
+            ],
+            output_features={
+                "targets": seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32),
+            },
+            shuffle_buffer_size=SHUFFLE_BUFFER_SIZE,
+        )
+
+    return registry.register_task(name, spec, build)
+
+
+def _format_video(dataset, *, lang: str):
+    return multimodal.format_video_text(dataset, task="caption", lang=lang)
+
+
+def register_video_caption_task(name: str, lang: str = "en", config: str = "videos_8"):
+    """``frames`` float32 ``[T, 64, 64, 3]`` and the caption that states the order of the
+    video's events (feature converter ``video_text``)."""
+    vocab = ShopWorldVocabulary(None, seed=WORLD_SEED, lang=lang)
+    spec = {"kind": "clip_shop_video_captions", "config": config, "version": VERSION,
+            "lang": lang, "vocab": {k: v for k, v in vocab.spec.items() if k != "cache_dir"}}
+
+    def build():
+        return seqio.TaskRegistry.add(
+            name,
+            source=ShopWorldTfdsSource(config, features=["frames", "product_id",
+                                                         f"caption_{lang}"]),
+            preprocessors=[
+                functools.partial(_format_video, lang=lang),
+                functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+                seqio.preprocessors.append_eos_after_trim,
+            ],
+            output_features={
+                "targets": seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32),
+            },
+            shuffle_buffer_size=64,
+        )
+
+    return registry.register_task(name, spec, build)
+
+
+CAPTIONS_EN = "clip_shop_captions_en_v1"
+CAPTIONS_ZH = "clip_shop_captions_zh_v1"
+register_caption_task(CAPTIONS_EN, "en")
+register_caption_task(CAPTIONS_ZH, "zh")
+VIDEO_CAPTIONS_EN = "clip_shop_video_captions_en_v1"
+register_video_caption_task(VIDEO_CAPTIONS_EN, "en")
