@@ -192,6 +192,8 @@ def _load_ours(args, spec):
     if family != args.family:
         raise ValueError(f"{args.input} holds a {family!r} checkpoint, not {args.family!r}; "
                          f"pass --family {family}")
+    if hasattr(spec.config_cls, "from_dict"):  # composite configs: nested or older flat form
+        return spec.config_cls.from_dict(config_dict), params
     known = {f.name for f in dataclasses.fields(spec.config_cls)}
     return spec.config_cls(**{k: v for k, v in config_dict.items() if k in known}), params
 

@@ -38,42 +38,60 @@ Presets and certainty:
 
 ``copy`` switches the pointer-generator head on (see ``network.py``); the released
 ``palm.en.base`` checkpoint has no copy head, so conversion initialises the copy gate fresh.
+
+Layout (a composite config, ``plug_jax/families/composite.py``): ``PalmConfig`` holds its parts,
+
+* ``encoder``: a :class:`StructBERTConfig` (StructBERT's ``BertEncoder``);
+* ``decoder``: a :class:`TransformerDecoderConfig` (``plug_jax/layers/transformer_decoder.py``,
+  the decoder layer PALM shares with PLUG);
+
+and its own fields (``position_offset``, ``use_pooler``, ``share_embeddings``, the copy head,
+``preset``). The flat names PALM has always had (``hidden_size``, ``num_decoder_layers``,
+``decoder_dropout_rate``...) are still keywords of the constructor, ``from_preset``,
+``replace`` and gin, routed into the parts by ``ROUTES`` below, and read as properties.
+``dataclasses.asdict`` (what checkpoints record) is nested; :meth:`PalmConfig.from_dict` also
+reads the flat form of checkpoints written before the nesting.
 """
 from __future__ import annotations
 
 import dataclasses
 
-from plug_jax.families.common import FamilyConfig
-from plug_jax.families.plug.config import PlugConfig
-from plug_jax.families.structbert.config import NORM_PLACEMENTS, StructBERTConfig
-from plug_jax.layers.mlp import ACTIVATIONS
+from plug_jax.families.composite import CompositeConfig
+from plug_jax.families.structbert.config import StructBERTConfig
+from plug_jax.layers.moe.config import MoeFields
+from plug_jax.layers.transformer_decoder import TransformerDecoderConfig
+
+_MOE = tuple(f.name for f in dataclasses.fields(MoeFields))
+# Set in both parts by a flat keyword.
+_SHARED = ("hidden_size", "initializer_range", "dtype", "param_dtype", "scan_layers",
+           "remat_policy") + _MOE
 
 
-@dataclasses.dataclass(frozen=True)
-class PalmConfig(FamilyConfig):
-    # ---- encoder (BERT / RoBERTa shape; StructBERT's BertEncoder)
-    vocab_size: int = 50265
-    num_encoder_layers: int = 12
-    num_heads: int = 12  # encoder heads
-    hidden_size: int = 768  # encoder and decoder width (they must agree)
-    ffn_size: int | None = None  # encoder FFN; default 4 * hidden_size
-    max_position_embeddings: int = 514
+def _enc(field: str) -> tuple[tuple[str, str], ...]:
+    return (("encoder", field),)
+
+
+def _dec(field: str) -> tuple[tuple[str, str], ...]:
+    return (("decoder", field),)
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class PalmConfig(CompositeConfig):
+    # ---- the parts
+    # Encoder (BERT / RoBERTa shape; StructBERT's BertEncoder). Default: RoBERTa-base.
+    encoder: StructBERTConfig = StructBERTConfig(
+        vocab_size=50265, num_layers=12, num_heads=12, hidden_size=768,
+        max_position_embeddings=514, type_vocab_size=1, layer_norm_epsilon=1e-5,
+        activation="gelu", norm_placement="post")
+    # Decoder (PreSumm Transformer decoder, pre-LN; ``gelu_new`` in the released code).
+    decoder: TransformerDecoderConfig = TransformerDecoderConfig(
+        num_layers=12, num_heads=8, hidden_size=768, ffn_size=2048, layer_norm_epsilon=1e-6,
+        activation="gelu_tanh", norm_placement="pre", dropout_rate=0.2,
+        attention_dropout_rate=0.2)
+    # ---- encoder side
     # Added to the encoder positions: 2 for RoBERTa (padding_idx + 1), 0 for BERT.
     position_offset: int = 2
-    type_vocab_size: int = 1
-    layer_norm_epsilon: float = 1e-5  # encoder (RoBERTa 1e-5, BERT 1e-12)
-    activation: str = "gelu"  # encoder FFN (exact GELU)
-    norm_placement: str = "post"  # encoder: BERT / StructBERT post-LN
-    dropout_rate: float = 0.1
-    attention_dropout_rate: float = 0.1
     use_pooler: bool = True  # BertModel's pooler (in the released checkpoints)
-    # ---- decoder (PreSumm Transformer decoder, pre-LN)
-    num_decoder_layers: int = 12
-    num_decoder_heads: int = 8
-    decoder_ffn_size: int = 2048
-    decoder_layer_norm_epsilon: float = 1e-6
-    decoder_activation: str = "gelu_tanh"  # ``gelu_new`` in the released code
-    decoder_dropout_rate: float = 0.2
     # True: the decoder embeds with the encoder's word table (fewer parameters). False
     # (released): a separate decoder table, which is also the tied output projection.
     share_embeddings: bool = False
@@ -86,80 +104,72 @@ class PalmConfig(FamilyConfig):
     # over the vocabulary before mixing; True reproduces it (what a converted AliceMind
     # ``-p_gen`` checkpoint was trained with). False: the published pointer-generator.
     copy_softmax: bool = False
-    initializer_range: float = 0.02
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    scan_layers: bool = True
-    remat_policy: str = "none"
     preset: str = "custom"
 
+    PARTS = {"encoder": StructBERTConfig, "decoder": TransformerDecoderConfig}
+    # Flat name -> the part fields it sets (read from the first).
+    ROUTES = {
+        "vocab_size": _enc("vocab_size"),
+        "num_encoder_layers": _enc("num_layers"),
+        "num_heads": _enc("num_heads"),  # encoder heads
+        "ffn_size": _enc("ffn_size"),  # encoder FFN; default 4 * hidden_size
+        "max_position_embeddings": _enc("max_position_embeddings"),
+        "type_vocab_size": _enc("type_vocab_size"),
+        "layer_norm_epsilon": _enc("layer_norm_epsilon"),  # RoBERTa 1e-5, BERT 1e-12
+        "activation": _enc("activation"),  # encoder FFN (exact GELU)
+        "norm_placement": _enc("norm_placement"),  # encoder: BERT / StructBERT post-LN
+        "dropout_rate": _enc("dropout_rate"),
+        "attention_dropout_rate": _enc("attention_dropout_rate"),
+        "num_decoder_layers": _dec("num_layers"),
+        "num_decoder_heads": _dec("num_heads"),
+        "decoder_ffn_size": _dec("ffn_size"),
+        "decoder_layer_norm_epsilon": _dec("layer_norm_epsilon"),
+        "decoder_activation": _dec("activation"),
+        "decoder_dropout_rate": _dec("dropout_rate") + _dec("attention_dropout_rate"),
+        **{k: _enc(k) + _dec(k) for k in _SHARED},
+    }
+
     def __post_init__(self):
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"PalmConfig: hidden_size {self.hidden_size} is not divisible by "
-                             f"num_heads {self.num_heads}")
-        if self.hidden_size % self.num_decoder_heads:
-            raise ValueError(f"PalmConfig: hidden_size {self.hidden_size} is not divisible by "
-                             f"num_decoder_heads {self.num_decoder_heads}")
-        if self.norm_placement not in NORM_PLACEMENTS:
-            raise ValueError(f"PalmConfig: unknown norm_placement {self.norm_placement!r}; "
-                             f"choose 'post' (BERT/StructBERT) or 'pre'")
-        if self.num_decoder_layers < 1 or self.num_encoder_layers < 1:
+        if self.encoder.num_layers < 1:
             raise ValueError("PalmConfig: num_encoder_layers and num_decoder_layers must be >= 1")
         if self.position_offset < 0:
             raise ValueError(f"PalmConfig: position_offset must be >= 0, got "
                              f"{self.position_offset}")
-        if self.num_experts:
+        if self.encoder.num_experts or self.decoder.num_experts:
             raise ValueError("PalmConfig: PALM has no mixture-of-experts variant; set "
                              "num_experts=0")
         if self.copy_softmax and not self.copy:
             raise ValueError("PalmConfig: copy_softmax=True needs copy=True (it changes the copy "
                              "head)")
-        self.check_basics("PalmConfig")
-        if self.decoder_activation not in ACTIVATIONS:
-            raise ValueError(f"PalmConfig: unknown decoder_activation {self.decoder_activation!r}; "
-                             f"choose one of {sorted(ACTIVATIONS)}")
+        # The context attention projects the encoder states with d_model x d_model maps, and
+        # the checkpoint records one dtype / layout.
+        self.check_shared("hidden_size", "dtype", "param_dtype", "scan_layers")
 
     @property
     def mlp_dim(self) -> int:
-        return self.ffn_size or 4 * self.hidden_size
+        return self.encoder.mlp_dim
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.encoder.head_dim
 
     @property
     def decoder_head_dim(self) -> int:
-        return self.hidden_size // self.num_decoder_heads
+        return self.decoder.head_dim
+
+    @property
+    def moe_mlp_dim(self) -> int:
+        return self.encoder.moe_mlp_dim
 
     @property
     def encoder_config(self) -> StructBERTConfig:
-        """The encoder as a StructBERT config (``BertEncoder``)."""
-        return StructBERTConfig(
-            vocab_size=self.vocab_size, num_layers=self.num_encoder_layers,
-            num_heads=self.num_heads, hidden_size=self.hidden_size, ffn_size=self.mlp_dim,
-            max_position_embeddings=self.max_position_embeddings,
-            type_vocab_size=self.type_vocab_size, layer_norm_epsilon=self.layer_norm_epsilon,
-            activation=self.activation, norm_placement=self.norm_placement,
-            dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-            initializer_range=self.initializer_range, dtype=self.dtype,
-            param_dtype=self.param_dtype, scan_layers=self.scan_layers,
-            remat_policy=self.remat_policy, preset=f"palm-{self.preset}-encoder")
+        """The encoder as a StructBERT config (``BertEncoder``): the ``encoder`` part."""
+        return self.encoder
 
     @property
-    def decoder_config(self) -> PlugConfig:
-        """The decoder as a PLUG config, for ``PlugDecoderLayer`` (pre-LN blocks)."""
-        return PlugConfig(
-            vocab_size=self.vocab_size, num_encoder_layers=self.num_encoder_layers,
-            num_decoder_layers=self.num_decoder_layers, num_heads=self.num_decoder_heads,
-            hidden_size=self.hidden_size, ffn_size=self.decoder_ffn_size,
-            max_position_embeddings=self.max_position_embeddings,
-            layer_norm_epsilon=self.decoder_layer_norm_epsilon,
-            activation=self.decoder_activation, norm_placement="pre",
-            dropout_rate=self.decoder_dropout_rate,
-            attention_dropout_rate=self.decoder_dropout_rate,
-            initializer_range=self.initializer_range, dtype=self.dtype,
-            param_dtype=self.param_dtype, scan_layers=self.scan_layers,
-            remat_policy=self.remat_policy, preset=f"palm-{self.preset}-decoder")
+    def decoder_config(self) -> TransformerDecoderConfig:
+        """The decoder layers' config: the ``decoder`` part."""
+        return self.decoder
 
     @property
     def copy_gate_inputs(self) -> int:
@@ -168,6 +178,7 @@ class PalmConfig(FamilyConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "PalmConfig":
+        """Preset ``name``; ``overrides``: flat names, fields or whole parts."""
         if name not in PRESETS:
             raise ValueError(f"unknown PALM preset {name!r}; choose one of {list(PRESETS)}")
         return dataclasses.replace(PRESETS[name], preset=name, **overrides)

@@ -24,7 +24,7 @@ def training_flops_per_example(cfg: PalmConfig, enc_len: int, dec_len: int) -> f
     e, d = int(enc_len), int(dec_len)
     le, ld = cfg.num_encoder_layers, cfg.num_decoder_layers
     enc = le * (e * (4 * h * h + 2 * h * cfg.mlp_dim) + 2 * e * e * h)
-    dec = ld * (d * (6 * h * h + 2 * h * cfg.decoder_ffn_size) + e * 2 * h * h + d * d * h
+    dec = ld * (d * (6 * h * h + 2 * h * cfg.decoder.mlp_dim) + e * 2 * h * h + d * d * h
                 + 2 * d * e * h)
     out = d * h * v
     copy = 0

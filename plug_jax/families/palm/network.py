@@ -1,4 +1,8 @@
-"""PALM network: StructBERT's ``BertEncoder`` + PLUG's decoder layers + a pointer-generator head.
+"""PALM network: StructBERT's ``BertEncoder`` + shared decoder layers + a pointer-generator head.
+
+The encoder is built from ``config.encoder`` (a ``StructBERTConfig``), the decoder layers
+(``plug_jax.layers.transformer_decoder.TransformerDecoderLayer``, shared with PLUG) from
+``config.decoder`` (a ``TransformerDecoderConfig``).
 
 ``PalmModel(config)`` is called like ``PlugModel``::
 
@@ -16,7 +20,7 @@ and returns ``logits`` ``[batch, dec_len, vocab]`` float32:
 
   ``a`` (the copy attention) is the last decoder layer's cross-attention, averaged over heads,
   as AliceMind's ``CopyGenerator`` does (``PALM/models/model_builder.py``); it is recomputed from
-  that layer's query/key projections (``plug.network.cross_attention_probs``), so it costs
+  that layer's query/key projections (``transformer_decoder.cross_attention_probs``), so it costs
   no parameters and reuses what a loaded checkpoint's cross-attention already knows.
   ``p_gen = sigmoid(W [c; h; x] + b)`` with the context ``c = a @ encoder_states``, the final
   decoder state ``h`` and (``copy_gate_uses_input``, See et al. 2017) the decoder input
@@ -39,8 +43,8 @@ Parameter tree (scanned; ``scan_layers=False`` gives ``layers_0 ..``)::
     encoder/...                         BertEncoder (word/pos/type embeddings, stack, norms)
     pooler/{kernel,bias}                BertModel's pooler (use_pooler)
     decoder_embed/embedding [vocab, embed]   (absent with share_embeddings)
-    decoder/layers/...                  the first num_decoder_layers - 1 PlugDecoderLayers
-    decoder_last/...                    the last PlugDecoderLayer (gives the copy attention)
+    decoder/layers/...                  the first num_decoder_layers - 1 decoder layers
+    decoder_last/...                    the last decoder layer (gives the copy attention)
     decoder_final_norm/{scale,bias}
     output_bias [vocab]
     copy_gate/{kernel [2|3 * embed, 1], bias [1]}   (copy)
@@ -56,13 +60,13 @@ import numpy as np
 from flax import linen as nn
 
 from plug_jax.families.palm.config import PalmConfig
-from plug_jax.families.plug.network import (PlugDecoderLayer, decoder_cross_mask, decoder_masks,
-                                            encoder_text_features)
 from plug_jax.families.structbert.network import BertEncoder
 from plug_jax.layers.dense import DenseGeneral
 from plug_jax.layers.embeddings import Embed
 from plug_jax.layers.norms import LayerNorm
 from plug_jax.layers.scan import LayerStack
+from plug_jax.layers.transformer_decoder import (TransformerDecoderLayer, decoder_cross_mask,
+                                                 decoder_masks, encoder_text_features)
 from plug_jax.partitioning import axes as A
 from plug_jax.partitioning.constraints import with_logical_constraint
 
@@ -101,7 +105,7 @@ class PalmModel(nn.Module):
 
     def encode(self, features: dict) -> dict:
         """The encoder side of generation, run once: ``features`` as
-        ``plug.network.encoder_text_features`` -> ``{'hidden_states': [B, E, D], 'mask': bool
+        ``transformer_decoder.encoder_text_features`` -> ``{'hidden_states': [B, E, D], 'mask': bool
         [B, E], 'input_ids': [B, E]}`` (the copy head scatters onto ``input_ids``)."""
         ids, seg, pos, types = encoder_text_features(features)
         return self(ids, None, types, seg, encoder_positions=pos, _phase="encode")
@@ -135,7 +139,7 @@ class PalmModel(nn.Module):
         dec_len = None if decoder_input_ids is None else decoder_input_ids.shape[1]
 
         # ---- encoder (BERT / RoBERTa positions)
-        encoder = BertEncoder(cfg.encoder_config, name="encoder")
+        encoder = BertEncoder(cfg.encoder, name="encoder")
         out = {}
         if decode:
             b = decoder_input_ids.shape[0]
@@ -174,11 +178,11 @@ class PalmModel(nn.Module):
         tok = jnp.take(table, jnp.asarray(decoder_input_ids, jnp.int32), axis=0)
         x = tok * jnp.asarray(math.sqrt(cfg.hidden_size), dtype)
         x = x + sinusoidal_positions(decoder_positions, cfg.hidden_size).astype(dtype)
-        x = nn.Dropout(cfg.decoder_dropout_rate)(x, deterministic=deterministic)
+        x = nn.Dropout(cfg.decoder.dropout_rate)(x, deterministic=deterministic)
         x = with_logical_constraint(x, _ACT)
 
         # ---- decoder layers: a stack of L-1, then the last one (copy attention)
-        dcfg = cfg.decoder_config
+        dcfg = cfg.decoder
         kw = (("config", dcfg), ("deterministic", deterministic))
         if decode:  # cached step: masks come from the cache, no remat
             kw += (("decode", True), ("cache_length", _cache_length))
@@ -186,19 +190,19 @@ class PalmModel(nn.Module):
         else:
             args = (enc,) + decoder_masks(b, enc_len, dec_len, encoder_segment_ids,
                                           decoder_segment_ids)
-        remat = "none" if decode else cfg.remat_policy
-        if cfg.num_decoder_layers > 1:
-            x = LayerStack(layer_cls=PlugDecoderLayer, num_layers=cfg.num_decoder_layers - 1,
-                           layer_kwargs=kw, scan=cfg.scan_layers,
+        remat = "none" if decode else dcfg.remat_policy
+        if dcfg.num_layers > 1:
+            x = LayerStack(layer_cls=TransformerDecoderLayer, num_layers=dcfg.num_layers - 1,
+                           layer_kwargs=kw, scan=dcfg.scan_layers,
                            remat_policy=remat, name="decoder")(x, *args)
-        last_cls = PlugDecoderLayer
+        last_cls = TransformerDecoderLayer
         if remat != "none":
             from plug_jax.layers.scan import REMAT_POLICIES
-            last_cls = nn.remat(PlugDecoderLayer, policy=REMAT_POLICIES[remat])
+            last_cls = nn.remat(TransformerDecoderLayer, policy=REMAT_POLICIES[remat])
         x, copy_attn = last_cls(**dict(kw), return_cross_attention=cfg.copy,
                                 name="decoder_last")(x, *args)
-        x = LayerNorm(epsilon=cfg.decoder_layer_norm_epsilon, dtype=dtype, param_dtype=pdtype,
-                      name="decoder_final_norm")(x)
+        x = LayerNorm(epsilon=dcfg.layer_norm_epsilon, dtype=dcfg.compute_dtype,
+                      param_dtype=dcfg.params_dtype, name="decoder_final_norm")(x)
         x = with_logical_constraint(x, _ACT)
         out["decoder_hidden_states"] = x
 

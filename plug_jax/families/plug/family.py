@@ -28,7 +28,7 @@ def named(inner, name: str):
 def _encoder(config, **kw):
     """Stage 1: StructBERT's objectives on PLUG's encoder, under ``structbert/``."""
     from plug_jax.families.structbert.family import encoder_network
-    return named(encoder_network(config.encoder_config, **kw), "structbert")
+    return named(encoder_network(config.encoder, **kw), "structbert")
 
 
 def _encdec_flops(config, batch: int, lengths) -> float:
@@ -38,7 +38,7 @@ def _encdec_flops(config, batch: int, lengths) -> float:
 
 def _encoder_flops(config, batch: int, lengths) -> float:
     from plug_jax.families.structbert.family import encoder_flops
-    return encoder_flops(config.encoder_config, batch, lengths)
+    return encoder_flops(config.encoder, batch, lengths)
 
 
 def _preset_config(options):
@@ -123,6 +123,6 @@ FAMILY = FamilySpec(
                             needs="experiments/plug/shop_stage1_tiny.gin"),
                  Experiment("experiments/plug/shop_stage2_tiny_moe.gin", _SHORT,
                             needs="experiments/plug/shop_stage1_tiny.gin")),
-    encoder_config=lambda config: config.encoder_config,
+    encoder_config=lambda config: config.encoder,  # the nested StructBERTConfig
     extras={"prompt_batch": _prompt_batch},  # stage 1 reads prompts as StructBERT does
 )

@@ -18,9 +18,10 @@ from __future__ import annotations
 from plug_jax.families.plug.config import PlugConfig
 
 
-def _ffn(cfg: PlugConfig, layers: int) -> float:
-    """FFN multiply-adds per token, averaged over ``layers`` layers: an MoE layer (every
-    ``moe_every_n``-th) costs its router and ``moe_top_k`` experts."""
+def _ffn(cfg, layers: int) -> float:
+    """FFN multiply-adds per token of ``layers`` layers of a part (``cfg.encoder`` or
+    ``cfg.decoder``): an MoE layer (every ``moe_every_n``-th) costs its router and
+    ``moe_top_k`` experts."""
     dense = 2 * cfg.hidden_size * cfg.mlp_dim
     if not cfg.num_experts:
         return layers * dense
@@ -33,7 +34,7 @@ def training_flops_per_example(cfg: PlugConfig, enc_len: int, dec_len: int) -> f
     h, v = cfg.hidden_size, cfg.vocab_size
     e, d = int(enc_len), int(dec_len)
     le, ld = cfg.num_encoder_layers, cfg.num_decoder_layers
-    enc = e * (le * 4 * h * h + _ffn(cfg, le)) + le * 2 * e * e * h
-    dec = (d * (ld * 6 * h * h + _ffn(cfg, ld))
+    enc = e * (le * 4 * h * h + _ffn(cfg.encoder, le)) + le * 2 * e * e * h
+    dec = (d * (ld * 6 * h * h + _ffn(cfg.decoder, ld))
            + ld * (e * 2 * h * h + d * d * h + 2 * d * e * h))
     return 3.0 * 2.0 * (enc + dec + d * h * v)
