@@ -27,62 +27,37 @@ from plug_jax.data.vocab import ShopWorldVocabulary  # noqa: E402
 
 from .gpt3 import WORLD_SEED  # noqa: E402
 
-SHUFFLE_BUFFER_SIZE = 256
+_MEDIA = {"images": ("image", multimodal.format_image_text, 256),
+          "videos": ("frames", multimodal.format_video_text, 64)}
 
 
-def _format(dataset, *, lang: str):
-    return multimodal.format_image_text(dataset, task="caption", lang=lang)
+def _format(dataset, *, fmt, lang: str):
+    return fmt(dataset, task="caption", lang=lang)
 
 
 def register_caption_task(name: str, lang: str = "en", config: str = "images_64"):
+    """Register (once) a caption task over ``shop_world/<config>`` (an ``images_*`` or a
+    ``videos_*`` config): the pixels (``image`` or ``frames``) and the tokenized caption."""
+    media, fmt, buffer = _MEDIA[config.split("_")[0]]
     vocab = ShopWorldVocabulary(None, seed=WORLD_SEED, lang=lang)
-    spec = {"kind": "clip_shop_captions", "config": config, "version": VERSION, "lang": lang,
+    kind = "clip_shop_captions" if media == "image" else "clip_shop_video_captions"
+    spec = {"kind": kind, "config": config, "version": VERSION, "lang": lang,
             "vocab": {k: v for k, v in vocab.spec.items() if k != "cache_dir"}}
 
     def build():
         return seqio.TaskRegistry.add(
             name,
-            source=ShopWorldTfdsSource(config, features=["image", "product_id",
+            source=ShopWorldTfdsSource(config, features=[media, "product_id",
                                                          f"caption_{lang}"]),
             preprocessors=[
-                functools.partial(_format, lang=lang),
+                functools.partial(_format, fmt=fmt, lang=lang),
                 functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
                 seqio.preprocessors.append_eos_after_trim,
             ],
             output_features={
                 "targets": seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32),
             },
-            shuffle_buffer_size=SHUFFLE_BUFFER_SIZE,
-        )
-
-    return registry.register_task(name, spec, build)
-
-
-def _format_video(dataset, *, lang: str):
-    return multimodal.format_video_text(dataset, task="caption", lang=lang)
-
-
-def register_video_caption_task(name: str, lang: str = "en", config: str = "videos_8"):
-    """``frames`` float32 ``[T, 64, 64, 3]`` and the caption that states the order of the
-    video's events (feature converter ``video_text``)."""
-    vocab = ShopWorldVocabulary(None, seed=WORLD_SEED, lang=lang)
-    spec = {"kind": "clip_shop_video_captions", "config": config, "version": VERSION,
-            "lang": lang, "vocab": {k: v for k, v in vocab.spec.items() if k != "cache_dir"}}
-
-    def build():
-        return seqio.TaskRegistry.add(
-            name,
-            source=ShopWorldTfdsSource(config, features=["frames", "product_id",
-                                                         f"caption_{lang}"]),
-            preprocessors=[
-                functools.partial(_format_video, lang=lang),
-                functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
-                seqio.preprocessors.append_eos_after_trim,
-            ],
-            output_features={
-                "targets": seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32),
-            },
-            shuffle_buffer_size=64,
+            shuffle_buffer_size=buffer,
         )
 
     return registry.register_task(name, spec, build)
@@ -93,4 +68,4 @@ CAPTIONS_ZH = "clip_shop_captions_zh_v1"
 register_caption_task(CAPTIONS_EN, "en")
 register_caption_task(CAPTIONS_ZH, "zh")
 VIDEO_CAPTIONS_EN = "clip_shop_video_captions_en_v1"
-register_video_caption_task(VIDEO_CAPTIONS_EN, "en")
+register_caption_task(VIDEO_CAPTIONS_EN, "en", "videos_8")
