@@ -9,6 +9,9 @@
 * :func:`call_with_gin_errors` runs a configured function and turns gin's call-time
   problems (above all a ``%gin.REQUIRED`` value nobody filled in) into one-line
   :class:`GinConfigError` s.
+* :func:`check_unused_macros` (``parse_gin(..., check_unused=True)``) refuses a macro set
+  by a ``--gin.`` flag or a user's gin file that nothing uses (a typo such as
+  ``--gin.TRAIN_STEP=3``).
 * :func:`write_operative_config` writes ``MODEL_DIR/config.gin`` atomically.
 
 Every user mistake surfaces as a :class:`GinConfigError` whose message is one line naming
@@ -43,14 +46,17 @@ from gin import config_parser
 
 __all__ = [
     "GinConfigError", "ConfigSources", "Source", "default_search_paths", "split_gin_flags",
-    "gin_value", "parse_gin", "call_with_gin_errors", "write_operative_config",
-    "unwrap_gin_exception",
+    "gin_value", "parse_gin", "check_unused_macros", "used_macros", "call_with_gin_errors",
+    "write_operative_config", "unwrap_gin_exception", "MACROS_READ_BY_CODE",
 ]
 
 GIN_FLAG_PREFIX = "--gin."
 CONFIG_FILE_NAME = "config.gin"
 _REQUIRED_NAME = "gin.REQUIRED"
 _MACRO_SELECTOR = "gin.macro"
+# Macros that Python code reads with gin.query_parameter instead of a binding using them
+# (plug_jax.trainer.generation_eval.GIN_SWITCH); check_unused_macros counts them as used.
+MACROS_READ_BY_CODE = frozenset({"EVAL_GENERATION"})
 
 
 class GinConfigError(ValueError):
@@ -71,12 +77,14 @@ def default_search_paths() -> list[str]:
     next to the ``plug_jax/`` package; otherwise ``<sys.prefix>/share/plug_jax/gin_configs``
     (a non-editable install that ships the files as data_files). Empty if neither exists.
     """
+    return _project_config_dirs()[:1]
+
+
+def _project_config_dirs() -> list[str]:
+    """Every folder that holds the project's own gin files (see default_search_paths)."""
     candidates = [Path(__file__).resolve().parents[1] / "gin_configs",
                   Path(sys.prefix) / "share" / "plug_jax" / "gin_configs"]
-    for c in candidates:
-        if c.is_dir():
-            return [str(c)]
-    return []
+    return [str(c) for c in candidates if c.is_dir()]
 
 
 class _AnyReference(config_parser.ParserDelegate):
@@ -223,6 +231,7 @@ class ConfigSources:
         self.search_paths: list[str] = list(search_paths)
         self.files: list[tuple[str, str]] = []   # (name as written, resolved path), parse order
         self.bindings: list[str] = []            # the flag bindings, in order
+        self.required_macros: set[str] = set()   # macros ever set to %gin.REQUIRED
         self._by_key: dict[Key, Source] = {}
         self._history: dict[Key, list[Source]] = {}
 
@@ -442,6 +451,8 @@ class _Parser:
                                      "check the gin file") from e
             gin.bind_parameter(pbk, value)
             self.sources._record(pbk.scope_selector_arg, src)
+            if not arg_name and any(_is_required(r) for r in _iter_refs(value)):
+                self.sources.required_macros.add(key[0])   # a contract: counts as used
         elif isinstance(statement, config_parser.BlockDeclaration):
             self._lookup(ctx, statement.selector, where(loc.line_num, statement.selector))
         elif isinstance(statement, config_parser.ImportStatement):
@@ -561,6 +572,77 @@ def _check_macros_defined(sources: ConfigSources) -> None:
                         f"--gin.{name}=...")
 
 
+def used_macros(sources: ConfigSources | None = None) -> set[str]:
+    """The macros the parsed config uses: a ``%NAME`` anywhere in any binding's value (any
+    scope, inside containers, in another macro's value, in the parameters of a configurable
+    that an ``@reference`` calls), a macro Python code reads (MACROS_READ_BY_CODE), or one
+    ever set to ``%gin.REQUIRED`` (a run file's contract). ``sources``: the parse's
+    :class:`ConfigSources` (default: the latest :func:`parse_gin`'s)."""
+    sources = sources if sources is not None else _last_sources
+    used = set(MACROS_READ_BY_CODE) | (sources.required_macros if sources else set())
+    for values in list(gin_config._CONFIG.values()):
+        for value in values.values():
+            for ref in _iter_refs(value):
+                if ref.configurable.wrapped is gin_config.macro:
+                    used.add("/".join(ref.scopes))
+    return used
+
+
+def _is_project_file(path: str | None, project_dirs: Sequence[str]) -> bool:
+    if path is None:
+        return False
+    real = os.path.realpath(path)
+    return any(os.path.commonpath([real, d]) == d for d in project_dirs)
+
+
+def _flag_text(sources: ConfigSources, name: str) -> str:
+    """The --gin flag (as gin got it, after auto-quoting) that set macro ``name`` last."""
+    for binding in reversed(sources.bindings):
+        if "\n" not in binding and "=" in binding and binding.split("=", 1)[0].strip() == name:
+            return GIN_FLAG_PREFIX + binding.strip()
+    return f"{GIN_FLAG_PREFIX}{name}=..."
+
+
+def check_unused_macros(sources: ConfigSources) -> None:
+    """Refuses a macro set by a ``--gin.NAME=VALUE`` flag or by a user's gin file that no
+    binding uses (almost always a typo: ``--gin.TRAIN_STEP=3`` for ``TRAIN_STEPS``).
+
+    Checked: unscoped macros (``NAME = VALUE``) set at least once by a flag or by a file
+    outside the project's own ``gin_configs/`` (a ``--gin_file`` or an ``include`` of
+    yours). The project's files may offer a macro that a given combination of files does
+    not use (a model file's ``AUX_LOSS_FACTORS`` with runs/infer.gin alone); that every
+    experiment uses all its macros is checked by tests/test_gin_typos.py instead. Used:
+    see :func:`used_macros`. Raises one GinConfigError naming the flag or ``file:line``
+    that set it last and the closest used macro; runs on the parsed config, before
+    anything is called or written."""
+    used = used_macros(sources)
+    project = [os.path.realpath(d) for d in _project_config_dirs()]
+    unused: list[tuple[str, Source]] = []
+    for (name, selector), _ in list(gin_config._CONFIG.items()):
+        if selector != _MACRO_SELECTOR or "/" in name:
+            continue
+        if name in used or any(u.endswith("/" + name) for u in used):
+            continue
+        mine = [s for s in sources._history.get((name, _MACRO_SELECTOR, "value"), [])
+                if not _is_project_file(s.path, project)]
+        if mine:
+            unused.append((name, mine[-1]))
+    if not unused:
+        return
+    name, src = unused[0]   # the first one set (gin keeps its config in that order)
+    what = _flag_text(sources, name) if src.path is None else str(src)
+    close = difflib.get_close_matches(name, sorted(used), n=1, cutoff=0.6)
+    msg = f"{what} sets macro {name}, which no binding uses; "
+    msg += (f"did you mean {close[0]}?" if close else
+            "fix: check the spelling (--print_config lists the bindings and the macros "
+            "they use) or remove it")
+    if len(unused) > 1:
+        msg += " (also unused: " + ", ".join(
+            f"{n} at {_flag_text(sources, n) if s.path is None else s}"
+            for n, s in unused[1:4]) + (", ..." if len(unused) > 4 else "") + ")"
+    raise GinConfigError(msg)
+
+
 def _finalize() -> None:
     """gin.finalize() without gin's ``find_missing_overrides_hook``: a ``%gin.REQUIRED``
     value is checked when something that needs it is called (call_with_gin_errors), so an
@@ -579,7 +661,8 @@ def _finalize() -> None:
 
 
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
-              search_paths: Sequence[str] | None = None, finalize: bool = True) -> ConfigSources:
+              search_paths: Sequence[str] | None = None, finalize: bool = True,
+              check_unused: bool = False) -> ConfigSources:
     """Clears gin, parses ``gin_files`` in order, then ``bindings`` (bindings win).
 
     ``gin_files`` and ``include`` statements are resolved like gin does: an absolute path
@@ -587,7 +670,9 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
     (None: :func:`default_search_paths`). The search paths are also added to gin's own
     list (``gin.add_config_file_search_path``). With ``finalize`` the config is checked
     (every used ``%MACRO`` is set) and locked; ``%gin.REQUIRED`` values are checked later,
-    by :func:`call_with_gin_errors`, when something that needs them is called.
+    by :func:`call_with_gin_errors`, when something that needs them is called. With
+    ``check_unused`` (the command line's choice) a macro set by a flag or a user's file
+    that nothing uses is refused too (:func:`check_unused_macros`).
 
     Returns the :class:`ConfigSources` (also kept for :func:`call_with_gin_errors`).
     Raises :class:`GinConfigError` for a missing file, a syntax error, an unknown
@@ -612,6 +697,9 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
         parser.parse_text(binding, display=None)
     if finalize:
         _check_macros_defined(sources)
+    if check_unused:
+        check_unused_macros(sources)
+    if finalize:
         _finalize()
     return sources
 

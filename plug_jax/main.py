@@ -49,9 +49,11 @@ def run(argv: Sequence[str] | None = None, mode: str | None = None, prog: str = 
     search = ([p for p in args.gin_search_paths.split(",") if p]
               if args.gin_search_paths else gin_utils.default_search_paths())
     try:
-        sources = gin_utils.parse_gin(args.gin_file, bindings, search)
+        sources = gin_utils.parse_gin(args.gin_file, bindings, search,
+                                      check_unused=not args.print_config)
         if args.print_config:
-            print(sources.format())
+            print(sources.format(), flush=True)
+            gin_utils.check_unused_macros(sources)  # after printing: the listing helps
             return 0
         import gin
         from plug_jax.trainer import hardware, loop
