@@ -1,0 +1,142 @@
+"""Your own files as a seqio task: ``local_task(...)`` (gin: ``@local.local_task()``).
+
+A user task is one gin file or a few ``--gin.`` lines on top of an experiment, e.g. to
+fine-tune GPT-3 tiny on your JSONL (docs/data.md, "Your own data")::
+
+    plug-train --gin_file=experiments/gpt3/shop_tiny.gin --gin.MODEL_DIR=/tmp/mine \\
+        --gin_file=runs/local_data.gin --gin.LOCAL_TRAIN="'/data/train.jsonl'"
+
+``local_task`` reads and checks every record first (``plug_jax.data.local_files``: a bad
+record is one ``file:line`` error line and exit 2, before anything is written), registers
+the task ``name`` (``local_<objective>_<lang>_v<N>``) and returns its name, so
+``MIXTURE_OR_TASK_NAME = @local.local_task()`` works. Splits: ``train``; ``validation`` (its
+own file, or every 20th record of the train file held out); ``test`` (its own file, or the
+validation records). Kinds and the feature converter each feeds:
+
+=================  ==========================================  =========================
+``lm``             ``targets`` = the text + EOS                ``decoder`` (GPT-3)
+``text2text``      ``inputs`` / ``targets`` + EOS              ``encdec`` (PALM, PLUG)
+``classify``       ``[CLS] inputs`` and ``label``              ``encoder`` (StructBERT)
+``image_caption``  ``image`` float32 ``[S, S, 3]`` (CLIP-      ``image_text`` (CLIP)
+                   normalised, read with Pillow) + ``targets``
+=================  ==========================================  =========================
+
+The vocabulary is the Shop World one of ``lang`` (what the Shop World experiments train
+with), or a SentencePiece model file (``vocabulary='/path/spm.model'``).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional, Sequence
+
+from plug_jax.data import configure_tensorflow
+
+tf = configure_tensorflow()
+
+import seqio  # noqa: E402
+
+from plug_jax.data import local_files, registry  # noqa: E402
+from plug_jax.data.vocab import ShopWorldVocabulary  # noqa: E402
+
+from .curricula import shop_world_vocabulary  # noqa: E402
+from .gpt3 import WORLD_SEED  # noqa: E402
+from .structbert import keep, prepend_cls, trim_inputs  # noqa: E402
+
+registry.add_task_prefixes("local")
+HOLD_OUT_EVERY = 20
+
+
+def _vocabulary(kind: str, lang: str, path: Optional[str]):
+    if path:
+        if not os.path.isfile(path):
+            raise local_files.LocalDataError(f"vocabulary {path} does not exist; fix: pass a "
+                                             f"SentencePiece .model file or leave it unset")
+        return seqio.SentencePieceVocabulary(path)
+    if kind in ("lm", "image_caption"):
+        return ShopWorldVocabulary(None, seed=WORLD_SEED, lang=lang)
+    return shop_world_vocabulary(lang)
+
+
+def _splits(train, validation, test, read):
+    train_recs = read(train)
+    if validation:
+        val_recs = read(validation)
+    else:  # hold out every 20th record (at least one) of the train file
+        val_recs = train_recs[::HOLD_OUT_EVERY]
+        train_recs = [r for i, r in enumerate(train_recs) if i % HOLD_OUT_EVERY] or train_recs
+    return {"train": train_recs, "validation": val_recs,
+            "test": read(test) if test else val_recs}
+
+
+def _dataset_fn(split, shuffle_files=False, seed=None, *, records, kind, image_size):
+    recs = records[split]
+    if kind == "image_caption":
+        from plug_jax.data import media
+        sig = {"image": tf.TensorSpec((image_size, image_size, 3), tf.float32),
+               "text": tf.TensorSpec((), tf.string)}
+
+        def gen():
+            for r in recs:
+                yield {"image": media.load_image(r["image"], image_size), "text": r["text"]}
+        return tf.data.Dataset.from_generator(gen, output_signature=sig)
+    keys = sorted(recs[0])
+    cols = {k: [r[k] for r in recs] for k in keys}
+    return tf.data.Dataset.from_tensor_slices(
+        {k: tf.constant(v, tf.int32 if k == "label" else tf.string) for k, v in cols.items()})
+
+
+def local_task(name: str = "local_lm_zh_v1", train: str = None, validation: Optional[str] = None,
+               test: Optional[str] = None, *, kind: str = "lm", lang: str = "zh",
+               vocabulary: Optional[str] = None, text_key: str = "text",
+               inputs_key: str = "inputs", targets_key: str = "targets",
+               label_key: str = "label", image_key: str = "image",
+               labels: Sequence[str] = (), image_size: int = 64) -> str:
+    """Register (once) a task over your files; returns its name (see the module docstring)."""
+    if not train:
+        raise local_files.LocalDataError("local_task needs a train file; fix: set train= "
+                                         "(gin: local.local_task.train or LOCAL_TRAIN)")
+    read = functools.partial(local_files.read_records, kind=kind, text_key=text_key,
+                             inputs_key=inputs_key, targets_key=targets_key,
+                             label_key=label_key, image_key=image_key, labels=tuple(labels))
+    records = _splits(train, validation, test, read)
+    vocab = _vocabulary(kind, lang, vocabulary)
+    files = [os.path.abspath(p) for p in (train, validation, test) if p]
+    spec = {"kind": f"local_{kind}", "files": files,
+            "sizes": [os.path.getsize(p) for p in files], "lang": lang,
+            "vocabulary": vocabulary, "labels": list(labels), "image_size": int(image_size)}
+    tokens = seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32)
+    if kind == "lm":
+        steps = [functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+                 functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+                 seqio.preprocessors.append_eos_after_trim]
+        features = {"targets": tokens}
+    elif kind == "text2text":
+        steps = [functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+                 keep("inputs", "targets"), seqio.preprocessors.append_eos_after_trim]
+        features = {"inputs": tokens, "targets": tokens}
+    elif kind == "classify":
+        steps = [functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+                 prepend_cls, trim_inputs, keep("inputs", "label")]
+        features = {"inputs": seqio.Feature(vocabulary=vocab, add_eos=False, dtype=tf.int32)}
+    else:  # image_caption
+        steps = [functools.partial(seqio.preprocessors.rekey,
+                                   key_map={"image": "image", "targets": "text"}),
+                 functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+                 seqio.preprocessors.append_eos_after_trim]
+        features = {"targets": tokens}
+    sizes = {k: len(v) for k, v in records.items()}
+
+    def build():
+        source = seqio.FunctionDataSource(
+            functools.partial(_dataset_fn, records=records, kind=kind,
+                              image_size=int(image_size)),
+            splits=tuple(records), num_input_examples=sizes)
+        return seqio.TaskRegistry.add(name, source=source, preprocessors=steps,
+                                      output_features=features, shuffle_buffer_size=1024)
+
+    try:
+        registry.register_task(name, spec, build)
+    except ValueError as e:
+        raise local_files.LocalDataError(str(e)) from None
+    return name
