@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Parallel workers for the default test run (2 on the reference machine).
 TEST_WORKERS ?= 2
 
-.PHONY: install reference-env demo demo-core test test-slow bench prepare scaling clean
+.PHONY: install reference-env demo demo-core test test-slow notebooks bench prepare scaling clean
 # Where `make demo` trains (kept between runs: a second `make demo` resumes / re-evaluates).
 DEMO_DIR ?= runs/shop_tiny
 DEMO_GIN := --gin_file=experiments/gpt3/shop_tiny.gin --gin.MODEL_DIR=$(DEMO_DIR)
@@ -17,7 +17,7 @@ $(PY):
 	$(PIP) install --upgrade --quiet pip
 
 $(STAMP): setup.py | $(PY)
-	$(PIP) install --quiet -e ".[test,convert]"
+	$(PIP) install --quiet -e ".[test,convert,notebooks]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -45,13 +45,19 @@ demo-core: $(STAMP)
 prepare: $(STAMP)
 	$(PY) -m plug_jax.data.shop_world_tfds
 
-# Default suite (excludes tests marked `slow`).
+# Default suite (excludes tests marked `slow`), then the notebooks (`make notebooks`).
 test: $(STAMP) reference-env
 	$(PY) -m pytest -n $(TEST_WORKERS) -q
+	$(MAKE) --no-print-directory notebooks
 
 # Long tests only (large conversions, long decodes).
 test-slow: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) -q -m slow || [ $$? -eq 5 ]  # 5: none collected
+
+# Execute every colabs/*.ipynb top to bottom with tiny runs on the CPU (a few minutes);
+# executed copies and their PNG plots go to colabs/executed/ (colabs/README.md).
+notebooks: $(STAMP)
+	JAX_PLATFORMS=cpu $(PY) colabs/run_notebooks.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/decode_vs_transformers.py

@@ -33,6 +33,9 @@ EXTRAS = {
     # Checkpoint conversion from / to PyTorch layouts (CPU torch wheel).
     "convert": ["torch==2.13.0", "transformers==5.23.0", "safetensors==0.8.0"],
     "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+    # colabs/*.ipynb executed by `make notebooks` (part of `make test`) and on Colab.
+    "notebooks": ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
+                  "matplotlib==3.11.2"],
     "gpu": [f"jax[cuda12]=={JAX_VERSION}"],
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
 }
