@@ -6,7 +6,9 @@
     plug-convert --family structbert --source hf --input BERT_DIR --output OUT_DIR
     plug-convert --family plug --source megatron --input DIR_WITH_mp_rank_files \\
         --output OUT_DIR [--preset 27B] [--vocab_size N] [--num_ranks 8] [--drop_embedding_norm]
-    plug-convert --family palm --source modelscope --preset base-zh --input MS_DIR --output OUT
+    plug-convert --family structbert --source modelscope --input MS_DIR --output OUT_DIR \\
+        [--allow_missing=cls.seq_relationship]
+    plug-convert --family palm --source modelscope --input MS_DIR --output OUT [--preset base-zh]
     plug-convert --to hf --family structbert --input OUT_DIR --output HF_DIR
     plug-convert --to megatron --family plug --input OUT_DIR --output SHARDS_DIR [--num_ranks 8]
 
@@ -65,6 +67,14 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _prefixes(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected one or more tensor name prefixes, e.g. "
+                                         "cls.seq_relationship")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Convert a foreign checkpoint (Hugging Face, ModelScope, "
                                        "Megatron, AliceMind, ...) into a plug_jax params "
@@ -79,13 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None,
                    help="family preset giving the config, where the converter uses one "
                         "(plug: default 27B; structbert: used instead of the input's "
-                        "config.json; palm: required)")
+                        "config.json; palm: required for alicemind, instead of the "
+                        "ModelScope config.json for modelscope)")
     p.add_argument("--vocab_size", type=int, default=None, help="override the preset's vocab_size")
     p.add_argument("--num_ranks", type=int, default=8,
                    help="plug: tensor-parallel rank files to read / write (default 8)")
     p.add_argument("--drop_embedding_norm", action="store_true",
                    help="plug: convert although PlugModel has no place for "
                         "bert.embeddings.LayerNorm (outputs then differ from PLUG's)")
+    p.add_argument("--allow_missing", type=_prefixes, default=None, metavar="PREFIX[,PREFIX]",
+                   help="initialise tensors under these name prefixes fresh when the input "
+                        "lacks them (e.g. cls.seq_relationship); they are reported")
     p.add_argument("--input", required=True, help="model directory or weights file")
     p.add_argument("--output", required=True, help="output directory (must be new or empty)")
     p.add_argument("--scan_layers", type=_bool, default=True,
@@ -104,7 +118,8 @@ def _options(args, converter) -> dict:
     """The options ``converter`` uses; a set option it does not use is an error."""
     given = {"preset": args.preset, "vocab_size": args.vocab_size,
              "num_ranks": args.num_ranks if args.num_ranks != 8 else None,
-             "drop_embedding_norm": args.drop_embedding_norm or None}
+             "drop_embedding_norm": args.drop_embedding_norm or None,
+             "allow_missing": args.allow_missing}
     unused = [k for k, v in given.items() if v is not None and k not in converter.uses]
     if unused:
         flags = " / ".join(f"--{k}" for k in unused)
@@ -112,8 +127,12 @@ def _options(args, converter) -> dict:
         raise _UsageError(f"{flags} {verb} not used by family {args.family!r} "
                           f"({'--source' if converter.direction == 'import' else '--to'} "
                           f"{converter.format}); drop it")
+    # "report": lines a converter adds (tensors skipped or initialised fresh), printed after
+    # a successful conversion.
     return {"preset": args.preset, "vocab_size": args.vocab_size, "num_ranks": args.num_ranks,
-            "drop_embedding_norm": args.drop_embedding_norm, "scan_layers": args.scan_layers}
+            "drop_embedding_norm": args.drop_embedding_norm,
+            "allow_missing": args.allow_missing or (), "scan_layers": args.scan_layers,
+            "report": []}
 
 
 def _converter(args):
@@ -167,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             os.makedirs(out, exist_ok=True)
             what = converter.fn(config, params, out, options)
             print(f"{PROG}: {args.family} {args.input} -> {args.to} {out}: {what}")
+            for line in options["report"]:
+                print(f"{PROG}: {line}")
             return 0
         config, params = converter.fn(args.input, options)
         count = int(sum(np.size(x) for x in _leaves(params)))
@@ -181,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({'scanned' if config.scan_layers else 'unscanned'}) -> {path}")
     if converter.describe is not None:
         print(f"{PROG}: config: {converter.describe(config)}")
+    for line in options["report"]:
+        print(f"{PROG}: {line}")
     return 0
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 DIRECTIONS = ("import", "export")
 
 # plug-convert options a converter may use besides --input / --output / --scan_layers.
-CONVERTER_OPTIONS = ("preset", "vocab_size", "num_ranks", "drop_embedding_norm")
+CONVERTER_OPTIONS = ("preset", "vocab_size", "num_ranks", "drop_embedding_norm", "allow_missing")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +32,21 @@ class Converter:
     one and returns a short description of what it wrote. ``options`` is a dict with the
     ``plug-convert`` options named in ``uses`` (others are refused in one line) plus
     ``scan_layers``. ``describe(config) -> str`` (optional) is printed after an import.
+
+    For the round trip of ``tests/families/test_contract.py`` (export our params, import them
+    back, compare) a format with only one direction gives one of:
+
+    * ``fixture(config, params, out_dir)`` (import converters): writes a checkpoint in this
+      format from our params, for tests; not a user-facing exporter (``plug-convert --to``
+      does not list it);
+    * ``checked_by``: the test file (from the repository root) that covers the format
+      instead, when no fixture can be written without the reference env (or an export has
+      no importer); the contract test reports the format as checked elsewhere and asserts
+      that the file exists.
+
+    ``round_trip_config(config) -> config`` (either direction, optional): the config that round
+    trip starts from, given the family's ``tiny`` preset, for a format that cannot hold every
+    config (e.g. a format without the copy head: ``lambda c: c.replace(copy=False)``).
     """
 
     format: str
@@ -40,6 +55,9 @@ class Converter:
     help: str = ""
     uses: tuple[str, ...] = ()
     describe: Callable[[Any], str] | None = None
+    fixture: Callable[[Any, Any, str], None] | None = None
+    checked_by: str | None = None
+    round_trip_config: Callable[[Any], Any] | None = None
 
     def __post_init__(self):
         if self.direction not in DIRECTIONS:
@@ -49,6 +67,9 @@ class Converter:
         if bad:
             raise ValueError(f"Converter {self.format!r}: unknown options {bad}; choose from "
                              f"{CONVERTER_OPTIONS}")
+        if self.direction == "export" and self.fixture is not None:
+            raise ValueError(f"Converter {self.format!r}: fixture belongs to an import "
+                             f"converter (an exporter writes the format itself)")
 
 
 @dataclasses.dataclass(frozen=True)

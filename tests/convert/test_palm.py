@@ -337,3 +337,100 @@ def test_files_load_only_through_safe_readers(tmp_path):
     (tmp_path / "x.pkl").write_bytes(b"\x80\x04N.")
     with pytest.raises(cio.WeightsLoadError, match="unsupported"):
         load_palm_checkpoint(tmp_path / "x.pkl", cfg)
+
+
+# ------------------------------------------- ModelScope: the trainer-saved dir, config.json
+# OUT_DIR/trainer of tests/reference_env/modelscope_palm.py (the same reference run as the
+# modelscope_palm fixture): torch.save(PalmForTextGeneration.state_dict()) as the trainer's
+# CheckpointProcessor.save_model_state writes it (modelscope.models.nlp.palm_v2.text_generation
+# for the keys, modelscope.utils.checkpoint.save_checkpoint for the file), config.json with a
+# relative encoder_pth, bert/, configuration.json.
+TRAINER_SKIPPED = ("loss.criterion.one_hot", "loss.generator.dense.weight",
+                   "loss.generator.dense.bias", "palm.decoder.pos_emb.pe",
+                   "palm.decoder.transformer_layers.0.mask",
+                   "palm.decoder.transformer_layers.1.mask",
+                   "palm.decoder.transformer_layers.2.mask")
+
+
+def _plug_convert(argv):
+    import contextlib
+    import io
+
+    from plug_jax.convert.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def palm_trainer_dir(modelscope_checkpoint):
+    return modelscope_checkpoint("modelscope_palm.py") / "trainer"
+
+
+def test_modelscope_trainer_saved_dir_converts_with_plug_convert(palm_trainer_dir, tmp_path):
+    import torch
+
+    from plug_jax.trainer import checkpointing
+
+    folder = palm_trainer_dir
+    sd = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    assert set(TRAINER_SKIPPED) <= set(sd) and "palm.generator.dense.weight" in sd
+    out = tmp_path / "out"
+    rc, stdout, stderr = _plug_convert(["--family", "palm", "--source", "modelscope",
+                                        "--input", folder, "--output", out])  # no --preset
+    assert rc == 0, stderr
+    skipped = [line for line in stdout.splitlines() if line.startswith("plug-convert: skipped")]
+    for name in TRAINER_SKIPPED:  # each skipped tensor is named in the report
+        assert any(name in line for line in skipped), (name, stdout)
+    config_dict, params, metadata = checkpointing.load_params(out)
+    cfg = PalmConfig.from_dict(config_dict)
+    assert metadata["source"]["format"] == "modelscope" and not cfg.copy
+    assert (cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.hidden_size,
+            cfg.num_decoder_heads, cfg.decoder_ffn_size, cfg.vocab_size) == (2, 3, 64, 4, 256, 96)
+    ref = dict(np.load(folder / "reference.npz"))
+    got = np.asarray(jax.nn.log_softmax(_ours(cfg, params, ref["src"], ref["dec_in"],
+                                               ref["mask_src"])))
+    diff = float(np.abs(got - ref["log_probs"]).max())
+    print(f"ModelScope trainer-saved PalmForTextGeneration parity: max abs diff {diff:.3g}")
+    assert diff < 1e-4
+    # Nothing else is dropped: every other tensor of the file is in the params (the tied
+    # generator weight is the decoder table).
+    count = sum(np.size(x) for x in jax.tree_util.tree_leaves(params))
+    kept = sum(v.numel() for k, v in sd.items()
+               if k not in TRAINER_SKIPPED and k != "palm.generator.dense.weight")
+    assert count == kept
+
+
+def test_modelscope_config_json_reader_matches_the_released_mapping(modelscope_palm,
+                                                                    palm_trainer_dir):
+    from plug_jax.families.palm.convert import config_from_modelscope
+
+    folder, _, cfg = modelscope_palm  # config.json with an absolute encoder_pth
+    assert config_from_modelscope(folder) == cfg
+    # the trainer dir: relative encoder_pth, label_smoothing 0.1 (a loss-only field)
+    assert config_from_modelscope(palm_trainer_dir) == cfg
+
+
+def test_trainer_saved_loss_tensors_are_skipped_by_name_only():
+    cfg = CFG.replace(copy=False)
+    sd = {f"palm.{k}": v for k, v in _released_state_dict("modelscope").items()}
+    sd["loss.generator.dense.weight"] = sd["palm.generator.dense.weight"]
+    sd["loss.generator.dense.bias"] = sd["palm.generator.dense.bias"]
+    sd["loss.criterion.one_hot"] = np.full((1, V), 0.1 / (V - 2), np.float32)
+    report = []
+    want = palm_from_state_dict(_released_state_dict("modelscope"), cfg)
+    got = palm_from_state_dict(sd, cfg, report=report)
+    assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, got, want)))
+    text = "\n".join(report)
+    for name in ("loss.criterion.one_hot", "loss.generator.dense.weight",
+                 "loss.generator.dense.bias", "palm.decoder.pos_emb.pe"):
+        assert name in text, text
+    cases = [(dict(sd, **{"loss.other.weight": np.zeros(2, np.float32)}), "loss.other.weight"),
+             (dict(sd, **{"loss.generator.dense.bias": sd["palm.generator.dense.bias"] + 1}),
+              "differs from palm.generator.dense.bias")]
+    for bad, match in cases:
+        with pytest.raises(ValueError, match=match) as err:
+            palm_from_state_dict(bad, cfg)
+        assert "\n" not in str(err.value)

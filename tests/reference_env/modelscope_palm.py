@@ -15,6 +15,23 @@ generator weight stays tied), and writes into OUT_DIR:
 * ``reference.npz``: ``src`` [2, 9] (row 0 padded with id 0 after 6 tokens), ``mask_src``,
   ``dec_in`` = ``tgt[:, :-1]`` (what ``AbsSummarizer.forward`` feeds the decoder) and
   ``log_probs`` = ``palm.generator(decoder_outputs)`` [2, 5, vocab], in float32.
+
+and ``OUT_DIR/trainer/``, a second random model as ModelScope's trainer leaves a fine-tuned
+one (``label_smoothing`` 0.1, so the loss has its buffer):
+
+* ``pytorch_model.bin``: ``torch.save(PalmForTextGeneration.state_dict())``, written by the
+  trainer's own ``modelscope.trainers.hooks.checkpoint.checkpoint_processor.
+  CheckpointProcessor.save_model_state`` (``modelscope.utils.checkpoint.save_checkpoint(...,
+  with_meta=False)``): ``palm.``-prefixed summarizer keys plus, from
+  ``PalmForTextGeneration.loss`` (``NMTLossCompute``, ``modelscope.models.nlp.palm_v2.
+  text_generation``), ``loss.generator.dense.{weight,bias}`` (the generator module again) and
+  ``loss.criterion.one_hot`` (``LabelSmoothingLoss``'s buffer);
+* ``config.json`` with ``encoder_pth`` relative to the dir (``"bert"``), as
+  ``PalmPreTrainedModel._from_pretrained`` joins it, ``bert/`` and ``configuration.json``
+  (``modelscope.utils.checkpoint.save_configuration``);
+* ``reference.npz`` as above, for the model reloaded the way ``_instantiate`` loads the dir
+  (``PalmForTextGeneration._from_pretrained``, whose ``AbsSummarizer`` unwraps ``palm.`` and
+  loads with ``strict=False``), which must equal the trained model's.
 """
 import argparse
 import os
@@ -34,12 +51,8 @@ DECODER = dict(dec_layers=3, dec_hidden_size=64, dec_heads=4, dec_ff_size=256, d
                label_smoothing=0.0)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("out_dir")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    bert_dir = os.path.join(args.out_dir, "bert")
+def _bert_dir(out_dir):
+    bert_dir = os.path.join(out_dir, "bert")
     os.makedirs(bert_dir, exist_ok=True)
     BertConfig(**BERT).save_pretrained(bert_dir)
     special = ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -47,15 +60,75 @@ def main():
     tokens += [f"w{i}" for i in range(VOCAB - len(tokens))]
     with open(os.path.join(bert_dir, "vocab.txt"), "w") as f:
         f.write("\n".join(tokens) + "\n")
+    return bert_dir
+
+
+def _noise(model):
+    with torch.no_grad():
+        for p in model.parameters():  # the tied table is one Parameter: noised once
+            p.add_(0.1 * torch.randn_like(p))
+
+
+def _log_probs(summarizer, src, tgt, mask_src):
+    with torch.no_grad():
+        decoder_outputs, _, _ = summarizer(src, tgt, mask_src)
+        return summarizer.generator(decoder_outputs)
+
+
+def trainer_saved(out_dir, seed):
+    """OUT_DIR/trainer: what ModelScope's trainer writes for a fine-tuned PALM (docstring)."""
+    import json
+
+    from modelscope.trainers.hooks.checkpoint.checkpoint_processor import CheckpointProcessor
+    from modelscope.utils.checkpoint import save_configuration
+
+    bert_dir = _bert_dir(out_dir)
+    config = PalmConfig(encoder="bert", encoder_pth=bert_dir, max_pos=512,
+                        **dict(DECODER, label_smoothing=0.1))
+    torch.manual_seed(seed + 100)
+    model = PalmForTextGeneration(config).eval()
+    _noise(model.palm)
+    assert model.loss.generator is model.palm.generator
+    sd = model.state_dict()
+    assert "loss.criterion.one_hot" in sd and "loss.generator.dense.weight" in sd
+    CheckpointProcessor().save_model_state(model, os.path.join(out_dir, "pytorch_model.bin"))
+    config.save_pretrained(out_dir)
+    path = os.path.join(out_dir, "config.json")
+    with open(path) as f:
+        saved = json.load(f)
+    saved["encoder_pth"] = "bert"  # relative to the model dir, as the released dirs have it
+    with open(path, "w") as f:
+        json.dump(saved, f, indent=2, sort_keys=True)
+    save_configuration(out_dir, {"framework": "pytorch", "task": "text-generation",
+                                 "model": {"type": "palm-v2"}})
+
+    src = torch.randint(7, VOCAB, (2, 9))
+    src[0, 6:] = 0
+    mask_src = (src != 0).long()
+    tgt = torch.randint(7, VOCAB, (2, 6))
+    reloaded = PalmForTextGeneration._from_pretrained(out_dir).eval()
+    want = _log_probs(model.palm, src, tgt, mask_src)
+    got = _log_probs(reloaded.palm, src, tgt, mask_src)
+    assert torch.equal(want, got), "the trainer-saved dir does not reload the same model"
+    np.savez(os.path.join(out_dir, "reference.npz"), src=src.numpy(),
+             mask_src=mask_src.numpy(), dec_in=tgt[:, :-1].numpy(),
+             log_probs=got.numpy().astype(np.float32))
+    print(f"wrote {out_dir}: {len(sd)} tensors (PalmForTextGeneration.state_dict())")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out_dir")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    bert_dir = _bert_dir(args.out_dir)
     config = PalmConfig(encoder="bert", encoder_pth=bert_dir, max_pos=512, **DECODER)
     config.save_pretrained(args.out_dir)
 
     torch.manual_seed(args.seed)
     model = PalmForTextGeneration(config).eval()
     palm = model.palm
-    with torch.no_grad():
-        for p in palm.parameters():  # the tied table is one Parameter: noised once
-            p.add_(0.1 * torch.randn_like(p))
+    _noise(palm)
     assert palm.generator.dense.weight is palm.decoder.embeddings.weight
     path = os.path.join(args.out_dir, "pytorch_model.bin")
     torch.save(palm.state_dict(), path)
@@ -75,6 +148,7 @@ def main():
              mask_src=mask_src.numpy(), dec_in=tgt[:, :-1].numpy(),
              log_probs=outs[0].numpy().astype(np.float32))
     print(f"wrote {args.out_dir}: {len(palm.state_dict())} tensors")
+    trainer_saved(os.path.join(args.out_dir, "trainer"), args.seed)
 
 
 if __name__ == "__main__":

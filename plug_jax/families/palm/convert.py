@@ -25,6 +25,23 @@ Key layouts, read from the released code (``alibaba/AliceMind`` ``PALM/models/mo
 Checkpoint files may wrap the state dict (``{'model': sd}``) or prefix it (``model.``,
 ``palm.``, ``module.``); both are unwrapped, as ModelScope's ``_unwrap_checkpoint`` does.
 
+What ModelScope's trainer saves, ``torch.save(PalmForTextGeneration.state_dict())``
+(``modelscope.utils.checkpoint.save_checkpoint(with_meta=False)`` through
+``CheckpointProcessor.save_model_state``), holds the summarizer under ``palm.`` and, from
+``PalmForTextGeneration.loss`` (``NMTLossCompute``), ``loss.generator.dense.{weight,bias}``
+(the same ``PalmPointerGenerator`` module as ``palm.generator``, listed twice by
+``state_dict``) and, with ``label_smoothing > 0``, ``loss.criterion.one_hot``
+(``LabelSmoothingLoss``'s smoothed target row). ``AbsSummarizer`` loads such a file with
+``strict=False``; here those tensors are skipped by name (:data:`TRAINING_ONLY`; the
+``loss.generator`` copies must equal ``generator.dense``) and reported, as are the buffers;
+any other tensor that is not part of the model is still an error.
+
+``config.json`` (``modelscope.models.nlp.palm_v2.configuration.PalmConfig``: ``encoder``,
+``encoder_pth``, ``dec_layers``, ``dec_hidden_size``, ``dec_heads``, ``dec_ff_size``,
+``dec_dropout``, ``max_pos``...) and the encoder's ``config.json`` in ``encoder_pth``
+(relative to the model dir, as ``PalmPreTrainedModel._from_pretrained`` joins it) give the
+sizes: :func:`config_from_modelscope`.
+
 Mapping onto ``PalmModel``: ``nn.Linear`` ``[out, in]`` weights are transposed; attention
 matrices are split into heads (``[embed, heads, kv]`` / ``[heads, kv, embed]``); decoder layers
 ``0 .. L-2`` go to ``decoder/`` (scanned or not, from ``config.scan_layers``) and layer ``L-1``
@@ -62,6 +79,15 @@ from plug_jax.families.structbert.convert_hf import _dense, _layer_entries, _ln,
 from plug_jax.families.palm.config import PalmConfig
 
 LAYOUTS = ("alicemind", "modelscope")
+# Tensors of ModelScope's PalmForTextGeneration.state_dict() that are not part of the model
+# (name after unwrapping -> why); skipped and reported. loss.generator.* must equal the
+# generator.* tensor named here.
+TRAINING_ONLY = {
+    "loss.criterion.one_hot": "label-smoothing target row of PalmForTextGeneration.loss "
+                              "(NMTLossCompute's LabelSmoothingLoss), training only",
+    "loss.generator.dense.weight": "generator.dense.weight",
+    "loss.generator.dense.bias": "generator.dense.bias",
+}
 _ENC_PREFIX = {"alicemind": "bert.model.", "modelscope": "bert."}
 _WRAPPERS = ("module.", "palm.", "model.")
 _BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids", "pos_emb.pe")
@@ -123,16 +149,88 @@ def _check_config(config: PalmConfig, api: str) -> None:
         raise TypeError(f"{api}: expected a PalmConfig, got {type(config).__name__}")
 
 
+# -------------------------------------------------------------------------- config
+_MS_ENCODERS = ("bert", "zh_bert", "roberta")
+
+
+def config_from_modelscope(model_dir: str | os.PathLike, **overrides) -> PalmConfig:
+    """``PalmConfig`` of a ModelScope palm_v2 model dir: its ``config.json`` (ModelScope's
+    ``PalmConfig``) and the encoder's ``config.json`` in ``encoder_pth`` (joined to the model
+    dir, as ``PalmPreTrainedModel._from_pretrained`` does; a ``BertConfig`` or
+    ``RobertaConfig``). The decoder's fixed parts come from ``palm_v2/text_generation.py``:
+    LayerNorm epsilon 1e-6, ``gelu_new``, a separate decoder table (``share_emb`` copies the
+    encoder's at initialisation), no copy head. ``overrides`` replace any field."""
+    from plug_jax.families.structbert.convert_hf import HF_ACTIVATIONS
+
+    api = "palm config_from_modelscope"
+    d = os.fspath(model_dir)
+    path = os.path.join(d, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"{api}: no config.json in {d} (ModelScope's PalmConfig); pass "
+                         f"--preset for the sizes")
+    c = cio.read_json(path)
+    if c.get("model_type", "palm") != "palm":
+        raise ValueError(f"{api}: {path} has model_type {c['model_type']!r}, not ModelScope's "
+                         f"'palm' (palm_v2 PalmConfig)")
+    encoder = c.get("encoder", "roberta")  # ModelScope PalmConfig's defaults
+    if encoder not in _MS_ENCODERS:
+        raise ValueError(f"{api}: {path}: encoder {encoder!r} is not one of "
+                         f"{', '.join(_MS_ENCODERS)}")
+    enc_pth = c.get("encoder_pth", "roberta-base")
+    enc_path = os.path.join(d, enc_pth, "config.json")
+    if not os.path.isfile(enc_path):
+        raise ValueError(f"{api}: {path} names encoder_pth {enc_pth!r}, but {enc_path} does "
+                         f"not exist (AbsSummarizer reads the encoder's config there)")
+    b = cio.read_json(enc_path)
+    pet = b.get("position_embedding_type", "absolute") or "absolute"
+    act = b.get("hidden_act", "gelu")
+    if pet != "absolute" or act not in HF_ACTIVATIONS:
+        raise ValueError(f"{api}: {enc_path}: position_embedding_type {pet!r} / hidden_act "
+                         f"{act!r} is not supported (absolute positions; "
+                         f"{', '.join(sorted(HF_ACTIVATIONS))})")
+    hidden = int(b.get("hidden_size", 768))
+    if int(c.get("dec_hidden_size", 768)) != hidden:
+        raise ValueError(f"{api}: dec_hidden_size {c.get('dec_hidden_size', 768)} differs from "
+                         f"the encoder's hidden_size {hidden}; palm_v2 needs them equal")
+    roberta = encoder == "roberta"
+    max_pos = int(b.get("max_position_embeddings", 514 if roberta else 512))
+    if int(c.get("max_pos", 512)) > 512:  # AbsSummarizer enlarges the position table
+        max_pos = int(c["max_pos"])
+    kw = dict(
+        vocab_size=int(b.get("vocab_size", 50265 if roberta else 30522)),
+        num_encoder_layers=int(b.get("num_hidden_layers", 12)),
+        num_heads=int(b.get("num_attention_heads", 12)), hidden_size=hidden,
+        ffn_size=int(b.get("intermediate_size", 4 * hidden)), max_position_embeddings=max_pos,
+        # RoBERTa numbers positions from padding_idx + 1, BERT from 0
+        position_offset=int(b.get("pad_token_id", 1)) + 1 if roberta else 0,
+        type_vocab_size=int(b.get("type_vocab_size", 1 if roberta else 2)),
+        layer_norm_epsilon=float(b.get("layer_norm_eps", 1e-5 if roberta else 1e-12)),
+        activation=HF_ACTIVATIONS[act],
+        dropout_rate=float(b.get("hidden_dropout_prob", 0.1)),
+        attention_dropout_rate=float(b.get("attention_probs_dropout_prob", 0.1)),
+        initializer_range=float(b.get("initializer_range", 0.02)),
+        num_decoder_layers=int(c.get("dec_layers", 12)),
+        num_decoder_heads=int(c.get("dec_heads", 8)),
+        decoder_ffn_size=int(c.get("dec_ff_size", 3072)),
+        decoder_dropout_rate=float(c.get("dec_dropout", 0.2)),
+        decoder_layer_norm_epsilon=1e-6, decoder_activation="gelu_tanh",
+        share_embeddings=False, use_pooler=True, copy=False)
+    kw.update(overrides)
+    return PalmConfig(**kw)
+
+
 # -------------------------------------------------------------------------- import
-def _normalise(state_dict: Mapping) -> tuple[dict, str]:
+def _normalise(state_dict: Mapping, names: dict | None = None) -> tuple[dict, str]:
     """Unwraps ``{'model': sd}`` and ``model.`` / ``palm.`` / ``module.`` prefixes, maps
-    ``LayerNorm.gamma/beta`` to ``weight/bias`` and detects the layout."""
+    ``LayerNorm.gamma/beta`` to ``weight/bias`` and detects the layout. ``names``, when
+    given, gets ``{normalised name: the file's name}``."""
     sd: Any = state_dict
     for wrapper in ("model", "palm"):  # {'model': sd, 'opt': ..., 'optims': ...}
         if isinstance(sd, Mapping) and isinstance(sd.get(wrapper), Mapping):
             sd = sd[wrapper]
     out: dict[str, Any] = {}
     for k, v in sd.items():
+        original = k
         changed = True
         while changed:
             changed = False
@@ -147,22 +245,29 @@ def _normalise(state_dict: Mapping) -> tuple[dict, str]:
             raise ValueError(f"state dict has tensor {k!r} twice (under two wrappers or as "
                              f"gamma/beta and weight/bias)")
         out[k] = v
+        if names is not None:
+            names[k] = original
     layout = "alicemind" if any(k.startswith("bert.model.") for k in out) else "modelscope"
     return out, layout
 
 
 def palm_from_state_dict(state_dict: Mapping, config: PalmConfig, *, strict: bool = True,
-                         copy_gate_bias: float = 0.0) -> dict:
+                         copy_gate_bias: float = 0.0, report: list | None = None) -> dict:
     """``PalmModel(config)`` params (nested dicts of float32 numpy) from an AliceMind or
     ModelScope PALM state dict (torch tensors or numpy arrays; the layout is detected).
 
-    ``strict``: raise one line on tensors that are not used. Missing tensors always raise.
+    ``strict``: raise one line on tensors that are not used (the buffers and the
+    :data:`TRAINING_ONLY` tensors of a trainer-saved ModelScope file are skipped by name, not
+    by this). Missing tensors always raise.
     ``copy_gate_bias``: bias of a fresh copy gate when ``config.copy`` and the checkpoint
     has no copy head (module docstring).
+    ``report``: a list that gets one line per group of skipped tensors, by their names in the
+    file.
     """
     api = "palm_from_state_dict"
     _check_config(config, api)
-    sd, layout = _normalise(state_dict)
+    names: dict[str, str] = {}
+    sd, layout = _normalise(state_dict, names)
     enc = _ENC_PREFIX[layout]
     has_copy = "generator.prob_proj.weight" in sd
     if has_copy and not config.copy:
@@ -226,9 +331,33 @@ def palm_from_state_dict(state_dict: Mapping, config: PalmConfig, *, strict: boo
             bias = cio.to_numpy(sd["generator.prob_proj.bias"]).reshape(1)
             used.update(("generator.prob_proj.weight", "generator.prob_proj.bias"))
         flat["copy_gate/kernel"], flat["copy_gate/bias"] = kernel, bias
-    leftover = [k for k in sd if k not in used and not _is_buffer(k)]
+    skipped: dict[str, list[str]] = {}
+    for k in sd:
+        if k in used:
+            continue
+        if k in TRAINING_ONLY:
+            twin = TRAINING_ONLY[k]
+            if twin in sd:  # loss.generator.*: the generator module, listed a second time
+                if not np.array_equal(cio.to_numpy(sd[k]), cio.to_numpy(sd[twin])):
+                    raise ValueError(f"{api}: {names[k]} differs from {names[twin]}; in "
+                                     f"PalmForTextGeneration they are one module")
+                why = ("PalmForTextGeneration.loss.generator is the generator module, listed "
+                       "twice by state_dict: equal to the generator's tensors (checked)")
+            elif k.startswith("loss.generator."):
+                raise ValueError(f"{api}: {names[k]} without {twin}; is this a "
+                                 f"PalmForTextGeneration state dict?")
+            else:
+                why = twin
+            skipped.setdefault(why, []).append(names[k])
+        elif _is_buffer(k):
+            skipped.setdefault("buffers, rebuilt by the model", []).append(names[k])
+    if report is not None:
+        for why, keys in skipped.items():
+            report.append(f"skipped {', '.join(keys)}: {why}")
+    leftover = [k for k in sd if k not in used and not _is_buffer(k) and k not in TRAINING_ONLY]
     if strict and leftover:
-        raise ValueError(f"{api}: {len(leftover)} unexpected tensor(s) {_few(leftover)} are not "
+        raise ValueError(f"{api}: {len(leftover)} unexpected tensor(s) "
+                         f"{_few(names[k] for k in leftover)} are not "
                          f"part of PalmModel(config) ({layout} layout); pass strict=False to "
                          f"ignore them")
     params = cio.unflatten_tree(flat)
@@ -340,7 +469,7 @@ def palm_to_state_dict(params: Mapping, config: PalmConfig, *, layout: str = "al
 
 
 def load_palm_checkpoint(path: str | os.PathLike, config: PalmConfig, *, strict: bool = True,
-                         copy_gate_bias: float = 0.0) -> dict:
+                         copy_gate_bias: float = 0.0, report: list | None = None) -> dict:
     """``PalmModel(config)`` params from a PALM weights file (``.safetensors``, or
     ``.bin`` / ``.pt`` / ``.pth`` through ``torch.load(weights_only=True)``), or from a
     directory holding ``pytorch_model.bin`` / ``model.safetensors`` (ModelScope)."""
@@ -350,4 +479,5 @@ def load_palm_checkpoint(path: str | os.PathLike, config: PalmConfig, *, strict:
     else:
         files = [p]
     sd = cio.load_weights_files(files)
-    return palm_from_state_dict(sd, config, strict=strict, copy_gate_bias=copy_gate_bias)
+    return palm_from_state_dict(sd, config, strict=strict, copy_gate_bias=copy_gate_bias,
+                                report=report)

@@ -19,14 +19,22 @@ def _flops(config, batch: int, lengths) -> float:
 
 def _import(layout: str):
     def run(path, options):
-        """--preset gives the sizes (no config.json reader yet); the copy head follows the
+        """The sizes: ``--preset``, else (ModelScope) the dir's ``config.json`` and the
+        encoder's ``config.json`` (``config_from_modelscope``). The copy head follows the
         checkpoint: with AliceMind's ``generator.prob_proj`` the released CopyGenerator
-        (``copy_softmax``, gate on [context; state]), without it ``copy=False``."""
+        (``copy_softmax``, gate on [context; state]), without it ``copy=False``. Tensors
+        skipped on purpose (buffers, a trainer-saved file's ``loss.*``) go to the report."""
         from plug_jax.convert import io as cio
-        from plug_jax.families.palm.convert import _normalise, palm_from_state_dict
-        if not options.get("preset"):
-            raise ValueError("family 'palm' needs --preset (base, large, base-zh, large-zh or "
-                             "tiny) for the sizes of the checkpoint")
+        from plug_jax.families.palm.convert import (_normalise, config_from_modelscope,
+                                                    palm_from_state_dict)
+        model_dir = path if os.path.isdir(path) else (os.path.dirname(path) or ".")
+        from_json = layout == "modelscope" and not options.get("preset")
+        if not options.get("preset") and not (
+                from_json and os.path.isfile(os.path.join(model_dir, "config.json"))):
+            where = (" or a ModelScope config.json in the model dir" if layout == "modelscope"
+                     else "")
+            raise ValueError(f"family 'palm' needs --preset (base, large, base-zh, large-zh or "
+                             f"tiny) for the sizes of the checkpoint{where}")
         files = cio.find_hf_weights(path) if os.path.isdir(path) else [path]
         sd = cio.load_weights_files(files)
         flat, found = _normalise(sd)
@@ -38,8 +46,13 @@ def _import(layout: str):
             over.update(copy_gate_uses_input=False, copy_softmax=True)
         if options.get("vocab_size") is not None:
             over["vocab_size"] = options["vocab_size"]
-        config = PalmConfig.from_preset(options["preset"], **over)
-        return config, palm_from_state_dict(sd, config)
+        if from_json:
+            config = config_from_modelscope(model_dir, **over)
+        else:
+            config = PalmConfig.from_preset(options["preset"], **over)
+        report = options.get("report")
+        return config, palm_from_state_dict(sd, config,
+                                            report=report if isinstance(report, list) else None)
     return run
 
 
@@ -77,9 +90,10 @@ FAMILY = FamilySpec(
         Converter("alicemind", "import", _import("alicemind"), "AliceMind PALM weights "
                   "(bert.model.*; with or without the -p_gen copy head)",
                   uses=("preset", "vocab_size"), describe=describe),
-        Converter("modelscope", "import", _import("modelscope"), "ModelScope palm_v2 "
-                  "(AbsSummarizer state dict, pytorch_model.bin)", uses=("preset", "vocab_size"),
-                  describe=describe),
+        Converter("modelscope", "import", _import("modelscope"), "ModelScope palm_v2 dir "
+                  "(config.json + encoder config; pytorch_model.bin: the AbsSummarizer state "
+                  "dict, or the trainer's PalmForTextGeneration one with palm./loss. keys)",
+                  uses=("preset", "vocab_size"), describe=describe),
         Converter("alicemind", "export", _export("alicemind"), "pytorch_model.bin, AliceMind "
                   "names"),
         Converter("modelscope", "export", _export("modelscope"), "pytorch_model.bin, "

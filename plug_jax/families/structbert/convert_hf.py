@@ -71,8 +71,11 @@ def config_from_bert(hf_config: Any, state_dict: Mapping | None = None, *,
     c = _hf_config_dict(hf_config)
     model_type = c.get("model_type") or "bert"
     if model_type not in MODEL_TYPES:
+        hint = ("; a ModelScope SbertConfig dir converts with plug-convert --source modelscope"
+                " (convert_modelscope.config_from_modelscope)"
+                if model_type == "structbert" else "")
         raise ValueError(f"{api}: model_type {model_type!r} cannot be converted to family "
-                         f"'structbert' (supported: {', '.join(MODEL_TYPES)})")
+                         f"'structbert' (supported: {', '.join(MODEL_TYPES)}){hint}")
     if c.get("is_decoder", False) or c.get("add_cross_attention", False):
         raise ValueError(f"{api}: is_decoder / add_cross_attention BERT models are not supported; "
                          f"the structbert family is a bidirectional encoder")

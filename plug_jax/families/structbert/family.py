@@ -66,6 +66,19 @@ def _export_hf(config, params, out, options) -> str:
     return f"{count:,} parameters (model.safetensors + config.json){note}"
 
 
+def _import_modelscope(path, options):
+    from plug_jax.families.structbert.convert_modelscope import load_modelscope_checkpoint
+    report = options.get("report")
+    return load_modelscope_checkpoint(path, scan_layers=options["scan_layers"],
+                                      allow_missing=options.get("allow_missing") or (),
+                                      report=report if isinstance(report, list) else None)
+
+
+def _export_modelscope(config, params, out, options) -> str:
+    from plug_jax.families.structbert.convert_modelscope import save_modelscope
+    return save_modelscope(config, params, out)
+
+
 def describe(c) -> str:
     return (f"preset={c.preset} layers={c.num_layers} heads={c.num_heads} "
             f"hidden={c.hidden_size} ffn={c.mlp_dim} vocab={c.vocab_size} "
@@ -98,6 +111,13 @@ FAMILY = FamilySpec(
                   "(config.json + weights)", uses=("preset", "vocab_size"), describe=describe),
         Converter("hf", "export", _export_hf, "config.json + model.safetensors "
                   "(BertForPreTraining, or MegatronBertForPreTraining for pre-LN)"),
+        Converter("modelscope", "import", _import_modelscope, "ModelScope StructBERT dir "
+                  "(SbertConfig config.json + pytorch_model.bin: SbertForMaskedLM fill-mask, "
+                  "SbertForSequenceClassification, SbertModel)", uses=("allow_missing",),
+                  describe=describe),
+        Converter("modelscope", "export", _export_modelscope, "config.json + "
+                  "configuration.json + pytorch_model.bin (SbertForMaskedLM, or "
+                  "SbertForSequenceClassification for classifier params)"),
     ),
     plan_rows=plan_rows,
     feature_converters=("encoder",),
