@@ -25,6 +25,15 @@ def _import(fmt: str):
     return run
 
 
+def _fixture(fmt: str):
+    """Writes a checkpoint in ``fmt`` from our params, for tests (families/gpt3/fixtures.py)."""
+    def write(config, params, out_dir) -> None:
+        from plug_jax.families.gpt3 import fixtures
+        fn = fixtures.write_hf if fmt == "hf" else fixtures.write_modelscope
+        fn(config, params, out_dir)
+    return write
+
+
 def _describe(c) -> str:
     return (f"layers={c.num_layers} heads={c.num_heads} hidden={c.hidden_size} ffn={c.mlp_dim} "
             f"vocab={c.vocab_size} max_pos={c.max_position_embeddings} "
@@ -82,10 +91,10 @@ FAMILY = FamilySpec(
     flops={"decoder_lm": _flops},
     converters=(
         Converter("hf", "import", _import("hf"), "transformers GPT-2 (GPT2LMHeadModel) folder "
-                  "or state dict", describe=_describe),
+                  "or state dict", describe=_describe, fixture=_fixture("hf")),
         Converter("modelscope", "import", _import("modelscope"), "ModelScope GPT-3 folder "
                   "(config.json + pytorch_model.bin, or Megatron mp_rank shards)",
-                  describe=_describe),
+                  describe=_describe, fixture=_fixture("modelscope")),
     ),
     plan_rows=plan_rows,
     feature_converters=("decoder",),

@@ -94,10 +94,15 @@ FAMILY = FamilySpec(
                   "(config.json + encoder config; pytorch_model.bin: the AbsSummarizer state "
                   "dict, or the trainer's PalmForTextGeneration one with palm./loss. keys)",
                   uses=("preset", "vocab_size"), describe=describe),
+        # round_trip_config: the tiny preset's copy head as each layout can hold it (the
+        # AliceMind -p_gen head mixes after a softmax and its gate reads no inputs;
+        # ModelScope's palm_v2 has no copy head)
         Converter("alicemind", "export", _export("alicemind"), "pytorch_model.bin, AliceMind "
-                  "names"),
+                  "names", round_trip_config=lambda c: c.replace(copy_gate_uses_input=False,
+                                                                 copy_softmax=True)),
         Converter("modelscope", "export", _export("modelscope"), "pytorch_model.bin, "
-                  "ModelScope palm_v2 names (no copy head)"),
+                  "ModelScope palm_v2 names (no copy head)",
+                  round_trip_config=lambda c: c.replace(copy=False)),
     ),
     feature_converters=("encdec",),
     experiments=(Experiment("experiments/palm/shop_title_tiny.gin", _SHORT),
