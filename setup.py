@@ -14,6 +14,10 @@ INSTALL_REQUIRES = [
     "flax==0.12.8",
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
+    # plug-export's serving SavedModel (jax2tf native serialization; TensorFlow is already
+    # required by the data layer). 0.0.8 works with jax 0.10.2 / orbax-checkpoint 0.12.8
+    # (tests/test_export.py); see docs/decisions.md.
+    "orbax-export==0.0.8",
     "numpy==2.4.6",
     # Trainer, CLI and metrics.
     "gin-config==0.5.0",
@@ -71,6 +75,7 @@ setup(
             "plug-eval=plug_jax.main:eval_main",
             "plug-infer=plug_jax.main:infer_main",
             "plug-plan=plug_jax.main:plan_main",
+            "plug-export=plug_jax.export:main",
             "plug-tasks=plug_jax.data.registry:main",
         ],
     },
