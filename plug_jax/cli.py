@@ -12,12 +12,8 @@ MODES = ("train", "eval", "infer", "plan")
 DESCRIPTION = "plug_jax: train, evaluate, generate from and plan the AliceMind / X-PLUG models."
 
 
-def base_parser(prog: str, mode: str | None) -> argparse.ArgumentParser:
-    """``--gin_file``, ``--gin_search_paths``, ``--print_config``, ``--prompt`` and the
-    multi-process flags; ``--mode`` when no mode is fixed by the command's name."""
-    ap = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
-    if mode is None:
-        ap.add_argument("--mode", choices=MODES, default="train")
+def add_gin_flags(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--gin_file``, ``--gin_search_paths`` and ``--print_config`` (every gin command)."""
     ap.add_argument("--gin_file", action="append", default=[],
                     help="gin file (repeatable), relative to the search paths or a path")
     ap.add_argument("--gin_search_paths", default=None,
@@ -25,6 +21,16 @@ def base_parser(prog: str, mode: str | None) -> argparse.ArgumentParser:
                          "(default: the installed gin_configs/)")
     ap.add_argument("--print_config", action="store_true",
                     help="print every gin binding and where it was set, then exit")
+    return ap
+
+
+def base_parser(prog: str, mode: str | None) -> argparse.ArgumentParser:
+    """``--gin_file``, ``--gin_search_paths``, ``--print_config``, ``--prompt`` and the
+    multi-process flags; ``--mode`` when no mode is fixed by the command's name."""
+    ap = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    if mode is None:
+        ap.add_argument("--mode", choices=MODES, default="train")
+    add_gin_flags(ap)
     ap.add_argument("--prompt", action="append", default=None,
                     help="(infer) a prompt; repeatable; overrides the gin-bound prompts")
     if mode in (None, "infer", "eval"):

@@ -359,13 +359,8 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG, description="Export the latest checkpoint of a trained MODEL_DIR: a "
                                "serving SavedModel (orbax-export) or, with --to, the "
                                "family's foreign checkpoint format.")
-    ap.add_argument("--gin_file", action="append", default=[],
-                    help="gin file (repeatable), relative to the search paths or a path")
-    ap.add_argument("--gin_search_paths", default=None,
-                    help="comma-separated folders for gin files and includes "
-                         "(default: the installed gin_configs/)")
-    ap.add_argument("--print_config", action="store_true",
-                    help="print every gin binding and where it was set, then exit")
+    from plug_jax.cli import add_gin_flags
+    add_gin_flags(ap)
     ap.add_argument("--to", default=None,
                     help=f"'{SERVING}' (default: orbax-export SavedModel) or an export format "
                          f"of the family's converters (hf, modelscope, alicemind, megatron)")

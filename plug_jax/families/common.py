@@ -2,34 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-import jax.numpy as jnp
-
-from plug_jax.layers.mlp import ACTIVATIONS
+from plug_jax.layers.config_base import ConfigBase
 from plug_jax.layers.moe.config import MoeFields
-from plug_jax.layers.scan import check_remat_policy
 
 
 @dataclasses.dataclass(frozen=True)
-class FamilyConfig(MoeFields):
+class FamilyConfig(MoeFields, ConfigBase):
     """Base of the family config dataclasses (which define ``dtype``, ``param_dtype``,
-    ``activation``, ``remat_policy`` and the sizes)."""
-
-    def check_basics(self, owner: str) -> None:
-        """One-line errors for an unknown activation or remat policy."""
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"{owner}: unknown activation {self.activation!r}; choose one of "
-                             f"{sorted(ACTIVATIONS)}")
-        check_remat_policy(self.remat_policy)
-
-    @property
-    def compute_dtype(self) -> Any:
-        return jnp.dtype(self.dtype)
-
-    @property
-    def params_dtype(self) -> Any:
-        return jnp.dtype(self.param_dtype)
-
-    def replace(self, **kw):
-        return dataclasses.replace(self, **kw)
+    ``activation``, ``remat_policy`` and the sizes); dtypes, ``replace`` and
+    ``check_basics`` come from :class:`plug_jax.layers.config_base.ConfigBase`."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Mapping
 
-import jax.numpy as jnp
+from plug_jax.layers.config_base import ConfigBase
 
 Route = tuple[tuple[str, str], ...]
 
@@ -53,8 +53,9 @@ def _as_part(owner: str, name: str, cls: type, value: Any) -> Any:
                     f"{type(value).__name__}")
 
 
-class CompositeConfig:
-    """Base of the composite family configs (module docstring)."""
+class CompositeConfig(ConfigBase):
+    """Base of the composite family configs (module docstring); ``replace`` (parts and
+    fields, or flat names routed into the parts) and the dtypes come from ConfigBase."""
 
     PARTS: ClassVar[dict[str, type]] = {}
     ROUTES: ClassVar[dict[str, Route]] = {}
@@ -138,17 +139,6 @@ class CompositeConfig:
                                  + ", ".join(f"{k}={v!r}" for k, v in seen.items())
                                  + f"); set {key} once (flat) or give the parts the same value")
 
-    def replace(self, **kw):
-        """``dataclasses.replace``: parts and fields, or flat names (routed into the parts)."""
-        return dataclasses.replace(self, **kw)
-
-    @property
-    def compute_dtype(self) -> Any:
-        return jnp.dtype(self.dtype)
-
-    @property
-    def params_dtype(self) -> Any:
-        return jnp.dtype(self.param_dtype)
 
 
 def _flat_property(flat: str, route: Route) -> property:

@@ -70,6 +70,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from plug_jax.layers.attention import MultiHeadAttention, causal_mask, padding_mask
+from plug_jax.layers.config_base import ConfigBase
 from plug_jax.layers.dense import DenseGeneral
 from plug_jax.layers.embeddings import Embed
 from plug_jax.layers.mlp import ACTIVATIONS, MLP
@@ -99,23 +100,12 @@ def _check_tower(cfg: Any, owner: str) -> None:
             raise ValueError(f"{owner}: unknown {field} {getattr(cfg, field)!r}") from None
 
 
-class _TowerConfig:
-    """Derived sizes and dtypes shared by the two tower configs."""
+class _TowerConfig(ConfigBase):
+    """Derived sizes shared by the two tower configs (dtypes and ``replace``: ConfigBase)."""
 
     @property
     def head_dim(self) -> int:
         return self.width // self.heads
-
-    @property
-    def compute_dtype(self) -> Any:
-        return jnp.dtype(self.dtype)
-
-    @property
-    def params_dtype(self) -> Any:
-        return jnp.dtype(self.param_dtype)
-
-    def replace(self, **kw):
-        return dataclasses.replace(self, **kw)
 
 
 @dataclasses.dataclass(frozen=True)

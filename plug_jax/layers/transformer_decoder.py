@@ -23,10 +23,10 @@ from flax import linen as nn
 
 from plug_jax.layers.attention import (MultiHeadAttention, causal_mask, combine_masks,
                                        padding_mask, segment_mask)
-from plug_jax.layers.mlp import ACTIVATIONS, MLP
+from plug_jax.layers.config_base import ConfigBase
+from plug_jax.layers.mlp import MLP
 from plug_jax.layers.moe.config import MoeFields
 from plug_jax.layers.norms import LayerNorm
-from plug_jax.layers.scan import check_remat_policy
 from plug_jax.partitioning import axes as A
 from plug_jax.partitioning.constraints import with_logical_constraint
 
@@ -35,7 +35,7 @@ _ACT = (A.ACT_BATCH, A.ACT_LENGTH, A.ACT_EMBED)
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformerDecoderConfig(MoeFields):
+class TransformerDecoderConfig(MoeFields, ConfigBase):
     """A stack of :class:`TransformerDecoderLayer`s (the MoE fields put experts in every
     ``moe_every_n``-th layer, as in the family configs)."""
 
@@ -64,10 +64,7 @@ class TransformerDecoderConfig(MoeFields):
         if self.norm_placement not in NORM_PLACEMENTS:
             raise ValueError(f"{owner}: unknown norm_placement {self.norm_placement!r}; choose "
                              f"one of {NORM_PLACEMENTS}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"{owner}: unknown activation {self.activation!r}; choose one of "
-                             f"{sorted(ACTIVATIONS)}")
-        check_remat_policy(self.remat_policy)
+        self.check_basics(owner)
         self.check_moe(owner, num_layers=self.num_layers)
 
     @property
@@ -82,16 +79,6 @@ class TransformerDecoderConfig(MoeFields):
     def pre_norm(self) -> bool:
         return self.norm_placement == "pre"
 
-    @property
-    def compute_dtype(self) -> Any:
-        return jnp.dtype(self.dtype)
-
-    @property
-    def params_dtype(self) -> Any:
-        return jnp.dtype(self.param_dtype)
-
-    def replace(self, **kw) -> "TransformerDecoderConfig":
-        return dataclasses.replace(self, **kw)
 
 
 def decoder_part(config: Any) -> Any:
