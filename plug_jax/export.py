@@ -225,11 +225,11 @@ def export_model(*, model, model_dir: str, export_dir: str, dataset_cfg,
                                               step=step)
     _check_restored(params, model_dir, step)
     if to != SERVING:
-        return _export_converted(model, params, step, model_dir, out, to)
+        return _export_converted(model, params, step, model_dir, out, to,
+                                 _vocabulary_entry(model_dir, dataset_cfg))
     import jax
     params = jax.device_get(params)
-    from plug_jax.data.pipeline import task_vocabulary
-    vocabulary = task_vocabulary(dataset_cfg.mixture_or_task_name)
+    vocabulary, _ = loop.inference_vocabulary(model_dir, dataset_cfg)
     eos = getattr(vocabulary, "eos_id", None)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
@@ -289,10 +289,29 @@ def _versions() -> dict:
     return out
 
 
-def _export_converted(model, params, step: int, model_dir: str, out: str, to: str) -> dict:
+def _vocabulary_entry(model_dir: str, dataset_cfg) -> tuple[str, dict] | None:
+    """``(file, metadata entry)`` of the vocabulary ``model_dir``'s model reads: the one a
+    converted checkpoint carries, else the task's (WordPiece or SentencePiece file)."""
+    from plug_jax.convert import vocabulary as carried
+    path = carried.carried_path(model_dir)
+    if path is None:
+        from plug_jax.data.pipeline import task_vocabulary
+        vocab = task_vocabulary(dataset_cfg.mixture_or_task_name)
+        path = _vocabulary_file(vocab)
+        if not path:
+            return None
+        lower = getattr(vocab, "do_lower_case", True)
+    else:
+        with open(os.path.join(model_dir, "metadata.json"), encoding="utf-8") as f:
+            lower = json.load(f)["vocabulary"].get("do_lower_case", True)
+    return path, carried.describe(path, do_lower_case=lower)
+
+
+def _export_converted(model, params, step: int, model_dir: str, out: str, to: str,
+                      vocab: tuple[str, dict] | None = None) -> dict:
     """``plug-convert --to TO`` on the restored params (written as a params checkpoint in a
-    temporary folder first: one code path for both commands). plug-convert's lines are
-    printed with this command's name."""
+    temporary folder first: one code path for both commands), carrying ``vocab`` (see
+    :func:`_vocabulary_entry`). plug-convert's lines are printed with this command's name."""
     import contextlib
     import io
 
@@ -308,12 +327,17 @@ def _export_converted(model, params, step: int, model_dir: str, out: str, to: st
     said_out, said_err = io.StringIO(), io.StringIO()
     existed = os.path.isdir(out)
     try:
+        metadata = {"family": model.family, "preset": meta.get("preset"),
+                    "scanned": meta.get("scanned"),
+                    "source": {"format": "plug_jax", "path": os.path.abspath(model_dir),
+                               "step": int(step)}}
+        extra = {}
+        if vocab is not None:
+            metadata["vocabulary"] = vocab[1]
+            extra[vocab[1]["file"]] = vocab[0]
         checkpointing.save_params(
             params_dir, jax.device_get(params), config_dict=dataclasses.asdict(model.config),
-            metadata={"family": model.family, "preset": meta.get("preset"),
-                      "scanned": meta.get("scanned"),
-                      "source": {"format": "plug_jax", "path": os.path.abspath(model_dir),
-                                 "step": int(step)}})
+            metadata=metadata, extra_files=extra)
         with contextlib.redirect_stdout(said_out), contextlib.redirect_stderr(said_err):
             rc = convert_cli.main(["--family", model.family, "--to", to, "--input",
                                    params_dir, "--output", out])

@@ -22,7 +22,9 @@ validation records). Kinds and the feature converter each feeds:
 =================  ==========================================  =========================
 
 The vocabulary is the Shop World one of ``lang`` (what the Shop World experiments train
-with), or a SentencePiece model file (``vocabulary='/path/spm.model'``).
+with), a SentencePiece model file (``vocabulary='/path/spm.model'``), a BERT WordPiece
+``vocab.txt``, or a plug-convert output folder, whose carried vocabulary is used
+(runs/converted.gin sets that).
 """
 from __future__ import annotations
 
@@ -49,10 +51,19 @@ HOLD_OUT_EVERY = 20
 
 def _vocabulary(kind: str, lang: str, path: Optional[str]):
     if path:
-        if not os.path.isfile(path):
-            raise local_files.LocalDataError(f"vocabulary {path} does not exist; fix: pass a "
-                                             f"SentencePiece .model file or leave it unset")
-        return seqio.SentencePieceVocabulary(path)
+        from plug_jax.convert import vocabulary as carried
+        try:
+            if os.path.isdir(path):  # a plug-convert output: the vocabulary it carries
+                vocab = carried.carried_vocabulary(path)
+                if vocab is None:
+                    raise local_files.LocalDataError(
+                        f"vocabulary {path} is a folder that carries no vocabulary (its "
+                        f"metadata.json names none); fix: pass a vocab.txt or SentencePiece "
+                        f".model file, or convert again with --vocab")
+                return vocab
+            return carried.load(path)
+        except carried.VocabularyError as e:
+            raise local_files.LocalDataError(str(e)) from None
     if kind in ("lm", "image_caption"):
         return ShopWorldVocabulary(None, seed=WORLD_SEED, lang=lang)
     return shop_world_vocabulary(lang)

@@ -16,9 +16,11 @@ The families and their formats come from the family registry
 (:mod:`plug_jax.families.registry`): each family's ``FamilySpec.converters`` names the formats it
 imports from (``--source``) and exports to (``--to``); ``--help`` lists them.
 
-Import writes ``OUT_DIR/{params/,config.json,metadata.json}`` with
+Import writes ``OUT_DIR/{params/,config.json,metadata.json,vocab/}`` with
 :func:`plug_jax.trainer.checkpointing.save_params`; ``--to`` reads such a directory and writes
-the foreign layout. A bad input prints one line ``plug-convert: error: ...`` on stderr and
+the foreign layout. The vocabulary travels both ways (:mod:`plug_jax.convert.vocabulary`):
+an import carries the input folder's ``vocab.txt`` / SentencePiece model (or ``--vocab FILE``)
+into ``OUT_DIR/vocab/``, an export writes it beside the weights. A bad input prints one line ``plug-convert: error: ...`` on stderr and
 exits with status 2.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ import sys
 
 import numpy as np
 
+from plug_jax.convert import vocabulary
 from plug_jax.families import registry
 
 PROG = "plug-convert"
@@ -100,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow_missing", type=_prefixes, default=None, metavar="PREFIX[,PREFIX]",
                    help="initialise tensors under these name prefixes fresh when the input "
                         "lacks them (e.g. cls.seq_relationship); they are reported")
+    p.add_argument("--vocab", default=None, metavar="FILE",
+                   help="import: the vocabulary to carry (a WordPiece vocab.txt or a "
+                        "SentencePiece .model) when the input folder has none beside the "
+                        "weights; it is copied into the output and recorded in its metadata")
+    p.add_argument("--no_vocab_lower_case", action="store_true",
+                   help="import: the WordPiece vocabulary is cased (do_lower_case=False)")
     p.add_argument("--input", required=True, help="model directory or weights file")
     p.add_argument("--output", required=True, help="output directory (must be new or empty)")
     p.add_argument("--scan_layers", type=_bool, default=True,
@@ -176,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--num_ranks must be >= 1, got {args.num_ranks}")
     if not os.path.exists(args.input):
         return _fail(f"input {args.input} does not exist")
+    if converter.direction == "export" and (args.vocab or args.no_vocab_lower_case):
+        return _fail("--vocab / --no_vocab_lower_case are for imports; an export writes the "
+                     "vocabulary its input carries")
+    if args.vocab and not os.path.isfile(args.vocab):
+        return _fail(f"--vocab {args.vocab} does not exist; pass a vocab.txt or a "
+                     f"SentencePiece .model file")
 
     from plug_jax.trainer import checkpointing
 
@@ -185,17 +200,36 @@ def main(argv: list[str] | None = None) -> int:
             config, params = _load_ours(args, spec)
             os.makedirs(out, exist_ok=True)
             what = converter.fn(config, params, out, options)
+            options["report"] += vocabulary.export_to(args.input, out, args.to)
             print(f"{PROG}: {args.family} {args.input} -> {args.to} {out}: {what}")
             for line in options["report"]:
                 print(f"{PROG}: {line}")
             return 0
+        vocab_path, vocab_note = ((args.vocab, None) if args.vocab
+                                  else vocabulary.find_vocabulary(args.input))
+        vocab_entry = None
+        if vocab_path:  # read and checked before the (long) weight conversion
+            vocab_entry = vocabulary.describe(vocab_path,
+                                              do_lower_case=not args.no_vocab_lower_case)
         config, params = converter.fn(args.input, options)
         count = int(sum(np.size(x) for x in _leaves(params)))
         metadata = {"family": args.family, "preset": config.preset,
                     "scanned": config.scan_layers,
                     "source": {"format": args.source, "path": os.path.abspath(args.input)}}
+        extra = {}
+        if vocab_entry is not None:
+            vocabulary.check_fits(vocab_entry, vocab_path, getattr(config, "vocab_size", None))
+            metadata["vocabulary"] = vocab_entry
+            extra[vocab_entry["file"]] = vocab_path
+            options["report"].append(
+                f"vocabulary: {vocab_entry['kind']} {os.path.basename(vocab_path)} "
+                f"({vocab_entry['size']} tokens, embedding rows "
+                f"{getattr(config, 'vocab_size', '?')}) -> {vocab_entry['file']}")
+        elif vocab_note:
+            options["report"].append(vocab_note)
         path = checkpointing.save_params(out, params, config_dict=dataclasses.asdict(config),
-                                         metadata=metadata, overwrite=args.overwrite)
+                                         metadata=metadata, overwrite=args.overwrite,
+                                         extra_files=extra)
     except (ValueError, TypeError, OSError, KeyError) as e:
         return _fail(str(e) if not isinstance(e, KeyError) else f"missing key {e}")
     print(f"{PROG}: {args.family} from {args.source} {args.input}: {count:,} parameters "
@@ -215,10 +249,7 @@ def _load_ours(args, spec):
     if family != args.family:
         raise ValueError(f"{args.input} holds a {family!r} checkpoint, not {args.family!r}; "
                          f"pass --family {family}")
-    if hasattr(spec.config_cls, "from_dict"):  # composite configs: nested or older flat form
-        return spec.config_cls.from_dict(config_dict), params
-    known = {f.name for f in dataclasses.fields(spec.config_cls)}
-    return spec.config_cls(**{k: v for k, v in config_dict.items() if k in known}), params
+    return registry.config_from_dict(args.family, config_dict), params
 
 
 def _leaves(tree):

@@ -94,3 +94,33 @@ def get(name: str) -> FamilySpec:
 def specs() -> list[FamilySpec]:
     """Every spec, in listing order (imports each family package)."""
     return sorted((get(n) for n in names()), key=lambda s: (s.listing_order, s.name))
+
+
+def config_from_dict(name: str, config_dict: dict):
+    """Family ``name``'s config from a saved ``config.json`` dict (composite configs through
+    their ``from_dict``, which also reads older flat forms; unknown keys dropped)."""
+    import dataclasses
+    cls = get(name).config_cls
+    if hasattr(cls, "from_dict"):
+        return cls.from_dict(config_dict)
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in config_dict.items() if k in known})
+
+
+def converted_config(path: str, overrides: dict | None = None):
+    """The config a plug-convert output was written with (``DIR/config.json`` of the family in
+    ``DIR/metadata.json``), with ``overrides`` (e.g. ``{'dtype': 'bfloat16'}``) replaced.
+    runs/converted.gin binds every task model's ``config`` to this, so a converted checkpoint
+    runs with exactly the shapes it holds."""
+    import json
+    meta_path = os.path.join(path, "metadata.json")
+    cfg_path = os.path.join(path, "config.json")
+    if not (os.path.isfile(meta_path) and os.path.isfile(cfg_path)):
+        raise ValueError(f"CONVERTED={path!r} is not a plug-convert output (it needs "
+                         f"config.json and metadata.json); fix: point it at the --output of "
+                         f"plug-convert")
+    with open(meta_path, encoding="utf-8") as f:
+        family = json.load(f).get("family")
+    with open(cfg_path, encoding="utf-8") as f:
+        config = config_from_dict(family, json.load(f))
+    return config.replace(**dict(overrides or {})) if overrides else config

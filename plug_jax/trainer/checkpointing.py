@@ -80,7 +80,8 @@ def check_output_dir(directory: str | os.PathLike, overwrite: bool = False) -> s
 
 
 def save_params(directory: str | os.PathLike, params: Any, *, config_dict: Mapping,
-                metadata: Mapping, overwrite: bool = False) -> str:
+                metadata: Mapping, overwrite: bool = False,
+                extra_files: Mapping[str, str] | None = None) -> str:
     """Writes ``params`` (an orbax checkpoint), ``config.json`` and ``metadata.json``.
 
     Args:
@@ -91,6 +92,9 @@ def save_params(directory: str | os.PathLike, params: Any, *, config_dict: Mappi
       metadata: at least ``family``; ``preset``, ``source`` and the like are
         recorded as given. ``scanned``, ``dtypes`` and ``param_count`` are
         derived from ``params`` when absent.
+      extra_files: ``{relative path in the checkpoint: source file}`` copied in with the
+        rest (e.g. the vocabulary a conversion carries, ``vocab/vocab.txt``), before the
+        checkpoint appears under its name.
 
     Returns:
       The absolute path of the checkpoint directory.
@@ -113,6 +117,10 @@ def save_params(directory: str | os.PathLike, params: Any, *, config_dict: Mappi
         checkpointer.close()
         _write_json(os.path.join(tmp, CONFIG_FILE), dict(config_dict))
         _write_json(os.path.join(tmp, METADATA_FILE), meta)
+        for rel, src in (extra_files or {}).items():
+            dest = os.path.join(tmp, rel)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.copyfile(src, dest)
         if os.path.isdir(path):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
             os.rmdir(old)
@@ -125,6 +133,13 @@ def save_params(directory: str | os.PathLike, params: Any, *, config_dict: Mappi
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def is_params_checkpoint(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` is a :func:`save_params` checkpoint (plug-convert's output)."""
+    path = os.fspath(directory)
+    return (os.path.isfile(os.path.join(path, METADATA_FILE))
+            and os.path.isdir(os.path.join(path, PARAMS_ITEM)))
 
 
 def load_params(directory: str | os.PathLike) -> tuple[dict, Any, dict]:

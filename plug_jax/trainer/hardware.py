@@ -16,7 +16,14 @@ def hardware(platform: str | None = None, num_cpu_devices: int | None = None,
     if platform:
         jax.config.update("jax_platforms", platform)
     if num_cpu_devices:
-        jax.config.update("jax_num_cpu_devices", int(num_cpu_devices))
+        try:
+            jax.config.update("jax_num_cpu_devices", int(num_cpu_devices))
+        except RuntimeError:  # JAX already started in this process (a notebook, a driver)
+            have = len(jax.devices("cpu"))
+            if have != int(num_cpu_devices):
+                print(f"note: num_cpu_devices={num_cpu_devices} not applied: JAX already "
+                      f"started with {have} CPU device(s) in this process; start a new "
+                      f"process for another count", flush=True)
     if peak_flops_per_device is None:
         return None
     return float(peak_flops_per_device) * jax.device_count()

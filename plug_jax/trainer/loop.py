@@ -284,6 +284,82 @@ def _restore(checkpointer: ckpt_lib.TrainCheckpointer, step: int, builder: State
     return arrays, data_state
 
 
+def _file_digest(path: str) -> str:
+    import hashlib
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _check_carried_vocabulary(path: str, cfg: DatasetConfig) -> None:
+    """A converted checkpoint that carries a vocabulary trains only on a task that tokenizes
+    with that same vocabulary file (other ids would index the wrong embedding rows)."""
+    from plug_jax.convert import vocabulary as carried
+    mine = carried.carried_path(path)
+    if mine is None:
+        return
+    from plug_jax.data.pipeline import task_vocabulary
+    vocab = task_vocabulary(cfg.mixture_or_task_name)
+    theirs = (getattr(vocab, "vocab_file", None)
+              or getattr(vocab, "sentencepiece_model_file", None))
+    if theirs and os.path.isfile(theirs) and _file_digest(theirs) == _file_digest(mine):
+        return
+    raise ckpt_lib.CheckpointError(
+        f"INIT_CHECKPOINT {path} carries vocabulary {os.path.basename(mine)}, but task "
+        f"{cfg.mixture_or_task_name} tokenizes with {os.path.basename(theirs or '?')}; fix: "
+        f"train on your files with --gin_file=runs/local_data.gin placed before "
+        f"runs/converted.gin (LOCAL_VOCABULARY is then the checkpoint's vocabulary)")
+
+
+class ConvertedCheckpoint:
+    """A plug-convert output (``DIR/{params/,config.json,metadata.json[,vocab/]}``) as a source
+    of params: ``INIT_CHECKPOINT`` for plug-train, ``MODEL_DIR`` for plug-infer, plug-eval and
+    plug-export (runs/converted.gin). Read whole on the host, then placed with the model's
+    shardings; the family, parameter names and shapes must match the model's."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        _, self._params, self.metadata = ckpt_lib.load_params(self.path)
+
+    def restore_into(self, builder: StateBuilder, fresh: dict, family: str | None) -> dict:
+        """``fresh`` state arrays with the params replaced by the checkpoint's."""
+        return dict(fresh, params=self.params_for(builder, family))
+
+    def params_for(self, builder: StateBuilder, family: str | None):
+        have = self.metadata.get("family")
+        if family is not None and have != family:
+            raise ckpt_lib.CheckpointError(
+                f"{self.path} holds a {have!r} checkpoint but the model is {family!r}; fix: "
+                f"use the experiment gin of family {have!r}")
+        saved = ckpt_lib._flat_keys(self._params)
+        model_keys = builder.param_keys()
+        matched, missing, unexpected, mismatch = ckpt_lib.key_match_report(model_keys, saved)
+        if mismatch or missing or unexpected:
+            if mismatch:
+                k = mismatch[0]
+                what = f"parameter {k} has shape {saved[k]} but the model's is {model_keys[k]}"
+            elif missing:
+                what = (f"{len(missing)} model parameters are missing from it (first: "
+                        f"{missing[0]})")
+            else:
+                what = (f"{len(unexpected)} of its parameters are not in the model (first: "
+                        f"{unexpected[0]})")
+            raise ckpt_lib.CheckpointError(
+                f"converted checkpoint {self.path} does not fit the model: {what}; fix: take "
+                f"the model config from the checkpoint (--gin_file=runs/converted.gin "
+                f"--gin.CONVERTED='{self.path}'), with its scan_layers setting")
+        flat = flatten_tree(self._params)
+        abstract = flatten_tree(builder.abstract["params"])
+        placed = {}
+        for k, a in abstract.items():  # each process places only its own shards
+            host = np.asarray(flat[k]).astype(a.dtype)
+            placed[k] = jax.make_array_from_callback(a.shape, a.sharding,
+                                                     lambda idx, h=host: h[idx])
+        source = self.metadata.get("source") or {}
+        _say(f"restored {len(placed)} parameter arrays from converted checkpoint {self.path} "
+             f"(from {source.get('format', '?')}, preset {self.metadata.get('preset')})")
+        return unflatten_tree(placed)
+
+
 # ---------------------------------------------------------------------- train
 class _Preemption:
     """Turns SIGTERM into a flag the loop checks after every step."""
@@ -404,6 +480,9 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
     source, source_step = None, None
     if latest is not None:
         source, source_step = checkpointer, latest
+    elif init_checkpoint and ckpt_lib.is_params_checkpoint(init_checkpoint):
+        source = ConvertedCheckpoint(init_checkpoint)  # plug-convert's output
+        _check_carried_vocabulary(source.path, train_dataset_cfg)
     elif init_checkpoint:
         path = os.path.abspath(os.path.normpath(init_checkpoint))
         step_name = os.path.basename(path)
@@ -426,7 +505,13 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
     rng = jax.random.PRNGKey(seed)
     arrays = builder.init(jax.random.fold_in(rng, 0x1A17))
     data_state = None
-    if source is not None:
+    if isinstance(source, ConvertedCheckpoint):
+        if restore_mode != "params_only":
+            _say(f"note: {source.path} is a converted params checkpoint (no optimizer state "
+                 f"or data position): restoring its params only (RESTORE_MODE "
+                 f"{restore_mode!r} ignored)")
+        arrays = source.restore_into(builder, arrays, identity.get("family"))
+    elif source is not None:
         arrays, data_state = _restore(source, source_step, builder, restore_mode, arrays,
                                       identity)
     state = builder.state(arrays)
@@ -623,7 +708,16 @@ def load_for_inference(model, model_dir: str, dataset_cfg: DatasetConfig,
                        mesh: MeshConfig = MeshConfig(), step: int | None = None):
     """``(params, step)`` restored from ``model_dir``'s checkpoints (params only)."""
     checkpointer = ckpt_lib.TrainCheckpointer(model_dir, None, False, create=False)
-    if not os.path.isdir(checkpointer.directory) or checkpointer.latest_step() is None:
+    trained = os.path.isdir(checkpointer.directory) and checkpointer.latest_step() is not None
+    if not trained and step in (None, 0) and ckpt_lib.is_params_checkpoint(model_dir):
+        # a plug-convert output: its params, as "step 0"
+        part = mesh.partitioner()
+        from plug_jax.optim import adamw
+        builder = StateBuilder(model, part, adamw(1e-3), _dummy_batch(dataset_cfg))
+        params = ConvertedCheckpoint(model_dir).params_for(builder, model.metadata().get(
+            "family"))
+        return params, 0, part
+    if not trained:
         raise ckpt_lib.CheckpointError(
             f"{model_dir} holds no checkpoint; fix: train first (plug-train) or pass the "
             f"MODEL_DIR of a trained run")
@@ -722,6 +816,25 @@ def evaluate(*, model, model_dir: str, eval_dataset_cfg: DatasetConfig,
     return res
 
 
+def inference_vocabulary(model_dir: str, dataset_cfg: DatasetConfig):
+    """``(vocabulary, carried)``: the vocabulary a converted checkpoint in ``model_dir``
+    carries (plug-convert; ``carried=True``), else the task's."""
+    if ckpt_lib.is_params_checkpoint(model_dir):
+        from plug_jax.convert import vocabulary as carried_vocab
+        vocab = carried_vocab.carried_vocabulary(model_dir)
+        if vocab is not None:
+            return vocab, True
+    from plug_jax.data.pipeline import task_vocabulary
+    return task_vocabulary(dataset_cfg.mixture_or_task_name), False
+
+
+def _vocab_name(vocabulary) -> str:
+    path = (getattr(vocabulary, "vocab_file", None)
+            or getattr(vocabulary, "sentencepiece_model_file", None) or "?")
+    kind = "WordPiece" if hasattr(vocabulary, "vocab_file") else "SentencePiece"
+    return f"{kind} {os.path.basename(path)}, {vocabulary.vocab_size} tokens"
+
+
 def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequence[str],
           mesh: MeshConfig = MeshConfig(rules="dp"), max_new_tokens: int = 48,
           methods: Sequence[str] = ("greedy", "top_p", "beam"), temperature: float = 0.8,
@@ -735,9 +848,9 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
     :func:`_infer_ranking`. ``prompts_jsonl`` adds the prompts of a JSONL file (one object
     per line: ``text``, ``image``, ``video``; :mod:`plug_jax.data.media`)."""
     from plug_jax import decoding
+    carried = False
     if vocabulary is None:
-        from plug_jax.data.pipeline import task_vocabulary
-        vocabulary = task_vocabulary(dataset_cfg.mixture_or_task_name)
+        vocabulary, carried = inference_vocabulary(model_dir, dataset_cfg)
     # Read every image / video and check the prompts before restoring anything.
     items = None
     if hasattr(model, "rank"):
@@ -758,6 +871,13 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
     params = jax.device_get(params)
     if hasattr(model, "rank"):  # dual encoders: rank texts for images (or videos)
         return _infer_ranking(model, params, dataset_cfg, items, vocabulary, model_dir, step)
+    if carried and jax.process_index() == 0:  # show that the carried vocabulary is used
+        print(f"vocabulary carried by {model_dir}: {_vocab_name(vocabulary)}", flush=True)
+        for p in prompts:
+            ids_ = [int(i) for i in vocabulary.encode(p)]
+            shown = " ".join(map(str, ids_[:16])) + (" ..." if len(ids_) > 16 else "")
+            print(f"  tokenize {p!r} -> {len(ids_)} ids [{shown}] -> detokenize "
+                  f"{vocabulary.decode(ids_)!r}", flush=True)
     if hasattr(model, "infer_texts"):  # encoders: labels (and [MASK] fills), no decoding
         results = model.infer_texts(params, vocabulary, list(prompts))
         if jax.process_index() == 0:

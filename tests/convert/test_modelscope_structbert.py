@@ -237,8 +237,9 @@ def test_export_to_modelscope_round_trips_and_loads_in_the_modelscope_classes(
         rc, stdout, stderr = _run(["--family", "structbert", "--to", "modelscope", "--input",
                                    src, "--output", out])
         assert rc == 0, stderr
+        # the vocab.txt of the modelscope dir the checkpoint was imported from travels along
         assert sorted(os.listdir(out)) == ["config.json", "configuration.json",
-                                           "pytorch_model.bin"]
+                                           "pytorch_model.bin", "vocab.txt"]
         config = json.loads((out / "config.json").read_text())
         assert config["model_type"] == "structbert"
         rc, _, stderr = _convert(out, tmp_path / f"back_{kind}")

@@ -3,7 +3,10 @@
 ModelScope layout: the modelscope package's own ``PalmForTextGeneration`` (palm_v2), run in the
 reference env (tests/reference_env/modelscope_palm.py), writes a random tiny checkpoint as
 ``AbsSummarizer`` loads it and records its generator's log-probabilities; the converted params
-must reproduce them to 1e-4.
+must reproduce them to 1e-4. Export: ``plug-convert --to modelscope`` writes a palm_v2 dir
+(config.json, bert/config.json, configuration.json, pytorch_model.bin) that reads back to an
+equal config and params, and that the same script's ``--check`` loads with modelscope's
+classes: their log-probabilities must equal PalmModel's to 1e-4.
 
 AliceMind layouts (``bert.model.*``, with or without the ``-p_gen`` copy head): AliceMind's PALM
 code is not an installable package, so the synthetic checkpoints are built here from the key
@@ -434,3 +437,141 @@ def test_trainer_saved_loss_tensors_are_skipped_by_name_only():
         with pytest.raises(ValueError, match=match) as err:
             palm_from_state_dict(bad, cfg)
         assert "\n" not in str(err.value)
+
+
+# ------------------------------------- ModelScope: plug-convert --to modelscope writes a dir
+# config.json (ModelScope's PalmConfig), <encoder_pth>/config.json (the encoder's BertConfig /
+# RobertaConfig), configuration.json and pytorch_model.bin; --source modelscope reads it back
+# without --preset, and modelscope's own PalmForTextGeneration loads it (reference env).
+def _random_palm_params(cfg, seed=0):
+    """``PalmModel(cfg)`` params with Gaussian noise on every leaf (biases and LayerNorms are
+    not 0 / 1), as float32 numpy."""
+    from flax import linen as nn
+
+    e, d = jnp.ones((1, 4), jnp.int32), jnp.ones((1, 3), jnp.int32)
+    init = jax.jit(lambda r: PalmModel(cfg).init(r, e, d)["params"])
+    params = nn.unbox(init(jax.random.PRNGKey(seed)))
+    rng = np.random.RandomState(seed)
+    return jax.tree_util.tree_map(
+        lambda x: (np.asarray(x) + 0.05 * rng.randn(*np.shape(x))).astype(np.float32), params)
+
+
+def _assert_same_params(got, want):
+    got, want = cio.flatten_tree(got), cio.flatten_tree(want)
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
+
+
+def _export_modelscope(cfg, params, out):
+    from plug_jax.families import registry
+
+    return registry.get("palm").converter("modelscope", "export").fn(cfg, params, str(out), {})
+
+
+ROBERTA_TINY = dict(position_offset=2, type_vocab_size=1, layer_norm_epsilon=1e-5,
+                    max_position_embeddings=130)
+
+
+@pytest.mark.parametrize("shape", ["bert", "roberta"])
+def test_modelscope_export_writes_a_dir_that_reads_back_equal(shape, tmp_path):
+    from plug_jax.families.palm.convert import config_from_modelscope
+
+    cfg = PalmConfig.from_preset("tiny", copy=False, vocab_size=V)
+    if shape == "roberta":  # RoBERTa-shaped encoder (positions from pad_token_id + 1)
+        cfg = cfg.replace(scan_layers=False, decoder_dropout_rate=0.1, **ROBERTA_TINY)
+    params = _random_palm_params(cfg)
+    out = tmp_path / "ms"
+    out.mkdir()
+    what = _export_modelscope(cfg, params, out)
+    assert "config.json" in what and "note" not in what, what
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
+        sorted(["config.json", "configuration.json", "pytorch_model.bin",
+                f"{shape}/config.json"])
+    ms = cio.read_json(out / "config.json")
+    enc = cio.read_json(out / shape / "config.json")
+    assert (ms["model_type"], ms["encoder"], ms["encoder_pth"]) == ("palm", shape, shape)
+    assert "architectures" not in ms  # PalmConfig.save_pretrained writes none
+    assert (ms["dec_layers"], ms["dec_hidden_size"], ms["dec_heads"], ms["dec_ff_size"],
+            ms["dec_dropout"], ms["max_pos"]) == (2, 64, 4, 256, cfg.decoder_dropout_rate,
+                                                  128)
+    assert enc["model_type"] == shape and enc["pad_token_id"] == (1 if shape == "roberta" else 0)
+    assert cio.read_json(out / "configuration.json")["model"]["type"] == "palm-v2"
+    got_cfg = config_from_modelscope(out, scan_layers=cfg.scan_layers)
+    assert got_cfg == cfg.replace(preset="custom")
+    _assert_same_params(load_palm_checkpoint(out, got_cfg), params)
+
+
+def test_modelscope_export_refuses_what_palm_v2_cannot_hold_in_one_line(tmp_path):
+    cfg = PalmConfig.from_preset("tiny", copy=False, vocab_size=V)
+    params = _random_palm_params(cfg)
+    with_copy = PalmConfig.from_preset("tiny", vocab_size=V)  # the preset's copy head
+    cases = [(with_copy, _random_palm_params(with_copy), "no copy head"),
+             (cfg.replace(decoder_layer_norm_epsilon=1e-5), params, "not palm_v2's fixed one"),
+             (cfg.replace(use_pooler=False), {k: v for k, v in params.items()
+                                              if k != "pooler"}, "has a pooler")]
+    for i, (bad, p, match) in enumerate(cases):
+        out = tmp_path / f"o{i}"
+        out.mkdir()
+        with pytest.raises(ValueError, match=match) as err:
+            _export_modelscope(bad, p, out)
+        assert "\n" not in str(err.value)
+        assert not list(out.iterdir())  # nothing written
+
+
+def _reference_run(script, *args):
+    """``tests/reference_env/build.py``'s ``run`` (the script in the reference env)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "reference_env" / "build.py"
+    spec = importlib.util.spec_from_file_location("plug_jax_reference_env_palm", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.run(script, *args)
+
+
+def test_plug_convert_to_modelscope_loads_in_modelscope_with_our_log_probs(tmp_path):
+    """plug-convert --to modelscope on a random tiny PALM: modelscope's PalmForTextGeneration,
+    loaded from the dir as Model.from_pretrained does (reference env), gives PalmModel's
+    log-probabilities within 1e-4; --source modelscope (no --preset) gives the config and the
+    params back exactly."""
+    import dataclasses
+
+    from plug_jax.trainer import checkpointing
+
+    cfg = PalmConfig.from_preset("tiny", copy=False)
+    params = _random_palm_params(cfg, seed=1)
+    ours = tmp_path / "ours"
+    checkpointing.save_params(ours, params, config_dict=dataclasses.asdict(cfg),
+                              metadata={"family": "palm", "preset": cfg.preset})
+    out = tmp_path / "ms"
+    rc, stdout, stderr = _plug_convert(["--family", "palm", "--to", "modelscope", "--input",
+                                        ours, "--output", out])
+    assert rc == 0, stderr
+    assert "ModelScope palm_v2" in stdout
+    for name in ("config.json", "configuration.json", "pytorch_model.bin", "bert/config.json"):
+        assert (out / name).is_file(), name
+
+    back = tmp_path / "back"
+    rc, _, stderr = _plug_convert(["--family", "palm", "--source", "modelscope", "--input", out,
+                                   "--output", back])  # sizes from the dir's config.json
+    assert rc == 0, stderr
+    config_dict, got, metadata = checkpointing.load_params(back)
+    assert PalmConfig.from_dict(config_dict) == cfg.replace(preset="custom")
+    _assert_same_params(got, params)
+
+    # PalmForTextGeneration reads its BertTokenizer from encoder_pth: a small vocab.txt
+    specials = ["[PAD]", "[unused1]", "[unused2]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens = specials + [f"w{i}" for i in range(cfg.vocab_size - len(specials))]
+    (out / "bert" / "vocab.txt").write_text("\n".join(tokens) + "\n")
+    enc, dec, valid = _inputs()
+    np.savez(tmp_path / "inputs.npz", src=enc, mask_src=valid, dec_in=dec)
+    _reference_run("modelscope_palm.py", "--check", str(out), str(tmp_path / "inputs.npz"),
+                   str(tmp_path / "theirs.npy"))
+    theirs = np.load(tmp_path / "theirs.npy")
+    got = np.asarray(jax.nn.log_softmax(_ours(cfg, params, enc, dec, valid)))
+    assert theirs.shape == got.shape == (2, 5, cfg.vocab_size)
+    diff = float(np.abs(got - theirs).max())
+    print(f"plug_jax PALM -> ModelScope PalmForTextGeneration parity: max abs diff {diff:.3g}")
+    np.testing.assert_allclose(got, theirs, atol=1e-4, rtol=0)

@@ -412,8 +412,8 @@ def test_cli_errors_are_one_line(scanned, tmp_path, capsys):
         _one_error_line(capsys)
     assert run(["--family", "plug", "--to", "hf", "--input", str(src)]) == 2
     assert "cannot export family 'plug' to 'hf'" in _one_error_line(capsys)
-    assert run(["--family", "gpt3", "--to", "hf", "--input", str(src)]) == 2
-    assert "cannot export family 'gpt3'" in _one_error_line(capsys)
+    assert run(["--family", "gpt3", "--to", "megatron", "--input", str(src)]) == 2
+    assert "cannot export family 'gpt3' to 'megatron'" in _one_error_line(capsys)
     assert run(["--family", "plug", "--input", str(src)]) == 2
     assert "--source" in _one_error_line(capsys)
     assert run(["--family", "bogus", "--source", "hf", "--input", str(src)]) == 2

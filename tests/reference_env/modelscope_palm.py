@@ -1,6 +1,7 @@
 """Runs in the reference env: a random modelscope ``PalmForTextGeneration`` (palm_v2).
 
     python modelscope_palm.py OUT_DIR [--seed N]
+    python modelscope_palm.py --check MODEL_DIR INPUTS_NPZ OUT_NPY
 
 Builds the model as ModelScope's ``PalmConfig`` describes it (a BERT encoder read from
 ``encoder_pth``, the PreSumm-style decoder, the tied ``PalmPointerGenerator``) at a tiny size,
@@ -32,6 +33,19 @@ one (``label_smoothing`` 0.1, so the loss has its buffer):
 * ``reference.npz`` as above, for the model reloaded the way ``_instantiate`` loads the dir
   (``PalmForTextGeneration._from_pretrained``, whose ``AbsSummarizer`` unwraps ``palm.`` and
   loads with ``strict=False``), which must equal the trained model's.
+
+``--check MODEL_DIR INPUTS_NPZ OUT_NPY`` loads a palm_v2 dir written by something else
+(``plug-convert --family palm --to modelscope``) the way ``Model.from_pretrained`` does: the
+class that ``configuration.json``'s ``model.type`` and ``task`` name in modelscope's ``MODELS``
+registry, built with its ``_instantiate(model_dir=MODEL_DIR)`` (``_from_pretrained``: ModelScope's
+``PalmConfig`` from ``config.json``, ``encoder_pth`` joined to the dir, the encoder config and
+the tokenizer read there, ``pytorch_model.bin`` unwrapped and loaded with ``strict=False``).
+Every tensor of the file must be one of the model's, and every parameter of the model must
+come from the file (only the rebuilt buffers may be missing), since ``strict=False`` would
+otherwise leave a misnamed tensor at its random initialisation. It then runs the summarizer
+on ``src`` / ``mask_src`` / ``dec_in`` of INPUTS_NPZ (``dec_in`` is what ``AbsSummarizer``
+feeds the decoder, ``tgt[:, :-1]``) and saves ``palm.generator``'s log-probabilities
+[batch, dec_len, vocab] (float32) to OUT_NPY.
 """
 import argparse
 import os
@@ -116,11 +130,53 @@ def trainer_saved(out_dir, seed):
     print(f"wrote {out_dir}: {len(sd)} tensors (PalmForTextGeneration.state_dict())")
 
 
+def check(model_dir, inputs_path, out_path):
+    """``--check``: a dir written by plug-convert, loaded as Model.from_pretrained would."""
+    import json
+
+    from modelscope.models.builder import MODELS
+
+    # Model.from_pretrained(model_dir) itself parses configuration.json with modelscope's
+    # Config.from_file, which needs simplejson (absent from this env); the rest of its path is
+    # done here by hand: the registered class for (task, model.type), then build_from_cfg's
+    # cls._instantiate(model_dir=...).
+    with open(os.path.join(model_dir, "configuration.json")) as f:
+        cfg = json.load(f)
+    cls = MODELS.get(cfg["model"]["type"], group_key=cfg["task"])
+    assert cls is PalmForTextGeneration, (cfg, cls)
+    model = cls._instantiate(model_dir=model_dir).eval()
+    summarizer = model.palm
+
+    sd = torch.load(os.path.join(model_dir, "pytorch_model.bin"), weights_only=True)
+    ours = summarizer.state_dict()
+    unknown = sorted(set(AbsSummarizer._unwrap_checkpoint(sd)) - set(ours))
+    assert not unknown, f"tensors the model does not have (strict=False drops them): {unknown}"
+    params = {name for name, _ in summarizer.named_parameters(remove_duplicate=False)}
+    missing = sorted(params - set(AbsSummarizer._unwrap_checkpoint(sd)))
+    assert not missing, f"parameters left at their initialisation: {missing}"
+
+    inputs = np.load(inputs_path)
+    src = torch.from_numpy(inputs["src"]).long()
+    mask_src = torch.from_numpy(inputs["mask_src"]).long()
+    dec_in = torch.from_numpy(inputs["dec_in"]).long()
+    tgt = torch.cat([dec_in, torch.zeros_like(dec_in[:, :1])], 1)  # forward drops the last
+    log_probs = _log_probs(summarizer, src, tgt, mask_src)
+    np.save(out_path, log_probs.numpy().astype(np.float32))
+    print(f"{cls.__name__} from {model_dir} (encoder {model.config.encoder}, "
+          f"{len(sd)} tensors): log-probs {tuple(log_probs.shape)} -> {out_path}")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("out_dir")
+    ap.add_argument("out_dir", nargs="?")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--check", nargs=3, metavar=("MODEL_DIR", "INPUTS_NPZ", "OUT_NPY"))
     args = ap.parse_args()
+    if args.check:
+        check(*args.check)
+        return
+    if args.out_dir is None:
+        ap.error("OUT_DIR (or --check) is required")
     bert_dir = _bert_dir(args.out_dir)
     config = PalmConfig(encoder="bert", encoder_pth=bert_dir, max_pos=512, **DECODER)
     config.save_pretrained(args.out_dir)

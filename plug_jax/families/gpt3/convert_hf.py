@@ -300,3 +300,24 @@ def to_transformers(config: GPT3Config, params: Mapping, family: str = "gpt3") -
     else:
         sd["lm_head.weight"] = t(np.asarray(p["lm_head"]["kernel"]).T)
     return sd
+
+
+def save_transformers(config: GPT3Config, params: Mapping, out_dir: str) -> str:
+    """Writes a ``GPT2LMHeadModel`` folder (``config.json`` + ``model.safetensors``, what
+    ``save_pretrained`` writes) of ``params`` into ``out_dir``: ``plug-convert --family gpt3
+    --to hf`` and ``plug-export --to hf``. ``GPT2LMHeadModel.from_pretrained(out_dir)`` gives
+    GPT3LM's logits (tests/convert/test_hf_gpt2.py). Returns a short description."""
+    from safetensors.torch import save_file
+
+    if getattr(config, "num_experts", 0):
+        raise ValueError(f"GPT-2 has no mixture-of-experts layers; a GPT-MoE checkpoint "
+                         f"(num_experts={config.num_experts}) cannot be written --to hf")
+    sd = to_transformers(config, params)
+    to_transformers_config(config).save_pretrained(out_dir)
+    if config.tie_word_embeddings:  # save_pretrained drops the tied copy too
+        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+    save_file({k: v.contiguous() for k, v in sd.items()},
+              os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    return (f"GPT2LMHeadModel config.json + model.safetensors ({len(sd)} tensors, "
+            f"{config.num_layers} layers)")
+

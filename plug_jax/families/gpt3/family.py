@@ -25,13 +25,15 @@ def _import(fmt: str):
     return run
 
 
-def _fixture(fmt: str):
-    """Writes a checkpoint in ``fmt`` from our params, for tests (families/gpt3/fixtures.py)."""
-    def write(config, params, out_dir) -> None:
-        from plug_jax.families.gpt3 import fixtures
-        fn = fixtures.write_hf if fmt == "hf" else fixtures.write_modelscope
-        fn(config, params, out_dir)
-    return write
+def _modelscope_fixture(config, params, out_dir) -> None:
+    """Writes a ModelScope GPT-3 folder from our params, for tests (families/gpt3/fixtures.py)."""
+    from plug_jax.families.gpt3 import fixtures
+    fixtures.write_modelscope(config, params, out_dir)
+
+
+def _export_hf(config, params, out_dir, options) -> str:
+    from plug_jax.families.gpt3.convert_hf import save_transformers
+    return save_transformers(config, params, out_dir)
 
 
 def _describe(c) -> str:
@@ -91,10 +93,13 @@ FAMILY = FamilySpec(
     flops={"decoder_lm": _flops},
     converters=(
         Converter("hf", "import", _import("hf"), "transformers GPT-2 (GPT2LMHeadModel) folder "
-                  "or state dict", describe=_describe, fixture=_fixture("hf")),
+                  "or state dict", describe=_describe),
+        Converter("hf", "export", _export_hf, "transformers GPT2LMHeadModel folder "
+                  "(config.json + model.safetensors; a WordPiece vocabulary gets a "
+                  "BertTokenizer tokenizer_config.json)"),
         Converter("modelscope", "import", _import("modelscope"), "ModelScope GPT-3 folder "
                   "(config.json + pytorch_model.bin, or Megatron mp_rank shards)",
-                  describe=_describe, fixture=_fixture("modelscope")),
+                  describe=_describe, fixture=_modelscope_fixture),
     ),
     plan_rows=plan_rows,
     feature_converters=("decoder",),

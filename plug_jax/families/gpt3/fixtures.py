@@ -1,13 +1,11 @@
-"""GPT-3 checkpoints in its import-only formats, written from plug_jax params, for tests.
+"""GPT-3 checkpoints in its import-only format, written from plug_jax params, for tests.
 
-These are the ``Converter.fixture`` writers of the ``hf`` and ``modelscope`` imports: the family
-contract test (tests/families/test_contract.py) writes a checkpoint with them and imports it
-back with the converter. They are not user-facing exporters: ``plug-convert --to`` does not
-offer GPT-3, and nothing here is checked against transformers or modelscope (the importers
-are, in tests/convert/test_hf_gpt2.py and tests/convert/test_modelscope_gpt3.py).
+This is the ``Converter.fixture`` writer of the ``modelscope`` import: the family contract test
+(tests/families/test_contract.py) writes a checkpoint with it and imports it back with the
+converter. It is not a user-facing exporter (``plug-convert --to`` offers GPT-3 only as ``hf``,
+:func:`plug_jax.families.gpt3.convert_hf.save_transformers`), and nothing here is checked
+against modelscope (the importer is, in tests/convert/test_modelscope_gpt3.py).
 
-* ``hf``: ``config.json`` + ``model.safetensors`` of a ``GPT2LMHeadModel``, from the existing
-  export mapping :func:`plug_jax.families.gpt3.convert_hf.to_transformers`.
 * ``modelscope``: ``config.json`` + ``pytorch_model.bin`` in the ``GPT3Model`` backbone layout
   (``language_model.transformer.*``, fused ``query_key_value`` as q | k | v blocks, torch
   ``Linear`` ``[out, in]``): the inverse of ``from_modelscope``'s backbone branch, as
@@ -23,17 +21,6 @@ import numpy as np
 
 from plug_jax.convert import io as cio
 from plug_jax.families.gpt3.config import GPT3Config
-
-
-def write_hf(config: GPT3Config, params: Mapping, out_dir: str) -> None:
-    """``GPT2LMHeadModel`` folder (what ``save_pretrained`` writes) of ``params``."""
-    from safetensors.torch import save_file
-
-    from plug_jax.families.gpt3.convert_hf import to_transformers, to_transformers_config
-    sd = to_transformers(config, params)
-    to_transformers_config(config).save_pretrained(out_dir)
-    save_file({k: v.contiguous() for k, v in sd.items()},
-              os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
 
 
 def modelscope_config(config: GPT3Config) -> dict:

@@ -40,7 +40,17 @@ any other tensor that is not part of the model is still an error.
 ``encoder_pth``, ``dec_layers``, ``dec_hidden_size``, ``dec_heads``, ``dec_ff_size``,
 ``dec_dropout``, ``max_pos``...) and the encoder's ``config.json`` in ``encoder_pth``
 (relative to the model dir, as ``PalmPreTrainedModel._from_pretrained`` joins it) give the
-sizes: :func:`config_from_modelscope`.
+sizes: :func:`config_from_modelscope`. Export writes such a dir (:func:`save_modelscope_dir`,
+``plug-convert --family palm --to modelscope``): ``config.json`` (``model_type`` ``palm``, the
+sizes, and the loss / beam-search fields at ModelScope's defaults), ``encoder_pth`` ``"bert"``
+(or ``"roberta"`` for a ``position_offset > 0`` encoder) holding the encoder's
+``BertConfig`` / ``RobertaConfig`` ``config.json``, ``configuration.json`` (``palm-v2``,
+``text-generation``: what ``Model.from_pretrained`` dispatches on) and ``pytorch_model.bin``;
+:func:`modelscope_configs` builds the two configs and refuses, in one line, a config that
+``AbsSummarizer`` would run differently. The ``vocab.txt`` ``PalmForTextGeneration`` reads
+from ``encoder_pth`` is copied there by plug-convert from the vocabulary the checkpoint carries
+(:mod:`plug_jax.convert.vocabulary`). tests/convert/test_palm.py loads the dir with
+modelscope's own ``PalmForTextGeneration`` (reference env) and compares log-probabilities.
 
 Mapping onto ``PalmModel``: ``nn.Linear`` ``[out, in]`` weights are transposed; attention
 matrices are split into heads (``[embed, heads, kv]`` / ``[heads, kv, embed]``); decoder layers
@@ -466,6 +476,124 @@ def palm_to_state_dict(params: Mapping, config: PalmConfig, *, layout: str = "al
         return out
     import torch
     return {k: torch.from_numpy(v) for k, v in out.items()}
+
+
+# ------------------------------------------------------- export: a ModelScope palm_v2 dir
+# PalmConfig fields of modelscope's palm_v2 that are not sizes: the loss and beam-search
+# settings, written with modelscope's defaults (configuration.py) as its save_pretrained does.
+_MS_GENERATION = dict(use_bert_emb=True, label_smoothing=0.1, alpha=0.95, beam_size=5,
+                      min_length=40, max_length=130, sample_topk=False, block_trigram=False)
+# configuration.json: what routes Model.from_pretrained to PalmForTextGeneration
+# (modelscope.metainfo Models.palm = 'palm-v2', Tasks.text_generation).
+MS_CONFIGURATION = {"framework": "pytorch", "task": "text-generation",
+                    "model": {"type": "palm-v2"}, "pipeline": {"type": "text-generation"}}
+
+
+def modelscope_configs(config: PalmConfig) -> tuple[dict, dict]:
+    """``(config.json, encoder config.json)`` of a ModelScope palm_v2 dir for ``config``: the
+    inverse of :func:`config_from_modelscope`. The first holds ModelScope's ``PalmConfig``
+    fields (``model_type`` ``palm``; the loss / beam-search fields at their defaults), its
+    ``encoder_pth`` names the subfolder (relative to the model dir, as
+    ``PalmPreTrainedModel._from_pretrained`` joins it) for the second, a ``BertConfig`` (``bert``
+    / ``"bert"``; ``position_offset`` 0) or ``RobertaConfig`` (``roberta`` / ``"roberta"``;
+    ``pad_token_id`` = ``position_offset - 1``) as ``transformers`` 4.x writes it.
+
+    A config that ``AbsSummarizer`` would run differently is one line of ValueError: a copy
+    head, a pre-LN encoder or one without the embedding LayerNorm, no pooler, an encoder
+    activation without a ``transformers`` name, and a decoder other than palm_v2's fixed one
+    (pre-LN, ``gelu_new``, LayerNorm epsilon 1e-6). Not stored, so not read back: the decoder
+    attention dropout when it differs from ``decoder_dropout_rate`` (``dec_dropout`` sets both),
+    ``share_embeddings`` (ModelScope's ``share_emb`` only copies the table at initialisation;
+    the file holds the decoder table) and the dtypes / layer layout."""
+    from plug_jax.families.structbert.convert_hf import TO_HF_ACTIVATIONS
+
+    api = "palm modelscope_configs"
+    _check_config(config, api)
+    enc, dec = config.encoder_config, config.decoder_config
+    problems = []
+    if config.copy:
+        problems.append("copy=True: ModelScope palm_v2 has no copy head (export with --to "
+                        "alicemind or use a copy=False config)")
+    if enc.norm_placement != "post" or not enc.use_embedding_norm:
+        problems.append("the encoder is not BERT's post-LN with an embedding LayerNorm")
+    if not config.use_pooler:
+        problems.append("use_pooler=False: palm_v2's BertModel has a pooler")
+    if enc.activation not in TO_HF_ACTIVATIONS:
+        problems.append(f"encoder activation {enc.activation!r} has no transformers name")
+    if (dec.norm_placement, dec.activation, dec.layer_norm_epsilon) != ("pre", "gelu_tanh",
+                                                                        1e-6):
+        problems.append(f"the decoder (norm {dec.norm_placement!r}, activation "
+                        f"{dec.activation!r}, LayerNorm epsilon {dec.layer_norm_epsilon:g}) is "
+                        f"not palm_v2's fixed one ('pre', 'gelu_tanh', 1e-6)")
+    if problems:
+        raise ValueError(f"{api}: cannot write a ModelScope palm_v2 dir: {'; '.join(problems)}")
+    roberta = config.position_offset > 0  # RoBERTa numbers positions from pad_token_id + 1
+    name = "roberta" if roberta else "bert"
+    encoder = {
+        "architectures": ["RobertaModel" if roberta else "BertModel"],
+        "model_type": name, "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_encoder_layers,
+        "num_attention_heads": config.num_heads, "intermediate_size": config.mlp_dim,
+        "hidden_act": TO_HF_ACTIVATIONS[enc.activation],
+        "hidden_dropout_prob": enc.dropout_rate,
+        "attention_probs_dropout_prob": enc.attention_dropout_rate,
+        "max_position_embeddings": config.max_position_embeddings,
+        "type_vocab_size": config.type_vocab_size, "initializer_range": enc.initializer_range,
+        "layer_norm_eps": config.layer_norm_epsilon,
+        "pad_token_id": config.position_offset - 1 if roberta else 0,
+        "position_embedding_type": "absolute", "use_cache": True, "classifier_dropout": None}
+    if roberta:
+        encoder.update(bos_token_id=0, eos_token_id=2)
+    # max_pos > 512 makes AbsSummarizer rebuild the position table; the encoder's own
+    # max_position_embeddings carries the size instead.
+    usable = config.max_position_embeddings - config.position_offset
+    palm = {"model_type": "palm", "encoder": name, "encoder_pth": name,
+            "max_pos": min(512, usable), "share_emb": bool(config.share_embeddings),
+            "dec_layers": config.num_decoder_layers, "dec_hidden_size": config.hidden_size,
+            "dec_heads": config.num_decoder_heads, "dec_ff_size": dec.ffn_size,
+            "dec_dropout": dec.dropout_rate, **_MS_GENERATION}
+    return palm, encoder
+
+
+def save_modelscope_dir(config: PalmConfig, params: Mapping, out: str | os.PathLike) -> str:
+    """Writes a ModelScope palm_v2 model dir into ``out``: ``config.json`` and
+    ``<encoder_pth>/config.json`` (:func:`modelscope_configs`), ``configuration.json``
+    (``palm-v2``, ``text-generation``) and ``pytorch_model.bin`` (``torch.save`` of the
+    ``AbsSummarizer`` state dict, :func:`palm_to_state_dict`). Nothing is written when the
+    config does not fit. ``PalmForTextGeneration`` also reads a tokenizer from
+    ``<encoder_pth>/`` (``vocab.txt`` for BERT, ``vocab.json`` + ``merges.txt`` for RoBERTa):
+    plug-convert copies the carried ``vocab.txt`` there (:mod:`plug_jax.convert.vocabulary`). Returns a one-line summary."""
+    import json
+
+    import torch
+
+    sd = palm_to_state_dict(params, config, layout="modelscope")  # a copy head: its error
+    palm, encoder = modelscope_configs(config)
+    d = os.fspath(out)
+    enc_dir = os.path.join(d, palm["encoder_pth"])
+    os.makedirs(enc_dir, exist_ok=True)
+    for path, obj in ((os.path.join(d, "config.json"), palm),
+                      (os.path.join(enc_dir, "config.json"), encoder),
+                      (os.path.join(d, "configuration.json"), MS_CONFIGURATION)):
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()},
+               os.path.join(d, "pytorch_model.bin"))
+    count = int(sum(np.size(v) for k, v in sd.items() if not k.startswith("generator.")))
+    notes = []
+    dec = config.decoder_config
+    if dec.attention_dropout_rate != dec.dropout_rate:
+        notes.append(f"decoder attention dropout {dec.attention_dropout_rate:g} is not stored "
+                     f"(dec_dropout {dec.dropout_rate:g} sets both)")
+    if config.share_embeddings:
+        notes.append("share_embeddings: the encoder table is written as the decoder's own "
+                     "(ModelScope keeps a separate copy); it imports back with "
+                     "share_embeddings=False")
+    note = "".join(f"; note: {n}" for n in notes)
+    return (f"{count:,} parameters (ModelScope palm_v2, encoder {palm['encoder']}: config.json, "
+            f"{palm['encoder_pth']}/config.json, configuration.json, pytorch_model.bin with "
+            f"{len(sd)} tensors){note}")
 
 
 def load_palm_checkpoint(path: str | os.PathLike, config: PalmConfig, *, strict: bool = True,

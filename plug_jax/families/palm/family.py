@@ -58,12 +58,17 @@ def _import(layout: str):
 
 def _export(layout: str):
     def run(config, params, out, options) -> str:
-        """``pytorch_model.bin`` (torch tensors: what ModelScope's AbsSummarizer and
-        AliceMind's loader read)."""
+        """AliceMind: ``pytorch_model.bin`` (torch tensors, what AliceMind's loader reads).
+        ModelScope: a palm_v2 model dir (``save_modelscope_dir``): ``config.json`` (ModelScope's
+        PalmConfig), the encoder's ``config.json`` in ``encoder_pth`` (``bert/`` or
+        ``roberta/``), ``configuration.json`` and ``pytorch_model.bin`` (the AbsSummarizer
+        state dict), which ``--source modelscope`` reads back without ``--preset``."""
         import numpy as np
         import torch
 
-        from plug_jax.families.palm.convert import palm_to_state_dict
+        from plug_jax.families.palm.convert import palm_to_state_dict, save_modelscope_dir
+        if layout == "modelscope":
+            return save_modelscope_dir(config, params, out)
         sd = palm_to_state_dict(params, config, layout=layout)
         torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()},
                    os.path.join(out, "pytorch_model.bin"))
@@ -100,8 +105,9 @@ FAMILY = FamilySpec(
         Converter("alicemind", "export", _export("alicemind"), "pytorch_model.bin, AliceMind "
                   "names", round_trip_config=lambda c: c.replace(copy_gate_uses_input=False,
                                                                  copy_softmax=True)),
-        Converter("modelscope", "export", _export("modelscope"), "pytorch_model.bin, "
-                  "ModelScope palm_v2 names (no copy head)",
+        Converter("modelscope", "export", _export("modelscope"), "ModelScope palm_v2 dir: "
+                  "config.json + bert/ (or roberta/) config.json + configuration.json + "
+                  "pytorch_model.bin (no copy head)",
                   round_trip_config=lambda c: c.replace(copy=False)),
     ),
     feature_converters=("encdec",),
