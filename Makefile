@@ -47,7 +47,7 @@ prepare: $(STAMP)
 
 # Default suite (excludes tests marked `slow`), then the notebooks (`make notebooks`).
 test: $(STAMP) reference-env
-	$(PY) -m pytest -n $(TEST_WORKERS) -q
+	$(PY) -m pytest -n $(TEST_WORKERS) -q --durations=30
 	$(MAKE) --no-print-directory notebooks
 
 # Long tests only (large conversions, long decodes).

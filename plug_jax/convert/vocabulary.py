@@ -190,6 +190,23 @@ def export_to(checkpoint_dir: str, out_dir: str, fmt: str) -> list[str]:
                     "do_lower_case": bool(entry.get("do_lower_case", True)),
                     "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
                     "cls_token": "[CLS]", "mask_token": "[MASK]"})
+        model_cfg = os.path.join(out_dir, "config.json")
+        model = {}
+        if os.path.isfile(model_cfg):
+            with open(model_cfg, encoding="utf-8") as f:
+                model = json.load(f)
+        if model.get("model_type") == "gpt2":
+            # GPT-2 has no token types: without this the tokenizer's token_type_ids would be
+            # added as embeddings of [PAD]. The special ids are the vocabulary's, not GPT-2's
+            # 50256 (outside a BERT-Chinese table).
+            cfg["model_input_names"] = ["input_ids", "attention_mask"]
+            tokens = load(path, do_lower_case=bool(entry.get("do_lower_case", True)))
+            model.update(bos_token_id=int(tokens.cls_id), eos_token_id=int(tokens.sep_id),
+                         pad_token_id=int(tokens.pad_id))
+            with open(model_cfg, "w", encoding="utf-8") as f:
+                json.dump(model, f, indent=2, sort_keys=True)
+                f.write("\n")
+            written.append("config.json special token ids")
         with open(tok_cfg, "w", encoding="utf-8") as f:
             json.dump(cfg, f, indent=2)
         written.append("tokenizer_config.json")

@@ -257,11 +257,17 @@ def _hf_logits_match(folder, cfg, params, ids):
 def test_to_hf_loads_in_transformers_with_the_vocabulary(built):
     from plug_jax.data.wordpiece import WordPieceVocabulary
     out = _ok(built, "to_hf")
-    assert "vocabulary: wordpiece vocab.txt (1508 tokens) -> vocab.txt, tokenizer_config.json" \
-        in out
+    assert "vocabulary: wordpiece vocab.txt (1508 tokens) -> vocab.txt, config.json special " \
+           "token ids, tokenizer_config.json" in out
     vocab = WordPieceVocabulary(str(built["hf"] / "vocab.txt"))
     ids = [int(i) for i in vocab.encode(PROMPT)]
     assert _hf_logits_match(built["hf"], built["cfg"], built["params"], ids) == ids
+    # GPT-2 gets no token_type_ids from the tokenizer, and the vocabulary's special ids
+    from transformers import AutoConfig, AutoTokenizer
+    assert "token_type_ids" not in AutoTokenizer.from_pretrained(str(built["hf"]))(PROMPT)
+    hf_cfg = AutoConfig.from_pretrained(str(built["hf"]))
+    assert (hf_cfg.bos_token_id, hf_cfg.eos_token_id, hf_cfg.pad_token_id) == \
+        (vocab.cls_id, vocab.sep_id, 0)
 
 
 def test_plug_export_to_hf_of_the_finetuned_run(built):

@@ -125,7 +125,9 @@ def to_transformers_config(config: GPT3Config):
         resid_pdrop=config.dropout_rate, embd_pdrop=config.dropout_rate,
         attn_pdrop=config.attention_dropout_rate, layer_norm_epsilon=config.layer_norm_epsilon,
         initializer_range=config.initializer_range,
-        tie_word_embeddings=config.tie_word_embeddings)
+        tie_word_embeddings=config.tie_word_embeddings,
+        # GPT-2's 50256 only exists in its own table; a carried vocabulary sets its ids
+        **({} if config.vocab_size > 50256 else {"bos_token_id": None, "eos_token_id": None}))
 
 
 # ------------------------------------------------------------------------------ import
