@@ -42,7 +42,8 @@ import numpy as np
 from flax import linen as nn
 
 from plug_jax.families.structbert.config import StructBERTConfig
-from plug_jax.layers.attention import MultiHeadAttention, padding_mask, segment_mask
+from plug_jax.layers.attention import (MultiHeadAttention, causal_mask, combine_masks,
+                                       padding_mask, segment_mask)
 from plug_jax.layers.dense import DenseGeneral
 from plug_jax.layers.embeddings import Embed
 from plug_jax.layers.mlp import MLP, get_activation
@@ -61,14 +62,24 @@ def _norm(cfg: StructBERTConfig, name: str) -> LayerNorm:
 
 
 class BertLayer(nn.Module):
-    """One bidirectional encoder block. Called as ``layer(x, mask) -> (x, None)``."""
+    """One encoder block. Called as ``layer(x, mask) -> (x, None)``.
+
+    With ``cross_attention=True`` (BERT's ``add_cross_attention``: the BERT decoder, mPLUG's
+    fusion layers) a cross-attention sub-layer (``cross_attn``, ``cross_attn_norm``) sits
+    between self-attention and the FFN: ``layer(x, mask, enc, cross_mask)`` attends ``x`` to
+    ``enc`` ``[batch, enc_len, d]`` (``cross_mask`` ``[b, 1, 1|len, enc_len]``). Called with
+    ``enc=None`` the sub-layer is skipped (mPLUG's connected layers), though at init its
+    parameters are still created (with key/value input width ``hidden_size``), so every layer
+    of a stack has the same tree. Off by default: the parameter tree is unchanged.
+    """
 
     config: StructBERTConfig
     deterministic: bool = True
     use_moe: bool = False  # the FFN is a mixture of experts (config.moe_*, PLUG-MoE)
+    cross_attention: bool = False
 
     @nn.compact
-    def __call__(self, x, mask):
+    def __call__(self, x, mask, enc=None, cross_mask=None):
         cfg = self.config
         dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
         init = nn.initializers.normal(cfg.initializer_range)
@@ -83,16 +94,31 @@ class BertLayer(nn.Module):
                       dtype=dtype, param_dtype=pdtype, kernel_init=init, name="mlp")
         attn_norm, mlp_norm = _norm(cfg, "attn_norm"), _norm(cfg, "mlp_norm")
         drop = nn.Dropout(cfg.dropout_rate)
+        det = self.deterministic
+        if self.cross_attention:
+            cross = MultiHeadAttention(num_heads=cfg.num_heads, head_dim=cfg.head_dim,
+                                       use_bias=True, dropout_rate=cfg.attention_dropout_rate,
+                                       dtype=dtype, param_dtype=pdtype, kernel_init=init,
+                                       name="cross_attn")
+            cross_norm = _norm(cfg, "cross_attn_norm")
+            if enc is None and self.is_initializing():  # a skipped sub-layer still has params
+                cross_norm(cross(x, x, deterministic=True))
         if cfg.pre_norm:  # Megatron / PLUG: LN -> sub-layer -> +res
-            h = attn(attn_norm(x), mask=mask, deterministic=self.deterministic)
-            x = x + drop(h, deterministic=self.deterministic)
-            h = mlp(mlp_norm(x), deterministic=self.deterministic)
-            x = x + drop(h, deterministic=self.deterministic)
+            h = attn(attn_norm(x), mask=mask, deterministic=det)
+            x = x + drop(h, deterministic=det)
+            if self.cross_attention and enc is not None:
+                h = cross(cross_norm(x), enc, mask=cross_mask, deterministic=det)
+                x = x + drop(h, deterministic=det)
+            h = mlp(mlp_norm(x), deterministic=det)
+            x = x + drop(h, deterministic=det)
         else:  # BERT / StructBERT: sub-layer -> +res -> LN
-            h = attn(x, mask=mask, deterministic=self.deterministic)
-            x = attn_norm(x + drop(h, deterministic=self.deterministic))
-            h = mlp(x, deterministic=self.deterministic)
-            x = mlp_norm(x + drop(h, deterministic=self.deterministic))
+            h = attn(x, mask=mask, deterministic=det)
+            x = attn_norm(x + drop(h, deterministic=det))
+            if self.cross_attention and enc is not None:
+                h = cross(x, enc, mask=cross_mask, deterministic=det)
+                x = cross_norm(x + drop(h, deterministic=det))
+            h = mlp(x, deterministic=det)
+            x = mlp_norm(x + drop(h, deterministic=det))
         x = with_logical_constraint(x, _ACT)
         return x, None
 
@@ -108,14 +134,24 @@ class BertEncoder(nn.Module):
       positions: int ``[batch, length]`` (default ``0..length-1``).
       segment_ids: int ``[batch, length]`` for packed rows (tokens attend within their own
         segment; 0 is padding); takes the place of ``attention_mask``.
+      encoder_states: ``[batch, enc_len, d]``, with ``cross_attention=True``: the states
+        every layer cross-attends to (BERT decoder).
+      encoder_mask: ``[batch, enc_len]`` 1 for real encoder positions (default: all).
       deterministic: disable dropout.
+
+    ``causal=True`` (BERT's ``is_decoder``) adds a causal mask to the self-attention;
+    ``cross_attention=True`` gives every layer a cross-attention sub-layer (see
+    :class:`BertLayer`). Both are off by default (the parameter tree is then unchanged).
     """
 
     config: StructBERTConfig
+    cross_attention: bool = False
+    causal: bool = False
 
     @nn.compact
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None, positions=None,
-                 segment_ids=None, *, deterministic: bool = True):
+                 segment_ids=None, encoder_states=None, encoder_mask=None, *,
+                 deterministic: bool = True):
         cfg = self.config
         dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
         init = nn.initializers.normal(cfg.initializer_range)
@@ -142,9 +178,21 @@ class BertEncoder(nn.Module):
             x = _norm(cfg, "embed_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         x = with_logical_constraint(x, _ACT)
-        x = LayerStack(**stack_kwargs(cfg, BertLayer, cfg.num_layers,
-                                      (("config", cfg), ("deterministic", deterministic))),
-                       scan=cfg.scan_layers, remat_policy=cfg.remat_policy, name="stack")(x, mask)
+        if self.causal:
+            mask = combine_masks(causal_mask(b, length), mask)
+        layer_kwargs = (("config", cfg), ("deterministic", deterministic))
+        args = (mask,)
+        if self.cross_attention:
+            if encoder_states is None:
+                raise ValueError("BertEncoder(cross_attention=True) needs encoder_states")
+            layer_kwargs += (("cross_attention", True),)
+            cross_mask = None
+            if encoder_mask is not None:
+                cross_mask = padding_mask(jnp.ones((b, length), jnp.bool_),
+                                          jnp.asarray(encoder_mask, jnp.bool_))
+            args = (mask, encoder_states, cross_mask)
+        x = LayerStack(**stack_kwargs(cfg, BertLayer, cfg.num_layers, layer_kwargs),
+                       scan=cfg.scan_layers, remat_policy=cfg.remat_policy, name="stack")(x, *args)
         if cfg.pre_norm:
             x = _norm(cfg, "final_norm")(x)
         return with_logical_constraint(x, _ACT)
