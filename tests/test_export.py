@@ -276,7 +276,12 @@ def test_palm_to_alicemind_reads_back_equal(built, capsys):
     said = capsys.readouterr()
     assert rc == 0, said.err
     assert said.out.startswith("plug-export: palm ") and "alicemind" in said.out
-    assert os.listdir(out_dir) == ["pytorch_model.bin"]
+    # the weights, and the run's task vocabulary beside them (plug_jax.convert.vocabulary)
+    vocab_file = built["vocabs"]["palm"].sentencepiece_model_file
+    assert sorted(os.listdir(out_dir)) == sorted(["pytorch_model.bin",
+                                                  os.path.basename(vocab_file)])
+    with open(vocab_file, "rb") as a, open(out_dir / os.path.basename(vocab_file), "rb") as b:
+        assert a.read() == b.read()
     assert not [p for p in os.listdir(built["base"]) if ".params-" in p]  # temp folder gone
     model, params = built["palm"]
     config, back = registry.get("palm").converter("alicemind", "import").fn(
