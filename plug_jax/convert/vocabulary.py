@@ -4,7 +4,8 @@ A released model is only usable with the tokenizer it was trained with, so every
 ``plug-convert`` import copies the input's vocabulary into the output and records it in
 ``metadata.json``, and every ``--to`` export copies it back out:
 
-* found in the input directory (or the directory of an input file), in this order:
+* found in the input directory (or the directory of an input file; for a ModelScope palm_v2
+  folder also in the ``encoder_pth`` folder its ``config.json`` names), in this order:
   ``vocab.txt`` (BERT / BERT-Chinese WordPiece: StructBERT, PALM, PLUG and ModelScope's
   GPT-3 base/large, whose ``GPT3ForTextGeneration`` builds a ``BertTokenizer`` from it), then a
   SentencePiece model (``spiece.model``, ``sentencepiece.model``, ``tokenizer.model``,
@@ -55,10 +56,13 @@ def find_vocabulary(input_path: str) -> tuple[str | None, str | None]:
     saying what was found instead (or nothing)."""
     folder = input_path if os.path.isdir(input_path) else os.path.dirname(
         os.path.abspath(input_path))
-    for name in WORDPIECE_NAMES + SENTENCEPIECE_NAMES:
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            return path, None
+    # ModelScope palm_v2 keeps its vocab.txt in the encoder folder its config.json names
+    sub = _encoder_subfolder(folder)
+    for where in [folder] + ([os.path.join(folder, sub)] if sub else []):
+        for name in WORDPIECE_NAMES + SENTENCEPIECE_NAMES:
+            path = os.path.join(where, name)
+            if os.path.isfile(path):
+                return path, None
     for name, what in UNSUPPORTED_NAMES.items():
         if os.path.isfile(os.path.join(folder, name)):
             return None, (f"vocabulary not carried: {name} in {folder} is {what}, which "
