@@ -35,7 +35,9 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # Checkpoint conversion from / to PyTorch layouts (CPU torch wheel).
-    "convert": ["torch==2.13.0", "transformers==5.23.0", "safetensors==0.8.0"],
+    # pyyaml: ModelScope mPLUG dirs keep their config in config.yaml (read with safe_load);
+    # already required by flax / transformers, pinned here because plug_jax reads it itself.
+    "convert": ["torch==2.13.0", "transformers==5.23.0", "safetensors==0.8.0", "pyyaml==6.0.4"],
     "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
     # colabs/*.ipynb executed by `make notebooks` (part of `make test`) and on Colab.
     "notebooks": ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
