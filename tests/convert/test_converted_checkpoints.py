@@ -4,7 +4,7 @@ plug-export run on it (runs/converted.gin), and ``--to hf`` goes back to transfo
 The inputs are written as the released code lays them out:
 
 * GPT-3: a ModelScope ``GPT3Model`` folder (``config.json`` + ``pytorch_model.bin``,
-  ``plug_jax.families.gpt3.fixtures.write_modelscope``, the layout of
+  ``plug-convert --to modelscope``'s ``save_modelscope``, the layout of
   ``modelscope.models.nlp.gpt3.backbone`` that tests/convert/test_modelscope_gpt3.py checks
   against the real class) with the ``vocab.txt`` that ``GPT3ForTextGeneration`` hands to
   ``BertTokenizer.from_pretrained(model_dir)``;
@@ -72,7 +72,7 @@ def _random_params(module, *args):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     from plug_jax.data.wordpiece import shop_world_vocab_lines
-    from plug_jax.families.gpt3 import fixtures
+    from plug_jax.families.gpt3.convert_modelscope import save_modelscope
     from plug_jax.families.palm import PalmConfig, PalmModel
     from plug_jax.trainer import checkpointing
 
@@ -85,12 +85,12 @@ def built(tmp_path_factory):
     params = _random_params(GPT3LM(cfg), jnp.zeros((1, 4), jnp.int32))
     ms = tmp / "gpt3_modelscope"
     ms.mkdir()
-    fixtures.write_modelscope(cfg, params, str(ms))
+    save_modelscope(cfg, params, str(ms))
     (ms / "vocab.txt").write_text(vocab_txt, encoding="utf-8")
     small = tmp / "gpt3_small_table"  # an embedding table smaller than the vocabulary
     small.mkdir()
     cfg_small = cfg.replace(vocab_size=1024)
-    fixtures.write_modelscope(cfg_small, _random_params(GPT3LM(cfg_small),
+    save_modelscope(cfg_small, _random_params(GPT3LM(cfg_small),
                                                         jnp.zeros((1, 4), jnp.int32)), str(small))
     (small / "vocab.txt").write_text(vocab_txt, encoding="utf-8")
 

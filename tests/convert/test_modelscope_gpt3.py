@@ -293,3 +293,36 @@ def test_config_errors(params):
         from_modelscope(sd, config={**MS_CONFIG, "num_attention_heads": 8, "kv_channels": 8})
     with pytest.raises(ValueError, match="supported families: gpt3"):
         from_modelscope(sd, family="mplug", config=MS_CONFIG)
+
+
+def test_to_modelscope_loads_in_gpt3model_with_the_same_logits(released, tmp_path, capsys):
+    """plug-convert --source modelscope, then --to modelscope: the folder written loads with
+    modelscope's own GPT3Model.from_pretrained (reference env) and gives the released model's
+    logits; its tensors equal the released file's bit for bit."""
+    import importlib.util
+    import pathlib
+
+    from plug_jax.convert import cli
+    folder, ref, sd = released
+    ours, out = tmp_path / "ours", tmp_path / "ms_out"
+    assert cli.main(["--family", "gpt3", "--source", "modelscope", "--input", str(folder),
+                     "--output", str(ours), "--scan_layers", "false"]) == 0
+    assert cli.main(["--family", "gpt3", "--to", "modelscope", "--input", str(ours),
+                     "--output", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "ModelScope GPT3Model config.json + configuration.json + pytorch_model.bin" in said
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "configuration.json",
+                                                     "pytorch_model.bin"]
+    back = torch.load(out / "pytorch_model.bin", weights_only=True)
+    assert sorted(back) == sorted(k for k in sd if not k.endswith("position_ids"))
+    for k, v in back.items():
+        assert torch.equal(v, sd[k]), k
+    build = pathlib.Path(__file__).resolve().parents[1] / "reference_env" / "build.py"
+    spec = importlib.util.spec_from_file_location("plug_jax_reference_env_gpt3", build)
+    env = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(env)
+    np.save(tmp_path / "ids.npy", ref["ids"])
+    env.run("modelscope_gpt3.py", "--check", str(out), str(tmp_path / "ids.npy"),
+            str(tmp_path / "logits.npy"))
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), ref["logits"], atol=1e-4,
+                               rtol=0)

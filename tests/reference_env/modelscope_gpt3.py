@@ -1,6 +1,7 @@
 """Runs in the reference env: a random modelscope ``GPT3Model``, saved as ModelScope reads it.
 
     python modelscope_gpt3.py OUT_DIR [--seed N]
+    python modelscope_gpt3.py --check MODEL_DIR IDS_NPY OUT_NPY   # load a folder, run it
 
 Writes into OUT_DIR:
 * ``config.json`` (``GPT3Config.save_pretrained``, less one alias: see below) and ``pytorch_model.bin``
@@ -45,11 +46,31 @@ CONFIG = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_
               attention_dropout=0.0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
+def check(model_dir, ids_path, out_path):
+    """Loads MODEL_DIR as modelscope does (``GPT3Model.from_pretrained``: its config.json and
+    pytorch_model.bin; plug-convert --to modelscope's output) and writes its float32 logits
+    for the ids in IDS_NPY. Every parameter must come from the file: strict loading of the
+    file's state dict into the loaded model must report no missing or unexpected key."""
+    model = GPT3Model.from_pretrained(model_dir).eval()
+    sd = torch.load(os.path.join(model_dir, "pytorch_model.bin"), weights_only=True)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise SystemExit(f"{model_dir}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(np.load(ids_path))).logits
+    np.save(out_path, logits.numpy().astype(np.float32))
+    print(f"checked {model_dir}: logits {tuple(logits.shape)}")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("out_dir")
+    ap.add_argument("out_dir", nargs="?")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--check", nargs=3, metavar=("MODEL_DIR", "IDS_NPY", "OUT_NPY"))
     args = ap.parse_args()
+    if args.check:
+        return check(*args.check)
     os.makedirs(args.out_dir, exist_ok=True)
     torch.manual_seed(args.seed)
     config = GPT3Config(**CONFIG)

@@ -52,10 +52,16 @@ Both layouts: torch ``nn.Linear`` weights are ``[out, in]``; LayerNorm eps is
 ignored by ModelScope's code and here); attention scales by
 ``1/sqrt(head_dim)`` (Megatron's query-key layer scaling cancels out); the
 output projection is the transposed word embedding (tied).
+
+Export (``plug-convert --family gpt3 --to modelscope``, :func:`save_modelscope`) writes the
+backbone layout back: ``config.json`` (``layernorm_epsilon`` only, as released),
+``configuration.json`` and ``pytorch_model.bin``; modelscope's own ``GPT3Model.from_pretrained``
+loads it with our logits (tests/convert/test_modelscope_gpt3.py).
 """
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 from typing import Any, Mapping, Sequence
@@ -383,3 +389,89 @@ def from_modelscope(state_dict_or_dir: Any, family: str = "gpt3", config: Any = 
                          f"pass strict=False to ignore it")
     check_params_match(cfg, params, api)
     return cfg, params
+
+
+# ------------------------------------------------------------------------------ export
+def modelscope_config(config: GPT3Config) -> dict:
+    """The ModelScope ``config.json`` of ``config`` (what ``from_modelscope`` and modelscope's
+    ``GPT3Config`` read back; ``layernorm_epsilon`` only, as the released files have it)."""
+    api = "gpt3 --to modelscope"
+    if config.activation != "gelu" or not config.tie_word_embeddings:
+        raise ValueError(f"{api}: ModelScope GPT-3 has exact GELU and tied embeddings; got "
+                         f"activation={config.activation!r}, "
+                         f"tie_word_embeddings={config.tie_word_embeddings}")
+    if config.kv_heads != config.num_heads or config.num_experts:
+        raise ValueError(f"{api}: no grouped KV heads or experts in the backbone layout")
+    out = {"model_type": "gpt3", "hidden_size": config.hidden_size,
+           "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+           "vocab_size": config.vocab_size,
+           "max_position_embeddings": config.max_position_embeddings,
+           "layernorm_epsilon": config.layer_norm_epsilon, "ffn_hidden_size": config.mlp_dim,
+           "hidden_act": "gelu", "hidden_dropout": config.dropout_rate,
+           "attention_dropout": config.attention_dropout_rate,
+           "init_method_std": config.initializer_range}
+    if config.kv_dim * config.num_heads != config.hidden_size:
+        out["kv_channels"] = config.kv_dim
+    return out
+
+
+def to_modelscope_state_dict(config: GPT3Config, params: Mapping) -> dict[str, Any]:
+    """``{name: torch.Tensor}`` in the ``GPT3Model`` backbone layout."""
+    import torch
+
+    p = cio.unbox_params(params)
+    d, heads, hd = config.hidden_size, config.num_heads, config.kv_dim
+
+    def t(x) -> "torch.Tensor":
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(x, dtype=np.float32)))
+
+    body = "language_model.transformer."
+    sd = {"language_model.word_embeddings.weight": t(p["token_embed"]["embedding"]),
+          "language_model.position_embeddings.weight": t(p["pos_embed"]["embedding"])}
+    layers = cio.split_layers(p["decoder"], config.num_layers, "gpt3 --to modelscope")
+    for i, layer in enumerate(layers):
+        pre, a, m = f"{body}layers.{i}.", layer["attn"], layer["mlp"]
+        # kernel [d, heads, hd] -> rows (part, head, k) of a torch [3 * heads * hd, d] weight
+        sd[pre + "attention.query_key_value.weight"] = t(np.concatenate(
+            [np.asarray(a[n]["kernel"]).reshape(d, heads * hd).T
+             for n in ("query", "key", "value")], axis=0))
+        sd[pre + "attention.query_key_value.bias"] = t(np.concatenate(
+            [np.asarray(a[n]["bias"]).reshape(heads * hd) for n in ("query", "key", "value")]))
+        sd[pre + "attention.dense.weight"] = t(
+            np.asarray(a["out"]["kernel"]).reshape(heads * hd, d).T)
+        sd[pre + "attention.dense.bias"] = t(a["out"]["bias"])
+        for ours, theirs in (("pre_attn_norm", "input_layernorm"),
+                             ("pre_mlp_norm", "post_attention_layernorm")):
+            sd[pre + theirs + ".weight"] = t(layer[ours]["scale"])
+            sd[pre + theirs + ".bias"] = t(layer[ours]["bias"])
+        for ours, theirs in (("wi", "dense_h_to_4h"), ("wo", "dense_4h_to_h")):
+            sd[pre + f"mlp.{theirs}.weight"] = t(np.asarray(m[ours]["kernel"]).T)
+            sd[pre + f"mlp.{theirs}.bias"] = t(m[ours]["bias"])
+    sd[body + "final_layernorm.weight"] = t(p["final_norm"]["scale"])
+    sd[body + "final_layernorm.bias"] = t(p["final_norm"]["bias"])
+    return sd
+
+
+# configuration.json: what modelscope's Model.from_pretrained dispatches on
+# (metainfo Models.gpt3 'gpt3', Pipelines.gpt3_generation 'gpt3-generation').
+MS_CONFIGURATION = {"framework": "pytorch", "task": "text-generation",
+                    "model": {"type": "gpt3"}, "pipeline": {"type": "gpt3-generation"}}
+
+
+def save_modelscope(config: GPT3Config, params: Mapping, out_dir: str) -> str:
+    """Writes a ModelScope GPT-3 folder of ``params``: ``config.json``, ``configuration.json``
+    and ``pytorch_model.bin`` (``torch.save`` of the ``GPT3Model`` state dict), what
+    ``GPT3Model.from_pretrained`` / ``GPT3ForTextGeneration`` read (plug-convert copies the
+    carried ``vocab.txt`` beside them, where its ``BertTokenizer`` looks).
+    ``plug-convert --family gpt3 --to modelscope``; checked against modelscope's own
+    ``GPT3Model`` in tests/convert/test_modelscope_gpt3.py. Returns a short description."""
+    import torch
+
+    ms_config = modelscope_config(config)  # refuses what the layout cannot hold, first
+    sd = to_modelscope_state_dict(config, params)
+    torch.save(sd, os.path.join(out_dir, "pytorch_model.bin"))
+    for name, obj in (("config.json", ms_config), ("configuration.json", MS_CONFIGURATION)):
+        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+    return (f"ModelScope GPT3Model config.json + configuration.json + pytorch_model.bin "
+            f"({len(sd)} tensors, {config.num_layers} layers)")

@@ -25,10 +25,9 @@ def _import(fmt: str):
     return run
 
 
-def _modelscope_fixture(config, params, out_dir) -> None:
-    """Writes a ModelScope GPT-3 folder from our params, for tests (families/gpt3/fixtures.py)."""
-    from plug_jax.families.gpt3 import fixtures
-    fixtures.write_modelscope(config, params, out_dir)
+def _export_modelscope(config, params, out_dir, options) -> str:
+    from plug_jax.families.gpt3.convert_modelscope import save_modelscope
+    return save_modelscope(config, params, out_dir)
 
 
 def _export_hf(config, params, out_dir, options) -> str:
@@ -99,7 +98,9 @@ FAMILY = FamilySpec(
                   "BertTokenizer tokenizer_config.json)"),
         Converter("modelscope", "import", _import("modelscope"), "ModelScope GPT-3 folder "
                   "(config.json + pytorch_model.bin, or Megatron mp_rank shards)",
-                  describe=_describe, fixture=_modelscope_fixture),
+                  describe=_describe),
+        Converter("modelscope", "export", _export_modelscope, "ModelScope GPT3Model folder "
+                  "(config.json + configuration.json + pytorch_model.bin; vocab.txt beside)"),
     ),
     plan_rows=plan_rows,
     feature_converters=("decoder",),
