@@ -293,18 +293,15 @@ def _vocabulary_entry(model_dir: str, dataset_cfg) -> tuple[str, dict] | None:
     """``(file, metadata entry)`` of the vocabulary ``model_dir``'s model reads: the one a
     converted checkpoint carries, else the task's (WordPiece or SentencePiece file)."""
     from plug_jax.convert import vocabulary as carried
-    path = carried.carried_path(model_dir)
-    if path is None:
-        from plug_jax.data.pipeline import task_vocabulary
-        vocab = task_vocabulary(dataset_cfg.mixture_or_task_name)
-        path = _vocabulary_file(vocab)
-        if not path:
-            return None
-        lower = getattr(vocab, "do_lower_case", True)
-    else:
-        with open(os.path.join(model_dir, "metadata.json"), encoding="utf-8") as f:
-            lower = json.load(f)["vocabulary"].get("do_lower_case", True)
-    return path, carried.describe(path, do_lower_case=lower)
+    found = carried.carried(model_dir)
+    if found is not None:
+        return found
+    from plug_jax.data.pipeline import task_vocabulary
+    vocab = task_vocabulary(dataset_cfg.mixture_or_task_name)
+    path = _vocabulary_file(vocab)
+    if not path:
+        return None
+    return path, carried.describe(path, do_lower_case=getattr(vocab, "do_lower_case", True))
 
 
 def _export_converted(model, params, step: int, model_dir: str, out: str, to: str,

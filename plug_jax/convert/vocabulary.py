@@ -126,8 +126,9 @@ def entry_of(metadata: Mapping[str, Any]) -> dict | None:
     return dict(entry) if isinstance(entry, Mapping) and entry.get("file") else None
 
 
-def carried_path(checkpoint_dir: str) -> str | None:
-    """Path of the vocabulary file a plug-convert checkpoint carries, or ``None``."""
+def carried(checkpoint_dir: str) -> tuple[str, dict] | None:
+    """``(file path, metadata entry)`` of the vocabulary a plug-convert checkpoint carries,
+    or ``None`` (no ``metadata.json``, or none recorded); ``metadata.json`` is read once."""
     meta_path = os.path.join(checkpoint_dir, "metadata.json")
     if not os.path.isfile(meta_path):
         return None
@@ -139,16 +140,21 @@ def carried_path(checkpoint_dir: str) -> str | None:
     if not os.path.isfile(path):
         raise VocabularyError(f"{meta_path} records vocabulary {entry['file']}, but {path} is "
                               f"missing; the checkpoint is incomplete: convert it again")
-    return path
+    return path, entry
+
+
+def carried_path(checkpoint_dir: str) -> str | None:
+    """Path of the vocabulary file a plug-convert checkpoint carries, or ``None``."""
+    found = carried(checkpoint_dir)
+    return found[0] if found else None
 
 
 def carried_vocabulary(checkpoint_dir: str):
     """The ``seqio.Vocabulary`` a plug-convert checkpoint carries, or ``None``."""
-    path = carried_path(checkpoint_dir)
-    if path is None:
+    found = carried(checkpoint_dir)
+    if found is None:
         return None
-    with open(os.path.join(checkpoint_dir, "metadata.json"), encoding="utf-8") as f:
-        entry = entry_of(json.load(f))
+    path, entry = found
     return load(path, do_lower_case=bool(entry.get("do_lower_case", True)))
 
 
@@ -168,15 +174,14 @@ def export_to(checkpoint_dir: str, out_dir: str, fmt: str) -> list[str]:
     """Copies the vocabulary ``checkpoint_dir`` carries into a ``--to`` output: the file under
     its own name at the top of ``out_dir`` (where ``BertTokenizer.from_pretrained`` and
     ModelScope's preprocessors look; also into the ``encoder_pth`` folder of a palm_v2
-    ``config.json``, where ``PalmForTextGeneration`` reads it), plus, for ``hf`` with a WordPiece vocabulary, a
-    ``tokenizer_config.json`` naming ``BertTokenizer`` so ``AutoTokenizer`` loads it. Returns
+    ``config.json``, where ``PalmForTextGeneration`` reads it), plus, for ``hf`` with a
+    WordPiece vocabulary, a ``tokenizer_config.json`` naming ``BertTokenizer`` so ``AutoTokenizer`` loads it. Returns
     report lines."""
-    path = carried_path(checkpoint_dir)
-    if path is None:
+    found = carried(checkpoint_dir)
+    if found is None:
         return [f"no vocabulary written: {checkpoint_dir} carries none (convert with a "
                 f"vocab.txt beside the weights, or --vocab FILE)"]
-    with open(os.path.join(checkpoint_dir, "metadata.json"), encoding="utf-8") as f:
-        entry = entry_of(json.load(f))
+    path, entry = found
     name = os.path.basename(path)
     shutil.copyfile(path, os.path.join(out_dir, name))
     written = [name]

@@ -61,14 +61,25 @@ def test_config_from_modelscope(ref):
     assert config.vision_proj_to_text and config.embed_dim == 16 and config.tie_decoder_embeddings
 
 
-def test_vqa_parity(ref):
-    config, p, report, o = _load(ref, "vqa")
-    x = ref[1]
+def _vision(ref, task):
+    """The task's converted model and its vision tokens, checked against modelscope's."""
+    config, p, report, o = _load(ref, task)
     m, v, d = MPlug(config), {"params": p}, {}
-    vis = m.apply(v, x["image"], method=MPlug.encode_image)
+    vis = m.apply(v, ref[1]["image"], method=MPlug.encode_image)
     _close("vision_embeds", vis, o["vision_embeds"], d)
+    return m, v, d, o, report, vis
+
+
+def _text(m, v, d, o, x):
     txt = m.apply(v, x["question_ids"], x["question_mask"], method=MPlug.encode_text)
     _close("text_embeds", txt, o["text_embeds"], d)
+    return txt
+
+
+def test_vqa_parity(ref):
+    x = ref[1]
+    m, v, d, o, report, vis = _vision(ref, "vqa")
+    txt = _text(m, v, d, o, x)
     vmask = jnp.ones(vis.shape[:2], jnp.int32)
     fv, ft = m.apply(v, vis, vmask, txt, x["question_mask"], method=MPlug.fuse)
     _close("fused_image", fv, o["fused_image"], d)
@@ -86,11 +97,8 @@ def test_vqa_parity(ref):
 
 
 def test_caption_parity(ref):
-    config, p, _, o = _load(ref, "caption")
     x = ref[1]
-    m, v, d = MPlug(config), {"params": p}, {}
-    vis = m.apply(v, x["image"], method=MPlug.encode_image)
-    _close("vision_embeds", vis, o["vision_embeds"], d)
+    m, v, d, o, _, vis = _vision(ref, "caption")
     # the caption decoder cross-attends over the image tokens only
     logits = m.apply(v, x["answer_ids"], x["answer_mask"], vis,
                      jnp.ones(vis.shape[:2], jnp.int32), method=MPlug.decode)
@@ -99,13 +107,9 @@ def test_caption_parity(ref):
 
 
 def test_retrieval_parity(ref):
-    config, p, report, o = _load(ref, "retrieval")
     x = ref[1]
-    m, v, d = MPlug(config), {"params": p}, {}
-    vis = m.apply(v, x["image"], method=MPlug.encode_image)
-    _close("vision_embeds", vis, o["vision_embeds"], d)
-    txt = m.apply(v, x["question_ids"], x["question_mask"], method=MPlug.encode_text)
-    _close("text_embeds", txt, o["text_embeds"], d)
+    m, v, d, o, report, vis = _vision(ref, "retrieval")
+    txt = _text(m, v, d, o, x)
     image_feat, text_feat = m.apply(v, vis, txt, method=MPlug.itc_features)
     _close("image_feat", image_feat, o["image_feat"], d)
     _close("text_feat", text_feat, o["text_feat"], d)
