@@ -605,6 +605,30 @@ class EncDecStep:
 
 
 @dataclasses.dataclass(frozen=True)
+class EncDecFeaturesStep:
+    """Reference ``step_fn`` (no KV cache) of a module whose source is not text alone (an
+    image, an image and a question): the module implements ``lm_logits(features,
+    decoder_ids) -> [B, T, V]`` (teacher-forced logits over its own encoding of
+    ``features``). Every step re-encodes the features (repeated to the rows: beams) and
+    re-runs the decoder over the whole token buffer, as :class:`EncDecStep`."""
+
+    model: Any
+
+    def __call__(self, params, cache, token_ids, positions, token_mask):
+        tokens = cache["tokens"]
+        rows = jnp.arange(tokens.shape[0])[:, None]
+        tokens = tokens.at[rows, positions].set(jnp.where(token_mask, token_ids, 0))
+        feats = encoder_features(params)
+        reps = tokens.shape[0] // next(iter(jax.tree_util.tree_leaves(feats))).shape[0]
+        feats = jax.tree_util.tree_map(lambda x: jnp.repeat(jnp.asarray(x), reps, axis=0),
+                                       feats)
+        out = self.model.apply({"params": params["model"]}, feats, tokens,
+                               method="lm_logits")
+        logits = jnp.take_along_axis(out, positions[..., None], axis=1)
+        return logits, {"tokens": tokens}
+
+
+@dataclasses.dataclass(frozen=True)
 class EncDecInitCache:
     """``init_cache_fn`` of :class:`EncDecStep`: an empty decoder token buffer."""
 
@@ -619,9 +643,12 @@ def encdec_adapter(model, *, cache: bool = True, unroll_layers: bool = True) -> 
     cache; the module needs ``encode`` / ``decode`` methods (``PlugModel``, ``PalmModel``).
     With ``unroll_layers`` a scanned model (``config.scan_layers``) decodes with its
     unrolled twin, as :func:`flax_lm_adapter`. ``cache=False``: :class:`EncDecStep`, the
-    reference that re-runs the encoder and the whole decoder prefix every step.
+    reference that re-runs the encoder and the whole decoder prefix every step
+    (:class:`EncDecFeaturesStep` for a module with ``lm_logits``: image sources).
     """
     if not cache:
+        if callable(getattr(model, "lm_logits", None)):
+            return DecodeFns(EncDecFeaturesStep(model), EncDecInitCache())
         return DecodeFns(EncDecStep(model), EncDecInitCache())
     if not (callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None))):
         raise ValueError(f"encdec_adapter(cache=True) needs a module with encode / decode "

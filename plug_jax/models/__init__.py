@@ -16,7 +16,8 @@ Batches use seqio's decoder feature names: ``decoder_input_tokens``,
 
 The wrappers live in one module each: ``decoder_lm`` (:class:`DecoderOnlyLM`), ``encdec_lm``
 (:class:`EncoderDecoderLM`), ``encoder`` (:class:`EncoderModel`), ``dual_encoder``
-(:class:`DualEncoder`: contrastive, a whole-batch objective); ``base`` has what they share. Gin files name them as ``models.DecoderOnlyLM`` etc. after
+(:class:`DualEncoder`: contrastive, a whole-batch objective), ``image_text_lm``
+(:class:`ImageTextLM`: generation from an encoded image); ``base`` has what they share. Gin files name them as ``models.DecoderOnlyLM`` etc. after
 ``import plug_jax.models as models``.
 """
 from plug_jax.models.base import (SOWN_COLLECTIONS, add_moe_sums, collect_sown, count_params,
@@ -25,7 +26,9 @@ from plug_jax.models.decoder_lm import DecoderOnlyLM, gpt3
 from plug_jax.models.dual_encoder import DualEncoder
 from plug_jax.models.encdec_lm import EncoderDecoderLM
 from plug_jax.models.encoder import ENCODER_OBJECTIVES, EncoderModel
+from plug_jax.models.image_text_lm import ImageTextLM
 
 __all__ = ["DecoderOnlyLM", "DualEncoder", "ENCODER_OBJECTIVES", "EncoderDecoderLM", "EncoderModel",
+           "ImageTextLM",
            "SOWN_COLLECTIONS", "add_moe_sums", "collect_sown", "count_params",
            "encoder_families", "family_spec", "gpt3", "model_metadata", "token_ce"]

@@ -775,8 +775,11 @@ def _eval_summary(model, res: Mapping) -> str:
     objective terms and whole-set metrics (R@K)."""
     name = getattr(model, "accuracy_name", None)
     if name is None:
+        own = "".join(f"  {k.replace('_', ' ')} {res[k]:.4f}"
+                      for k in getattr(model, "summary_metrics", ())
+                      if isinstance(res.get(k), float))
         return (f"loss {res['loss']:.4f}  perplexity {res['perplexity']:.2f}  "
-                f"token accuracy {res['accuracy']:.4f}")
+                f"token accuracy {res['accuracy']:.4f}{own}")
     extra = "".join(f"  {k.replace('_', ' ')} {res[k]:.4f}" for k in
                     ("mlm_loss", "mlm_accuracy", "structural_loss", "structural_accuracy")
                     if isinstance(res.get(k), float))
@@ -846,14 +849,15 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
 
     Dual encoders (models with ``rank``) rank texts for images instead: see
     :func:`_infer_ranking`. ``prompts_jsonl`` adds the prompts of a JSONL file (one object
-    per line: ``text``, ``image``, ``video``; :mod:`plug_jax.data.media`)."""
-    from plug_jax import decoding
+    per line: ``text``, ``image``, ``video``; :mod:`plug_jax.data.media`). Models that
+    generate from images (``reads_media``) decode from ``image:PATH|question`` prompts:
+    :func:`_infer_media`."""
     carried = False
     if vocabulary is None:
         vocabulary, carried = inference_vocabulary(model_dir, dataset_cfg)
     # Read every image / video and check the prompts before restoring anything.
     items = None
-    if hasattr(model, "rank"):
+    if hasattr(model, "rank") or getattr(model, "reads_media", False):
         items = _load_media_prompts(list(prompts), prompts_jsonl, dataset_cfg)
     else:
         if prompts_jsonl:  # text models: a line naming an image or video is refused
@@ -871,6 +875,13 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
     params = jax.device_get(params)
     if hasattr(model, "rank"):  # dual encoders: rank texts for images (or videos)
         return _infer_ranking(model, params, dataset_cfg, items, vocabulary, model_dir, step)
+    decode_kw = dict(max_new_tokens=max_new_tokens, methods=methods, temperature=temperature,
+                     top_k=top_k, top_p=top_p, num_beams=num_beams,
+                     length_penalty=length_penalty, length_penalty_form=length_penalty_form,
+                     seed=seed)
+    if getattr(model, "reads_media", False):  # text from an encoded image (mPLUG)
+        return _infer_media(model, params, dataset_cfg, items, vocabulary, model_dir, step,
+                            decode_kw)
     if carried and jax.process_index() == 0:  # show that the carried vocabulary is used
         print(f"vocabulary carried by {model_dir}: {_vocab_name(vocabulary)}", flush=True)
         for p in prompts:
@@ -889,7 +900,6 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
                 print(f"[{res['label_name']} p={res['probability']:.3f}] "
                       f"{res['prompt']!r}{fill}", flush=True)
         return results
-    step_fn, init_cache = model.decode_fns()
     encoded = [list(vocabulary.encode(p)) for p in prompts]
     eos = getattr(vocabulary, "eos_id", None)
     encoder_decoder = getattr(model, "encoder_decoder", False)
@@ -913,34 +923,125 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
             ids[r, width - len(e):] = e
             mask[r, width - len(e):] = 1
     results = []
-    for method in methods:
-        if method == "greedy":
-            out = decoding.generate(step_fn, init_cache, params, ids, mask, max_new_tokens,
-                                    eos_id=eos).tokens
-        elif method in ("sample", "top_p", "top_k"):
-            out = decoding.generate(step_fn, init_cache, params, ids, mask, max_new_tokens,
-                                    method="sample", temperature=temperature, top_k=top_k,
-                                    top_p=top_p if method != "top_k" else 1.0, eos_id=eos,
-                                    rng=jax.random.PRNGKey(seed)).tokens
-        elif method == "beam":
-            out = decoding.beam_search(step_fn, init_cache, params, ids, mask, max_new_tokens,
-                                       num_beams=num_beams, length_penalty=length_penalty,
-                                       length_penalty_form=length_penalty_form,
-                                       eos_id=eos).sequences
-        else:
-            raise TrainError(f"unknown decoding method {method!r}; fix: use greedy, top_p, "
-                             f"top_k or beam")
-        out = np.asarray(out)
-        for r, prompt in enumerate(prompts):
-            toks = [int(t) for t in out[r]]
-            if eos is not None and eos in toks:
-                toks = toks[:toks.index(eos)]
-            text = vocabulary.decode([t for t in toks if t > 0])
+    for method, texts in _decode_with_methods(model, params, ids, mask, vocabulary,
+                                              decode_kw):
+        for prompt, text in zip(prompts, texts):
             results.append({"method": method, "prompt": prompt, "continuation": text})
     if jax.process_index() == 0:
         print(f"continuations from {model_dir}" + (f" @ step {step}" if step is not None else ""))
         for res in results:
             print(f"[{res['method']}] {res['prompt']} ▸ {res['continuation']}", flush=True)
+    return results
+
+
+def _decode_with_methods(model, params, ids, mask, vocabulary, kw: dict):
+    """Yields ``(method, [decoded text per row])`` for each of ``kw['methods']``."""
+    from plug_jax import decoding
+    step_fn, init_cache = model.decode_fns()
+    eos = getattr(vocabulary, "eos_id", None)
+    n = kw["max_new_tokens"]
+    for method in kw["methods"]:
+        if method == "greedy":
+            out = decoding.generate(step_fn, init_cache, params, ids, mask, n,
+                                    eos_id=eos).tokens
+        elif method in ("sample", "top_p", "top_k"):
+            out = decoding.generate(step_fn, init_cache, params, ids, mask, n,
+                                    method="sample", temperature=kw["temperature"],
+                                    top_k=kw["top_k"],
+                                    top_p=kw["top_p"] if method != "top_k" else 1.0,
+                                    eos_id=eos, rng=jax.random.PRNGKey(kw["seed"])).tokens
+        elif method == "beam":
+            out = decoding.beam_search(step_fn, init_cache, params, ids, mask, n,
+                                       num_beams=kw["num_beams"],
+                                       length_penalty=kw["length_penalty"],
+                                       length_penalty_form=kw["length_penalty_form"],
+                                       eos_id=eos).sequences
+        else:
+            raise TrainError(f"unknown decoding method {method!r}; fix: use greedy, top_p, "
+                             f"top_k or beam")
+        out = np.asarray(out)
+        texts = []
+        for r in range(out.shape[0]):
+            toks = [int(t) for t in out[r]]
+            if eos is not None and eos in toks:
+                toks = toks[:toks.index(eos)]
+            texts.append(vocabulary.decode([t for t in toks if t > 0]))
+        yield method, texts
+
+
+def _infer_media(model, params, dataset_cfg: DatasetConfig, items: list[dict], vocabulary,
+                 model_dir: str, step, decode_kw: dict) -> list[dict]:
+    """Text generated from images (models with ``reads_media``: mPLUG captioning / VQA).
+
+    Each ``image:PATH|text`` prompt is one query: the image, and the text as the question
+    (models whose encoder reads text; a captioning model ignores it). Plain text prompts
+    are asked of every image. With no image prompt, the first four examples of
+    ``dataset_cfg``'s split are used with their own questions (and the plain prompts, if
+    any). The image is encoded once per query and the text decoded over a KV cache with
+    each method. Prints ``[method] image | question ▸ answer``; returns ``[{'method',
+    'image', 'prompt', 'continuation'}]``."""
+    key = model.media_key
+    reads_text = bool(getattr(model, "encoder_text", True))
+    other = [it for it in items if "frames" in it]
+    if other:
+        raise TrainError(f"{model.family} reads images; {other[0].get('source')} is a video; "
+                         f"fix: pass image:PATH prompts")
+    images = [(it.get("source", f"prompt {i}"), it[key], it.get("text", ""))
+              for i, it in enumerate(items) if key in it]
+    plain = [it["text"] for it in items if key not in it and it.get("text")]
+    eos = getattr(vocabulary, "eos_id", None)
+    width = int(dict(dataset_cfg.task_feature_lengths).get("inputs", 0) or 0)
+    queries: list[tuple[str, np.ndarray, Any]] = []  # (name, pixels, question ids or text)
+    if not images:
+        it = _batch_iterator(dataclasses.replace(dataset_cfg, batch_size=4), repeat=False,
+                             shuffle=False)
+        b = next(iter(it))
+        for r in range(np.asarray(b[key]).shape[0]):
+            name = f"{dataset_cfg.split}[{r}]"
+            if plain or not (reads_text and "encoder_input_tokens" in b):
+                for t in (plain or [""]):
+                    queries.append((name, np.asarray(b[key][r]), t))
+            else:
+                queries.append((name, np.asarray(b[key][r]),
+                                [int(x) for x in b["encoder_input_tokens"][r] if x > 0]))
+    else:
+        for name, pixels, text in images:
+            for t in ([text] if text or not plain else []) + plain:
+                queries.append((name, pixels, t))
+    if not queries:
+        raise TrainError("nothing to infer: give image:PATH prompts (or none, to use the "
+                         "validation images)")
+    width = width or 1
+    enc = np.zeros((len(queries), width), np.int32)
+    shown = []
+    for r, (_, _, q) in enumerate(queries):
+        if isinstance(q, str):
+            ids_ = list(vocabulary.encode(q)) if (q and reads_text) else []
+            if ids_ and eos is not None:
+                ids_ = ids_[:width - 1] + [eos]
+            shown.append(q if reads_text else "")
+        else:
+            ids_ = q[:width]
+            ids_no_eos = [t for t in ids_ if t != eos]
+            shown.append(vocabulary.decode(ids_no_eos))
+        enc[r, :len(ids_[:width])] = ids_[:width]
+    feats = {key: np.stack([p for _, p, _ in queries]).astype(np.float32)}
+    if reads_text:
+        feats["encoder_input_tokens"] = enc
+    p = {"model": params, "encoder_features": feats}
+    ids = np.zeros((len(queries), 1), np.int32)
+    mask = np.ones((len(queries), 1), np.int32)
+    results = []
+    for method, texts in _decode_with_methods(model, p, ids, mask, vocabulary, decode_kw):
+        for (name, _, _), q, text in zip(queries, shown, texts):
+            results.append({"method": method, "image": name, "prompt": q,
+                            "continuation": text})
+    if jax.process_index() == 0:
+        print(f"generated from images by {model_dir}"
+              + (f" @ step {step}" if step is not None else ""))
+        for res in results:
+            q = f" | {res['prompt']}" if res["prompt"] else ""
+            print(f"[{res['method']}] {res['image']}{q} ▸ {res['continuation']}", flush=True)
     return results
 
 

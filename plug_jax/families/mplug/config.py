@@ -9,7 +9,7 @@ MODEL_SPECS.md section 5 ([V-code] ``mPLUG/configs/config_bert*.json``,
 * large: CLIP ViT-L/14 (24 layers, 1024) at 224 px, then ``visn_fc`` Linear(1024 -> 768) +
   ``visn_layer_norm`` (eps 1e-12) + dropout; S = 6 (no connected layer fires inside the 6
   fusion layers). ~600M parameters.
-* tiny: 64-wide, 2 layers per part, for tests.
+* tiny: 64-wide, 2 layers per part, 64 px images (Shop World) in 8 px patches, for tests.
 
 The config nests a :class:`CLIPVisionConfig` (``vision``) and holds the BERT settings that the
 text encoder, the fusion layers and the decoder share; :meth:`MPlugConfig.bert` gives the
@@ -110,7 +110,7 @@ class MPlugConfig(ConfigBase):
 
 PRESETS: dict[str, MPlugConfig] = {
     "tiny": MPlugConfig(
-        vision=CLIPVisionConfig(image_size=32, patch_size=8, width=64, layers=2, heads=4,
+        vision=CLIPVisionConfig(image_size=64, patch_size=8, width=64, layers=2, heads=4,
                                 mlp_dim=128, projection_dim=32),
         vocab_size=128, hidden_size=64, num_heads=4, ffn_size=128, max_position_embeddings=64,
         text_layers=2, fusion_layers=2, stride=1, decoder_layers=2, fusion_total_layers=2,

@@ -499,3 +499,79 @@ def to_modelscope(config: MPlugConfig, params: Mapping, *, as_torch: bool = Fals
         return out
     import torch
     return {k: torch.from_numpy(v) for k, v in out.items()}
+
+
+# ------------------------------------------------------------------------------ writing
+_ACTIVATION_NAMES = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+
+
+def modelscope_configs(config: MPlugConfig) -> tuple[dict, dict]:
+    """``(config.yaml mapping, config_bert.json mapping)`` of ``config``: what
+    :func:`config_from_modelscope` reads back to ``config`` (dtype, scan and ``preset``
+    aside). The layout fixes the CLIP vision heads (``width // 64``), MLP (``4 x width``),
+    activation (QuickGELU) and LayerNorm eps (1e-5); a config that differs is refused in one
+    line naming the field."""
+    api = "to modelscope"
+    v = config.vision
+    fixed = {"heads": v.width // 64, "mlp_dim": 4 * v.width, "activation": "quick_gelu",
+             "layer_norm_eps": 1e-5}
+    for field, want in fixed.items():
+        if getattr(v, field) != want:
+            raise ValueError(f"{api}: the modelscope mPLUG layout has CLIP vision {field} = "
+                             f"{want} for width {v.width}; this config has "
+                             f"{getattr(v, field)} (fix: vision.{field}={want!r})")
+    if config.activation not in _ACTIVATION_NAMES:
+        raise ValueError(f"{api}: activation {config.activation!r} has no config_bert.json "
+                         f"hidden_act; use one of {sorted(_ACTIVATION_NAMES)}")
+    if (config.vision.width != config.hidden_size) != config.vision_proj_to_text:
+        raise ValueError(f"{api}: modelscope adds visn_fc exactly when the vision width "
+                         f"{v.width} differs from hidden_size {config.hidden_size}; this config "
+                         f"has vision_proj_to_text={config.vision_proj_to_text}")
+    clip_name = {768: "ViT-B-16", 1024: "ViT-L-14"}.get(v.width, "ViT-B-16")
+    yml = {"bert_config": "config_bert.json", "image_res": v.image_size,
+           "vision_width": v.width, "distill": False, "clip_name": clip_name,
+           "clip_embed_dim": v.projection_dim, "clip_vision_layers": v.layers,
+           "clip_vision_width": v.width, "clip_vision_patch_size": v.patch_size,
+           "embed_dim": config.embed_dim, "temp": float(config.temp_init)}
+    bert = {"architectures": ["BertForMaskedLM"], "model_type": "bert",
+            "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+            "num_hidden_layers": config.fusion_total_layers,
+            "num_attention_heads": config.num_heads, "intermediate_size": config.ffn_size,
+            "hidden_act": _ACTIVATION_NAMES[config.activation],
+            "hidden_dropout_prob": config.dropout_rate,
+            "attention_probs_dropout_prob": config.attention_dropout_rate,
+            "max_position_embeddings": config.max_position_embeddings,
+            "type_vocab_size": config.type_vocab_size,
+            "initializer_range": config.initializer_range,
+            "layer_norm_eps": config.layer_norm_epsilon, "pad_token_id": 0,
+            "text_encoder_layers": config.text_layers,
+            "text_decode_layers": config.decoder_layers,
+            "fusion_layers": config.fusion_layers, "stride_layer": config.stride,
+            "encoder_width": config.hidden_size, "fusion_layer": 0}
+    return yml, bert
+
+
+def save_modelscope(config: MPlugConfig, params: Mapping, out_dir: str,
+                    task: str = "visual-question-answering") -> str:
+    """Writes a modelscope mPLUG dir of ``params``: ``config.yaml``, ``config_bert.json``,
+    ``configuration.json`` (``task``) and ``pytorch_model.bin`` (``torch.save`` of
+    :func:`to_modelscope`). ``plug-convert --family mplug --to modelscope``. Returns a short
+    description."""
+    import json
+
+    import torch
+    import yaml
+
+    yml, bert = modelscope_configs(config)  # refuses what the layout cannot hold, first
+    sd = to_modelscope(config, params, as_torch=True)
+    os.makedirs(out_dir, exist_ok=True)
+    torch.save(sd, os.path.join(out_dir, "pytorch_model.bin"))
+    with open(os.path.join(out_dir, "config.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump(dict(yml, task=task), f, sort_keys=True)
+    with open(os.path.join(out_dir, "config_bert.json"), "w", encoding="utf-8") as f:
+        json.dump(bert, f, indent=2, sort_keys=True)
+    with open(os.path.join(out_dir, "configuration.json"), "w", encoding="utf-8") as f:
+        json.dump({"framework": "pytorch", "task": task, "model": {"type": "mplug"}}, f,
+                  indent=2)
+    return (f"modelscope mPLUG config.yaml + config_bert.json + configuration.json + "
+            f"pytorch_model.bin ({len(sd)} tensors, task {task})")

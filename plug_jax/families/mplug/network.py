@@ -24,7 +24,7 @@ Methods of :class:`MPlug` (``apply(v, ..., method=MPlug.<name>)``), for the task
         v = v + v_new                       # the cross-modal skip connection
 
   (its ``cross_attn`` parameters exist, as in the released ``FusionLayer``, but are unused).
-* ``decode(decoder_ids, decoder_mask, encoder_states, encoder_mask)`` -> logits
+* ``decode_full(decoder_ids, decoder_mask, encoder_states, encoder_mask)`` -> logits
   ``[B, T, vocab]`` float32: a BERT decoder (causal self-attention, cross-attention to
   ``encoder_states`` = ``[fused vision ; fused text]``, FFN; ``decoder_layers`` layers) and
   BERT's LM head (dense -> GELU -> LN -> tied word embeddings + bias).
@@ -161,16 +161,23 @@ class MPlugFusion(nn.Module):
 
 
 class MPlugDecoder(nn.Module):
-    """BERT decoder (causal, cross-attention) + LM head -> float32 logits."""
+    """BERT decoder (causal, cross-attention) + LM head -> float32 logits.
+
+    ``decode=True``: cached incremental decoding (:class:`BertEncoder` ``decode``):
+    ``positions`` are the new tokens' absolute positions, ``mask`` their validity; the call
+    that creates the cache passes ``encoder_states`` and ``cache_length``."""
 
     config: MPlugConfig
 
     @nn.compact
-    def __call__(self, ids, mask, encoder_states, encoder_mask, *, deterministic: bool = True):
+    def __call__(self, ids, mask, encoder_states, encoder_mask, *, positions=None,
+                 decode: bool = False, cache_length: int | None = None,
+                 deterministic: bool = True):
         cfg = self.config
         bert_cfg = cfg.bert(cfg.decoder_layers)
-        bert = BertEncoder(bert_cfg, cross_attention=True, causal=True, name="bert")
-        h = bert(ids, None, mask, None, None, encoder_states, encoder_mask,
+        bert = BertEncoder(bert_cfg, cross_attention=True, causal=True, decode=decode,
+                           cache_length=cache_length, name="bert")
+        h = bert(ids, None, mask, positions, None, encoder_states, encoder_mask,
                  deterministic=deterministic)
         if cfg.tie_decoder_embeddings:
             table = bert.embedding_table()
@@ -182,9 +189,27 @@ class MPlugDecoder(nn.Module):
 
 
 class MPlug(nn.Module):
-    """The mPLUG network (module docstring). ``__call__`` runs every part (for init)."""
+    """The mPLUG network (module docstring). ``__call__`` runs every part (for init).
+
+    Generation from an image (the ``image_to_text`` kind; ``encoder_text`` picks what the
+    decoder reads, the parameter tree is the same either way):
+
+    * ``encode(features) -> {'hidden_states', 'mask'}``: ``features['image']`` ``[B, H, W,
+      C]`` and, with ``encoder_text=True`` (VQA: the released ``MPlugForVisualQuestion
+      Answering``), ``features['encoder_input_tokens']`` ``[B, L]`` (the question; id 0 is
+      padding): vision and text encoded and fused, the decoder memory is ``[fused vision ;
+      fused text]``. With ``encoder_text=False`` (captioning: ``MPlugForImageCaption``) the
+      memory is the vision states alone.
+    * ``lm_logits(features, decoder_ids)``: teacher-forced logits ``[B, T, vocab]`` (training
+      and scoring); the causal decoder needs no padding mask (padding is at the end).
+    * ``decode(token_ids, positions, token_mask, encoded=None, cache_length=None)``: cached
+      incremental decoding (docs/decoding.md, "Encoder-decoder models"): called once with
+      ``encoded`` and ``cache_length`` to create the cache (self-attention slots, every
+      decoder layer's cross-attention keys and values), then once per new token.
+    """
 
     config: MPlugConfig
+    encoder_text: bool = True
 
     def setup(self):
         cfg = self.config
@@ -217,11 +242,47 @@ class MPlug(nn.Module):
         """-> ``(fused vision [B, Nv, hidden], fused text [B, Nt, hidden])``."""
         return self.fusion(vision, vision_mask, text, text_mask, deterministic=deterministic)
 
-    def decode(self, decoder_ids, decoder_mask, encoder_states, encoder_mask=None, *,
+    def decode_full(self, decoder_ids, decoder_mask, encoder_states, encoder_mask=None, *,
                deterministic: bool = True):
         """LM logits ``[B, T, vocab]`` float32 of the decoder over ``encoder_states``."""
         return self.decoder(decoder_ids, decoder_mask, encoder_states, encoder_mask,
                             deterministic=deterministic)
+
+    def encode(self, features: dict) -> dict:
+        """The decoder memory of ``features`` (class docstring)."""
+        if "image" not in features:
+            raise ValueError(f"mPLUG encodes an 'image' feature ([B, H, W, C] pixels); got "
+                             f"{sorted(features)}")
+        v = self.encode_image(jnp.asarray(features["image"]))
+        v_mask = _ones_mask(v)
+        if not self.encoder_text:
+            return {"hidden_states": v, "mask": v_mask.astype(jnp.bool_)}
+        if "encoder_input_tokens" not in features:
+            raise ValueError("mPLUG with encoder_text=True reads the question or prompt "
+                             "'encoder_input_tokens'; fix: give the task an 'inputs' feature "
+                             "(and TASK_FEATURE_LENGTHS['inputs']) or set encoder_text=False")
+        ids = jnp.asarray(features["encoder_input_tokens"], jnp.int32)
+        t_mask = (ids > 0).astype(jnp.int32)
+        t = self.encode_text(ids, t_mask)
+        fv, ft = self.fuse(v, v_mask, t, t_mask)
+        return {"hidden_states": jnp.concatenate([fv, ft.astype(fv.dtype)], axis=1),
+                "mask": jnp.concatenate([v_mask, t_mask], axis=1).astype(jnp.bool_)}
+
+    def lm_logits(self, features: dict, decoder_ids, *, deterministic: bool = True):
+        """Teacher-forced decoder logits ``[B, T, vocab]`` float32 over ``encode(features)``."""
+        enc = self.encode(features)
+        return self.decoder(jnp.asarray(decoder_ids, jnp.int32), None, enc["hidden_states"],
+                            enc["mask"], deterministic=deterministic)
+
+    def decode(self, token_ids, positions, token_mask, encoded=None,
+               cache_length: int | None = None):
+        """Cached decoding step (class docstring): logits ``[B, L, vocab]`` of the new
+        tokens."""
+        states = None if encoded is None else encoded["hidden_states"]
+        mask = None if encoded is None else encoded["mask"]
+        return self.decoder(jnp.asarray(token_ids, jnp.int32), token_mask, states, mask,
+                            positions=jnp.asarray(positions, jnp.int32), decode=True,
+                            cache_length=cache_length)
 
     def itc_features(self, vision, text):
         """``(image_feat, text_feat)`` ``[B, embed_dim]``, L2-normalised (float32), from the
@@ -248,7 +309,7 @@ class MPlug(nn.Module):
         enc = jnp.concatenate([fv, ft], axis=1)
         enc_mask = jnp.concatenate([v_mask, jnp.asarray(t_mask, v_mask.dtype)], axis=1)
         decoder_ids = input_ids if decoder_ids is None else decoder_ids
-        logits = self.decode(decoder_ids, decoder_mask, enc, enc_mask,
+        logits = self.decode_full(decoder_ids, decoder_mask, enc, enc_mask,
                              deterministic=deterministic)
         return {"vision": v, "text": t, "fused_vision": fv, "fused_text": ft,
                 "image_feat": image_feat, "text_feat": text_feat,

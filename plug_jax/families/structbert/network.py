@@ -71,15 +71,23 @@ class BertLayer(nn.Module):
     ``enc=None`` the sub-layer is skipped (mPLUG's connected layers), though at init its
     parameters are still created (with key/value input width ``hidden_size``), so every layer
     of a stack has the same tree. Off by default: the parameter tree is unchanged.
+
+    ``decode=True`` (the BERT decoder's cached generation, ``cache`` collection mutable):
+    the self-attention keeps a KV cache (``cache_length`` slots, set on the call that
+    creates it; ``token_mask`` ``[b, len]`` marks real new tokens; ``mask`` is ignored) and
+    the cross-attention projects ``enc`` into keys and values once, on that first call, and
+    reads them back afterwards (``enc`` may then be None). Parameters are unchanged.
     """
 
     config: StructBERTConfig
     deterministic: bool = True
     use_moe: bool = False  # the FFN is a mixture of experts (config.moe_*, PLUG-MoE)
     cross_attention: bool = False
+    decode: bool = False
+    cache_length: int | None = None
 
     @nn.compact
-    def __call__(self, x, mask, enc=None, cross_mask=None):
+    def __call__(self, x, mask, enc=None, cross_mask=None, token_mask=None):
         cfg = self.config
         dtype, pdtype = cfg.compute_dtype, cfg.params_dtype
         init = nn.initializers.normal(cfg.initializer_range)
@@ -101,21 +109,37 @@ class BertLayer(nn.Module):
                                        dtype=dtype, param_dtype=pdtype, kernel_init=init,
                                        name="cross_attn")
             cross_norm = _norm(cfg, "cross_attn_norm")
-            if enc is None and self.is_initializing():  # a skipped sub-layer still has params
+            if enc is None and not self.decode and self.is_initializing():
+                # a skipped sub-layer still has params
                 cross_norm(cross(x, x, deterministic=True))
+        decode = self.decode
+
+        def self_attn(h):
+            if decode:
+                return attn(h, decode=True, token_mask=token_mask,
+                            cache_length=self.cache_length, deterministic=det)
+            return attn(h, mask=mask, deterministic=det)
+
+        def cross_attn(h):
+            if decode:
+                return cross(h, enc, mask=cross_mask, decode=True, static_kv=True,
+                             deterministic=det)
+            return cross(h, enc, mask=cross_mask, deterministic=det)
+
+        has_cross = self.cross_attention and (enc is not None or decode)
         if cfg.pre_norm:  # Megatron / PLUG: LN -> sub-layer -> +res
-            h = attn(attn_norm(x), mask=mask, deterministic=det)
+            h = self_attn(attn_norm(x))
             x = x + drop(h, deterministic=det)
-            if self.cross_attention and enc is not None:
-                h = cross(cross_norm(x), enc, mask=cross_mask, deterministic=det)
+            if has_cross:
+                h = cross_attn(cross_norm(x))
                 x = x + drop(h, deterministic=det)
             h = mlp(mlp_norm(x), deterministic=det)
             x = x + drop(h, deterministic=det)
         else:  # BERT / StructBERT: sub-layer -> +res -> LN
-            h = attn(x, mask=mask, deterministic=det)
+            h = self_attn(x)
             x = attn_norm(x + drop(h, deterministic=det))
-            if self.cross_attention and enc is not None:
-                h = cross(x, enc, mask=cross_mask, deterministic=det)
+            if has_cross:
+                h = cross_attn(x)
                 x = cross_norm(x + drop(h, deterministic=det))
             h = mlp(x, deterministic=det)
             x = mlp_norm(x + drop(h, deterministic=det))
@@ -142,11 +166,21 @@ class BertEncoder(nn.Module):
     ``causal=True`` (BERT's ``is_decoder``) adds a causal mask to the self-attention;
     ``cross_attention=True`` gives every layer a cross-attention sub-layer (see
     :class:`BertLayer`). Both are off by default (the parameter tree is then unchanged).
+
+    ``decode=True`` (with ``causal`` and ``cross_attention``): cached incremental decoding,
+    ``cache`` collection mutable, ``positions`` required (the absolute position of each new
+    token), ``attention_mask`` = the validity of the new tokens. The call that creates the
+    cache passes ``encoder_states`` / ``encoder_mask`` and ``cache_length`` (self-attention
+    slots); it projects every layer's cross-attention keys and values once and stores the
+    encoder mask; later calls pass ``encoder_states=None``. Needs ``scan_layers=False``
+    (decode with the unrolled twin, as :func:`plug_jax.decoding.encdec_adapter` does).
     """
 
     config: StructBERTConfig
     cross_attention: bool = False
     causal: bool = False
+    decode: bool = False
+    cache_length: int | None = None
 
     @nn.compact
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None, positions=None,
@@ -182,7 +216,26 @@ class BertEncoder(nn.Module):
             mask = combine_masks(causal_mask(b, length), mask)
         layer_kwargs = (("config", cfg), ("deterministic", deterministic))
         args = (mask,)
-        if self.cross_attention:
+        if self.decode:
+            if not (self.causal and self.cross_attention):
+                raise ValueError("BertEncoder(decode=True) is the cached BERT decoder: it "
+                                 "needs causal=True and cross_attention=True")
+            if cfg.scan_layers:
+                raise ValueError("BertEncoder(decode=True) needs scan_layers=False; fix: "
+                                 "decode with the unrolled twin (decoding.encdec_adapter)")
+            if encoder_states is None and not self.has_variable("cache", "encoder_mask"):
+                raise ValueError("BertEncoder(decode=True): create the cache first with "
+                                 "encoder_states and mutable=['cache']")
+            enc_mask = self.variable(
+                "cache", "encoder_mask",
+                lambda: (jnp.ones(encoder_states.shape[:2], jnp.bool_)
+                         if encoder_mask is None else jnp.asarray(encoder_mask, jnp.bool_)))
+            layer_kwargs += (("cross_attention", True), ("decode", True),
+                             ("cache_length", self.cache_length))
+            token_mask = (jnp.ones((b, length), jnp.bool_) if attention_mask is None
+                          else jnp.asarray(attention_mask, jnp.bool_))
+            args = (None, encoder_states, enc_mask.value[:, None, None, :], token_mask)
+        elif self.cross_attention:
             if encoder_states is None:
                 raise ValueError("BertEncoder(cross_attention=True) needs encoder_states")
             layer_kwargs += (("cross_attention", True),)

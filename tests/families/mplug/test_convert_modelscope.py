@@ -85,7 +85,7 @@ def test_vqa_parity(ref):
     _close("fused_image", fv, o["fused_image"], d)
     _close("fused_text", ft, o["fused_text"], d)
     logits = m.apply(v, x["answer_ids"], x["answer_mask"], jnp.concatenate([fv, ft], 1),
-                     jnp.concatenate([vmask, x["question_mask"]], 1), method=MPlug.decode)
+                     jnp.concatenate([vmask, x["question_mask"]], 1), method=MPlug.decode_full)
     _close("decoder_logits", logits, o["decoder_logits"], d)
     print("vqa max abs diff", d)
     text = "\n".join(report)
@@ -101,7 +101,7 @@ def test_caption_parity(ref):
     m, v, d, o, _, vis = _vision(ref, "caption")
     # the caption decoder cross-attends over the image tokens only
     logits = m.apply(v, x["answer_ids"], x["answer_mask"], vis,
-                     jnp.ones(vis.shape[:2], jnp.int32), method=MPlug.decode)
+                     jnp.ones(vis.shape[:2], jnp.int32), method=MPlug.decode_full)
     _close("decoder_logits", logits, o["decoder_logits"], d)
     print("caption max abs diff", d)
 

@@ -167,7 +167,7 @@ def test_decoder_logits_match_transformers_bert_lm_head():
     enc = rng.standard_normal((2, 9, cfg.hidden_size)).astype(np.float32)
     enc_mask = np.ones((2, 9), np.int64)
     enc_mask[0, 6:] = 0
-    got = _apply(cfg, params, MPlug.decode, ids, mask, enc, enc_mask)
+    got = _apply(cfg, params, MPlug.decode_full, ids, mask, enc, enc_mask)
     with torch.no_grad():
         want = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                   encoder_hidden_states=torch.from_numpy(enc),
@@ -259,7 +259,7 @@ def test_heads_and_full_call():
     cfg = TINY
     params = _init(cfg)
     ids, mask = _text_batch(cfg)
-    images = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
+    images = jnp.asarray(np.random.default_rng(0).standard_normal((2, cfg.vision.image_size, cfg.vision.image_size, 3)), jnp.float32)
     out = _apply(cfg, params, None, images, ids, mask)
     assert out["logits"].shape == (2, ids.shape[1], cfg.vocab_size)
     assert out["itm_logits"].shape == (2, 2)
@@ -281,9 +281,9 @@ def test_heads_and_full_call():
 
 def test_untied_decoder_has_its_own_output_matrix():
     args = (np.ones((1, 3), np.int32), None, np.zeros((1, 2, TINY.hidden_size), np.float32))
-    untied = _init(TINY.replace(tie_decoder_embeddings=False), MPlug.decode, *args)
+    untied = _init(TINY.replace(tie_decoder_embeddings=False), MPlug.decode_full, *args)
     assert untied["decoder"]["output_embedding"].shape == (TINY.vocab_size, TINY.hidden_size)
-    assert "output_embedding" not in _init(TINY, MPlug.decode, *args)["decoder"]
+    assert "output_embedding" not in _init(TINY, MPlug.decode_full, *args)["decoder"]
 
 
 # ------------------------------------------------------------------------ param counts

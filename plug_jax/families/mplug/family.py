@@ -1,0 +1,81 @@
+"""mPLUG's :class:`~plug_jax.families.spec.FamilySpec` (``plug_jax.families.mplug.FAMILY``).
+
+mPLUG (arXiv 2205.12005) is CLIP ViT + a BERT text encoder + a fusion module with
+cross-modal skip connections + a BERT decoder. As a family it offers the
+``image_to_text`` kind (:class:`plug_jax.models.ImageTextLM`: VQA and captioning, encoded
+once and decoded over a KV cache), trains on Shop World images (``tasks/mplug.py``) and
+converts modelscope mPLUG dirs both ways.
+"""
+from __future__ import annotations
+
+from plug_jax.families.mplug.config import MPlugConfig
+from plug_jax.families.spec import Converter, Experiment, FamilySpec
+
+
+def _network(config, **kw):
+    from plug_jax.families.mplug.network import MPlug
+    return MPlug(config, **kw)
+
+
+def _flops(config, batch: int, lengths) -> float:
+    from plug_jax.families.mplug.flops import training_flops
+    return training_flops(config, batch, lengths)
+
+
+def _import_modelscope(path, options):
+    import os
+
+    from plug_jax.families.mplug import convert_modelscope as ms
+    if not os.path.isdir(path):
+        raise ValueError(f"{path} is not a folder; fix: pass the modelscope mPLUG model dir "
+                         f"(config.yaml + config_bert.json + pytorch_model.bin)")
+    report: list = []
+    config = ms.config_from_modelscope(path, scan_layers=options["scan_layers"])
+    config, params = ms.from_modelscope(path, config, report=report,
+                                        allow_missing=ms.RETRIEVAL_HEADS)
+    for line in report:
+        print(f"  {line}", flush=True)
+    return config, params
+
+
+def _export_modelscope(config, params, out, options):
+    from plug_jax.families.mplug.convert_modelscope import save_modelscope
+    return save_modelscope(config, params, out)
+
+
+def _modelscope_representable(config):
+    """The tiny preset with the CLIP vision shape the modelscope layout fixes (heads =
+    width // 64, MLP 4 x width)."""
+    v = config.vision
+    return config.replace(vision=v.replace(heads=max(1, v.width // 64), mlp_dim=4 * v.width))
+
+
+def _describe(c) -> str:
+    v = c.vision
+    return (f"vision: {v.image_size}px patch {v.patch_size} width {v.width} layers {v.layers}; "
+            f"BERT hidden {c.hidden_size} heads {c.num_heads} vocab {c.vocab_size}; text "
+            f"{c.text_layers}, fusion {c.fusion_layers} (stride {c.stride}), decoder "
+            f"{c.decoder_layers} layers" + ("; visn_fc" if c.vision_proj_to_text else ""))
+
+
+_SHORT = ("TRAIN_STEPS=2", "BATCH_SIZE=4", "EVAL_STEPS=1", "LOG_PERIOD=1", "EVAL_PERIOD=2",
+          "CHECKPOINT_PERIOD=2", "MAX_NEW_TOKENS=4")
+
+FAMILY = FamilySpec(
+    name="mplug",
+    config_cls=MPlugConfig,
+    listing_order=5,
+    networks={"image_to_text": _network},
+    flops={"image_to_text": _flops},
+    converters=(
+        Converter("modelscope", "import", _import_modelscope, "modelscope mPLUG model dir "
+                  "(config.yaml + config_bert.json + pytorch_model.bin; VQA, caption or "
+                  "retrieval)", describe=_describe, round_trip_config=_modelscope_representable),
+        Converter("modelscope", "export", _export_modelscope, "modelscope mPLUG model dir "
+                  "(config.yaml + config_bert.json + configuration.json + pytorch_model.bin)",
+                  round_trip_config=_modelscope_representable),
+    ),
+    feature_converters=("image_text",),
+    experiments=(Experiment("experiments/mplug/shop_vqa_tiny.gin", _SHORT),
+                 Experiment("experiments/mplug/shop_caption_tiny.gin", _SHORT)),
+)

@@ -1,0 +1,118 @@
+"""Text generation from an encoded image (mPLUG captioning and VQA; later M6, mPLUG-Owl,
+mPLUG-2): encode the image (and the question) once, decode the text over a KV cache.
+
+The family network of kind ``'image_to_text'`` is a flax module with
+
+* ``encode(features) -> encoded``: the decoder memory of ``image`` ``[B, H, W, C]`` (and,
+  when the network reads them, ``encoder_input_tokens`` ``[B, L]``: a question or prompt);
+  any pytree with the batch on axis 0 (mPLUG: ``{'hidden_states', 'mask'}``);
+* ``lm_logits(features, decoder_ids, deterministic)`` -> teacher-forced logits
+  ``[B, T, vocab]`` (float32);
+* ``decode(token_ids, positions, token_mask, encoded=None, cache_length=None)``: the
+  cached decoding interface of :func:`plug_jax.decoding.encdec_adapter`;
+* ``__call__(images, input_ids, ...)`` building every parameter (``init``).
+
+Batches come from the ``image_text`` feature converter (:mod:`plug_jax.data.multimodal`):
+``image``, ``decoder_input_tokens`` (targets shifted right, 0 first: the decoder's start
+token), ``decoder_target_tokens``, ``decoder_loss_weights`` and, when the task has
+``inputs``, ``encoder_input_tokens``.
+
+Metrics: token cross-entropy, perplexity and token accuracy, and ``answer_accuracy``: the
+share of examples whose every target token (EOS included) is the argmax under teacher
+forcing. That is exactly the share that greedy decoding reproduces token for token, so for
+VQA it is the exact-match accuracy of greedy answers, computed without decoding.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from plug_jax import decoding, losses
+from plug_jax.models.base import family_spec, model_metadata
+
+
+def _media_features(batch: dict) -> dict:
+    out = {"image": batch["image"]}
+    if "encoder_input_tokens" in batch:
+        out["encoder_input_tokens"] = batch["encoder_input_tokens"]
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTextLM:
+    """Image-to-text generation around a family's ``'image_to_text'`` network.
+
+    ``encoder_text``: the question / prompt (``encoder_input_tokens``) goes through the
+    encoder with the image (VQA, ``True``) or the decoder reads the image alone
+    (captioning, ``False``); passed to the network builder."""
+
+    config: Any
+    family: str = "mplug"
+    encoder_text: bool = True
+    z_loss: float = 0.0
+
+    kind = "image_to_text"
+    encoder_decoder = True  # plug-infer: the prompt goes to the encoder, decoding from 0
+    reads_media = True  # plug-infer: image:PATH|text prompts
+    media_key = "image"
+    summary_metrics = ("answer_accuracy",)  # printed on the eval line
+
+    @property
+    def module(self):
+        return family_spec(self.family).network(self.kind, self.config,
+                                                encoder_text=self.encoder_text)
+
+    def init_params(self, rng, batch: dict):
+        image = jnp.zeros(batch["image"].shape, jnp.float32)
+        b = image.shape[0]
+        enc = batch.get("encoder_input_tokens")
+        enc = jnp.zeros((b, 1) if enc is None else enc.shape, jnp.int32)
+        dec = jnp.zeros(batch["decoder_input_tokens"].shape, jnp.int32)
+        return self.module.init(rng, image, enc, None, dec)["params"]
+
+    def logits(self, params, batch: dict, rng=None, deterministic: bool = True):
+        rngs = None if deterministic or rng is None else {"dropout": rng}
+        return self.module.apply({"params": params}, _media_features(batch),
+                                 batch["decoder_input_tokens"], deterministic=deterministic,
+                                 rngs=rngs, method="lm_logits")
+
+    def loss_sums(self, params, batch: dict, rng=None, deterministic: bool = False) -> dict:
+        """Decoder token cross-entropy sums, plus the ``answer`` group (per example: the
+        sequence NLL, and 1 when every target token is the argmax)."""
+        logits = self.logits(params, batch, rng, deterministic)
+        targets = jnp.asarray(batch["decoder_target_tokens"], jnp.int32)
+        w = batch.get("decoder_loss_weights")
+        w = (targets > 0) if w is None else w
+        w = jnp.asarray(w, jnp.float32)
+        sums = losses.cross_entropy_sums(logits, targets, w, self.z_loss)
+        logp = jnp.take_along_axis(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32)),
+                                   targets[..., None], axis=-1)[..., 0]
+        right = (jnp.argmax(logits, axis=-1) == targets) | (w == 0)
+        has = jnp.any(w > 0, axis=-1).astype(jnp.float32)
+        sums["answer_loss"] = -jnp.sum(logp * w)
+        sums["answer_correct"] = jnp.sum(jnp.all(right, axis=-1).astype(jnp.float32) * has)
+        sums["answer_weight"] = jnp.sum(has)
+        return sums
+
+    # ---------------------------------------------------------------- decoding
+    def decode_fns(self, cache: bool = True):
+        """``decoding.encdec_adapter``: params ``{'model': p, 'encoder_features': {'image':
+        ..., 'encoder_input_tokens': ...}}``, decoder prompt ``[[0]]`` per row.
+        ``cache=True``: the image (and question) encoded once, the decoder over a KV cache;
+        ``cache=False``: the recompute reference (``lm_logits`` over the whole buffer)."""
+        return decoding.encdec_adapter(self.module, cache=cache)
+
+    def encode(self, params, encoder_features: dict):
+        return self.module.apply({"params": params}, encoder_features, method="encode")
+
+    def flops_per_step(self, batch: int, lengths: dict) -> float:
+        return family_spec(self.family).flops_per_step(self.kind, self.config, batch, lengths)
+
+    def metadata(self) -> dict:
+        return model_metadata(self)
+
+
+__all__ = ["ImageTextLM"]

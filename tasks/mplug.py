@@ -1,0 +1,71 @@
+"""mPLUG tasks on Shop World images (``shop_world/images_64``; held-out attribute
+combinations in validation / test, SHOP_WORLD.md).
+
+* ``mplug_shop_vqa_{en,zh}_v1``: one example per question. ``image`` (float32 ``[64, 64,
+  3]``, CLIP-normalised), ``inputs`` (the question) and ``targets`` (the answer), both
+  tokenized with the Shop World vocabulary of the language and ending in EOS = 1. Question
+  types: colour, category, count, position, material.
+* ``mplug_shop_captions_{en,zh}_v1``: one example per image, ``targets`` = its caption.
+
+Feature converter ``image_text``; ``TASK_FEATURE_LENGTHS = {'image': (64, 64, 3), 'inputs':
+24, 'targets': 8}`` (VQA) or ``{'image': (64, 64, 3), 'targets': 48}`` (captions).
+"""
+from __future__ import annotations
+
+import functools
+
+from plug_jax.data import configure_tensorflow
+
+tf = configure_tensorflow()
+
+import seqio  # noqa: E402
+
+from plug_jax.data import multimodal, registry  # noqa: E402
+from plug_jax.data.shop_world_tfds import VERSION, ShopWorldTfdsSource  # noqa: E402
+from plug_jax.data.vocab import ShopWorldVocabulary  # noqa: E402
+
+from .gpt3 import WORLD_SEED  # noqa: E402
+
+_SOURCE_FEATURES = {
+    "vqa": lambda lang: ["image", "product_id", f"vqa_question_{lang}", f"vqa_answer_{lang}"],
+    "caption": lambda lang: ["image", "product_id", f"caption_{lang}"],
+}
+
+
+def _format(dataset, *, what: str, lang: str):
+    return multimodal.format_image_text(dataset, task=what, lang=lang)
+
+
+def register_image_task(name: str, what: str, lang: str = "en", config: str = "images_64"):
+    """Register (once) an mPLUG task: ``what`` = ``'vqa'`` or ``'caption'``."""
+    vocab = ShopWorldVocabulary(None, seed=WORLD_SEED, lang=lang)
+    spec = {"kind": f"mplug_shop_{what}", "config": config, "version": VERSION, "lang": lang,
+            "vocab": {k: v for k, v in vocab.spec.items() if k != "cache_dir"}}
+    output_features = {"targets": seqio.Feature(vocabulary=vocab, add_eos=True,
+                                                dtype=tf.int32)}
+    if what == "vqa":
+        output_features = {"inputs": seqio.Feature(vocabulary=vocab, add_eos=True,
+                                                   dtype=tf.int32), **output_features}
+
+    def build():
+        return seqio.TaskRegistry.add(
+            name,
+            source=ShopWorldTfdsSource(config, features=_SOURCE_FEATURES[what](lang)),
+            preprocessors=[
+                functools.partial(_format, what=what, lang=lang),
+                functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+                seqio.preprocessors.append_eos_after_trim,
+            ],
+            output_features=output_features,
+            shuffle_buffer_size=1024,
+        )
+
+    return registry.register_task(name, spec, build)
+
+
+VQA_EN, VQA_ZH = "mplug_shop_vqa_en_v1", "mplug_shop_vqa_zh_v1"
+CAPTIONS_EN, CAPTIONS_ZH = "mplug_shop_captions_en_v1", "mplug_shop_captions_zh_v1"
+register_image_task(VQA_EN, "vqa", "en")
+register_image_task(VQA_ZH, "vqa", "zh")
+register_image_task(CAPTIONS_EN, "caption", "en")
+register_image_task(CAPTIONS_ZH, "caption", "zh")
