@@ -3,12 +3,14 @@ combinations in validation / test, SHOP_WORLD.md).
 
 * ``mplug_shop_vqa_{en,zh}_v1``: one example per question. ``image`` (float32 ``[64, 64,
   3]``, CLIP-normalised), ``inputs`` (the question) and ``targets`` (the answer), both
-  tokenized with the Shop World vocabulary of the language and ending in EOS = 1. Question
-  types: colour, category, count, position, material.
+  tokenized with the Shop World vocabulary of the language and ending in EOS = 1, and
+  ``question_type`` (int32 id in ``multimodal.VQA_TYPES``: colour, category, count, position,
+  material), which the ``image_text`` converter passes on when ``TASK_FEATURE_LENGTHS`` names
+  it, for accuracy per question type.
 * ``mplug_shop_captions_{en,zh}_v1``: one example per image, ``targets`` = its caption.
 
 Feature converter ``image_text``; ``TASK_FEATURE_LENGTHS = {'image': (64, 64, 3), 'inputs':
-24, 'targets': 8}`` (VQA) or ``{'image': (64, 64, 3), 'targets': 48}`` (captions).
+24, 'targets': 8, 'question_type': 1}`` (VQA) or ``{'image': (64, 64, 3), 'targets': 48}`` (captions).
 """
 from __future__ import annotations
 
@@ -27,13 +29,15 @@ from plug_jax.data.vocab import ShopWorldVocabulary  # noqa: E402
 from .gpt3 import WORLD_SEED  # noqa: E402
 
 _SOURCE_FEATURES = {
-    "vqa": lambda lang: ["image", "product_id", f"vqa_question_{lang}", f"vqa_answer_{lang}"],
+    "vqa": lambda lang: ["image", "product_id", f"vqa_question_{lang}", f"vqa_answer_{lang}",
+                         "vqa_type"],
     "caption": lambda lang: ["image", "product_id", f"caption_{lang}"],
 }
 
 
 def _format(dataset, *, what: str, lang: str):
-    return multimodal.format_image_text(dataset, task=what, lang=lang)
+    return multimodal.format_image_text(dataset, task=what, lang=lang,
+                                        question_types=what == "vqa")
 
 
 def register_image_task(name: str, what: str, lang: str = "en", config: str = "images_64"):

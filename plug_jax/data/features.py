@@ -338,6 +338,9 @@ def _media_text_spec(name: str, media: str, rank: int, example: str, lengths: Le
     out = {media: FeatureSpec(media, "float32", (media,)), **_tokens(DECODER_FEATURES, "targets")}
     if "inputs" in lengths:
         out.update(_tokens(("encoder_input_tokens",), "inputs"))
+    for label in ("question_type",):  # multimodal.EXAMPLE_LABELS: per-example int labels
+        if label in lengths:
+            out[label] = FeatureSpec(label, "int32", ())
     return out
 
 

@@ -35,6 +35,8 @@ from plug_jax.data import configure_tensorflow
 
 tf = configure_tensorflow()
 
+# Shop World VQA question types, in the order of the ``question_type`` ids.
+VQA_TYPES = ("colour", "category", "count", "position", "material")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_TASKS = ("caption", "vqa", "grounding")
@@ -79,15 +81,27 @@ def _pixels(ex, key, patch_size):
     return out
 
 
-def _flat(base, inputs, targets):
+def _flat(base, inputs, targets, **per_item):
     n = tf.shape(targets)[0]
     extra = {k: tf.repeat(tf.expand_dims(v, 0), n, axis=0) for k, v in base.items()}
-    return tf.data.Dataset.from_tensor_slices({**extra, "inputs": inputs, "targets": targets})
+    return tf.data.Dataset.from_tensor_slices({**extra, "inputs": inputs, "targets": targets,
+                                               **per_item})
+
+
+def question_type_ids(types):
+    """``[N]`` type names (``vqa_type``) -> int32 ids in :data:`VQA_TYPES` order."""
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(VQA_TYPES),
+                                            tf.range(len(VQA_TYPES), dtype=tf.int32)), -1)
+    return table.lookup(types)
 
 
 def format_image_text(dataset: tf.data.Dataset, *, task: str, lang: str = "zh",
-                      patch_size: int | None = None, num_bins: int = 1000) -> tf.data.Dataset:
-    """Shop World image examples -> ``image`` (+ ``patches``), ``inputs``, ``targets``."""
+                      patch_size: int | None = None, num_bins: int = 1000,
+                      question_types: bool = False) -> tf.data.Dataset:
+    """Shop World image examples -> ``image`` (+ ``patches``), ``inputs``, ``targets``;
+    ``vqa`` with ``question_types`` also ``question_type`` (int32 id in :data:`VQA_TYPES`;
+    the source must give ``vqa_type``)."""
     if task not in IMAGE_TASKS:
         raise ValueError(f"unknown image-text task {task!r}; use one of {IMAGE_TASKS}")
 
@@ -98,8 +112,12 @@ def format_image_text(dataset: tf.data.Dataset, *, task: str, lang: str = "zh",
         return dataset.map(lambda ex: {**base(ex), "inputs": tf.constant(""),
                                        "targets": ex[f"caption_{lang}"]})
     if task == "vqa":
-        return dataset.flat_map(lambda ex: _flat(base(ex), ex[f"vqa_question_{lang}"],
-                                                 ex[f"vqa_answer_{lang}"]))
+        def per_question(ex):
+            extra = ({"question_type": question_type_ids(ex["vqa_type"])}
+                     if question_types else {})
+            return _flat(base(ex), ex[f"vqa_question_{lang}"], ex[f"vqa_answer_{lang}"],
+                         **extra)
+        return dataset.flat_map(per_question)
     return dataset.flat_map(lambda ex: _flat(
         base(ex), ex[f"referring_phrase_{lang}"],
         location_text(ex["referring_box"], tf.shape(ex["image"])[0], num_bins)))
@@ -127,6 +145,12 @@ def format_video_text(dataset: tf.data.Dataset, *, task: str,
 
 
 # ------------------------------------------------------------------ feature converters
+# Optional per-example int labels the converters pass through when ``task_feature_lengths``
+# names them (any value, e.g. ``{'question_type': 1}``): evaluation groups by them (VQA
+# accuracy per question type). A task without the label gives -1.
+EXAMPLE_LABELS = ("question_type",)
+
+
 class ImageTextFeatureConverter:
     """``image_text``: one example per row (never packed: ``pack`` has no effect).
 
@@ -136,7 +160,8 @@ class ImageTextFeatureConverter:
     ``decoder_target_tokens`` (targets trimmed / zero-padded to the ``targets`` length),
     ``decoder_input_tokens`` (shifted right, 0 first), ``decoder_loss_weights`` (1 on
     non-zero targets) and, when ``task_feature_lengths`` has ``inputs``,
-    ``encoder_input_tokens`` (zeros for a task without ``inputs``).
+    ``encoder_input_tokens`` (zeros for a task without ``inputs``) and, when
+    ``task_feature_lengths`` names it, the int32 label ``question_type`` (:data:`EXAMPLE_LABELS`).
     """
 
     NAME, MEDIA = "image_text", "image"
@@ -146,7 +171,7 @@ class ImageTextFeatureConverter:
 
     def get_model_feature_lengths(self, task_feature_lengths) -> dict:
         from plug_jax.data import features  # noqa: PLC0415
-        return {k: s.shape[0] for k, s in
+        return {k: (s.shape[0] if s.shape else 1) for k, s in
                 features.feature_spec(self.NAME, task_feature_lengths).items()}
 
     def __call__(self, ds: tf.data.Dataset, task_feature_lengths) -> tf.data.Dataset:
@@ -180,6 +205,10 @@ class ImageTextFeatureConverter:
             if li is not None:
                 out["encoder_input_tokens"] = (fit(ex["inputs"], li) if "inputs" in ex
                                                else tf.zeros([li], tf.int32))
+            for name in EXAMPLE_LABELS:
+                if name in specs:
+                    out[name] = (tf.cast(ex[name], tf.int32) if name in ex
+                                 else tf.constant(-1, tf.int32))
             return out
 
         return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)

@@ -53,6 +53,9 @@ class ImageTextLM:
     family: str = "mplug"
     encoder_text: bool = True
     z_loss: float = 0.0
+    # Names of the batch's ``question_type`` ids (the VQA experiment binds the Shop World
+    # types); evaluation reports ``answer_accuracy/<name>`` per type over the whole eval set.
+    question_types: tuple[str, ...] = ()
 
     kind = "image_to_text"
     encoder_decoder = True  # plug-infer: the prompt goes to the encoder, decoding from 0
@@ -79,23 +82,56 @@ class ImageTextLM:
                                  batch["decoder_input_tokens"], deterministic=deterministic,
                                  rngs=rngs, method="lm_logits")
 
+    @staticmethod
+    def _per_example(logits, batch: dict):
+        """``(weights [B, T], nll [B, T], exact [B], has_answer [B])``: ``exact`` is 1 where
+        every weighted target token is the argmax."""
+        targets = jnp.asarray(batch["decoder_target_tokens"], jnp.int32)
+        w = batch.get("decoder_loss_weights")
+        w = jnp.asarray((targets > 0) if w is None else w, jnp.float32)
+        logp = jnp.take_along_axis(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32)),
+                                   targets[..., None], axis=-1)[..., 0]
+        right = (jnp.argmax(logits, axis=-1) == targets) | (w == 0)
+        has = jnp.any(w > 0, axis=-1).astype(jnp.float32)
+        return w, -logp * w, jnp.all(right, axis=-1).astype(jnp.float32) * has, has
+
     def loss_sums(self, params, batch: dict, rng=None, deterministic: bool = False) -> dict:
         """Decoder token cross-entropy sums, plus the ``answer`` group (per example: the
         sequence NLL, and 1 when every target token is the argmax)."""
         logits = self.logits(params, batch, rng, deterministic)
         targets = jnp.asarray(batch["decoder_target_tokens"], jnp.int32)
-        w = batch.get("decoder_loss_weights")
-        w = (targets > 0) if w is None else w
-        w = jnp.asarray(w, jnp.float32)
+        w, nll, exact, has = self._per_example(logits, batch)
         sums = losses.cross_entropy_sums(logits, targets, w, self.z_loss)
-        logp = jnp.take_along_axis(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32)),
-                                   targets[..., None], axis=-1)[..., 0]
-        right = (jnp.argmax(logits, axis=-1) == targets) | (w == 0)
-        has = jnp.any(w > 0, axis=-1).astype(jnp.float32)
-        sums["answer_loss"] = -jnp.sum(logp * w)
-        sums["answer_correct"] = jnp.sum(jnp.all(right, axis=-1).astype(jnp.float32) * has)
+        sums["answer_loss"] = jnp.sum(nll)
+        sums["answer_correct"] = jnp.sum(exact)
         sums["answer_weight"] = jnp.sum(has)
         return sums
+
+    # ---------------------------------------------------------------- whole-set eval
+    def eval_outputs(self, params, batch: dict) -> dict:
+        """Per example: ``exact`` (greedy exact match), ``valid`` (has an answer) and
+        ``question_type`` (-1 when the batch has none)."""
+        _, _, exact, has = self._per_example(self.logits(params, batch), batch)
+        qt = batch.get("question_type")
+        qt = (jnp.full(exact.shape, -1, jnp.int32) if qt is None
+              else jnp.asarray(qt, jnp.int32).reshape(exact.shape))
+        return {"exact": exact, "valid": has, "question_type": qt}
+
+    def whole_set_metrics(self, params, outputs: dict) -> dict:
+        """``answer_accuracy/<type>`` and ``answer_count/<type>`` per question type over
+        the whole eval set (types named by ``question_types``, else ``type_<id>``)."""
+        import numpy as np
+        valid = np.asarray(outputs["valid"]) > 0
+        exact = np.asarray(outputs["exact"])[valid]
+        types = np.asarray(outputs["question_type"])[valid]
+        out = {}
+        for t in sorted(set(types.tolist()) - {-1}):
+            name = (self.question_types[t] if 0 <= t < len(self.question_types)
+                    else f"type_{t}")
+            pick = types == t
+            out[f"answer_accuracy/{name}"] = float(exact[pick].mean())
+            out[f"answer_count/{name}"] = float(pick.sum())
+        return out
 
     # ---------------------------------------------------------------- decoding
     def decode_fns(self, cache: bool = True):

@@ -775,9 +775,14 @@ def _eval_summary(model, res: Mapping) -> str:
     objective terms and whole-set metrics (R@K)."""
     name = getattr(model, "accuracy_name", None)
     if name is None:
-        own = "".join(f"  {k.replace('_', ' ')} {res[k]:.4f}"
-                      for k in getattr(model, "summary_metrics", ())
-                      if isinstance(res.get(k), float))
+        own = ""
+        for k in getattr(model, "summary_metrics", ()):
+            if isinstance(res.get(k), float):
+                own += f"  {k.replace('_', ' ')} {res[k]:.4f}"
+                per = [(n.split("/", 1)[1], v) for n, v in res.items()
+                       if n.startswith(k + "/") and isinstance(v, float)]
+                if per:
+                    own += " (" + ", ".join(f"{n} {v:.3f}" for n, v in per) + ")"
         return (f"loss {res['loss']:.4f}  perplexity {res['perplexity']:.2f}  "
                 f"token accuracy {res['accuracy']:.4f}{own}")
     extra = "".join(f"  {k.replace('_', ' ')} {res[k]:.4f}" for k in
