@@ -5,9 +5,9 @@ same weights read as the captioning model, ``ENCODER_TEXT=False``), a corrupt im
 line, exit 2), the per-question-type eval line, and the ``question_type`` label that the VQA
 task passes through the ``image_text`` converter.
 
-Slow (``-m slow``; docs/performance.md, the family README): the VQA experiment trained in
-full, scored next to its controls (blank image, answer prior) with
-``plug_jax.families.mplug.controls``.
+Slow (``-m slow``; the family README): captioning then VQA from its parameters, scored next
+to its controls (blank image, answer prior) with ``plug_jax.families.mplug.controls``. Its
+0.80 target is not reached yet (the README's "Results").
 """
 import importlib.util
 import os
@@ -102,18 +102,23 @@ def test_question_type_label_follows_the_question():
 
 @pytest.mark.slow
 def test_vqa_learns_and_uses_the_image(tmp_path):
-    """The full VQA experiment (commands in the family README): the model's accuracy next
-    to the blank-image and answer-prior controls."""
-    cli_helpers.cli("train", VQA, tmp_path / "run", timeout=3600)
+    """mPLUG's recipe in small (commands in the family README): captioning 3000 steps, then
+    VQA 3000 steps from its parameters (~13 min on 2 cores), scored next to the blank-image
+    and answer-prior controls."""
+    cap = tmp_path / "cap"
+    cli_helpers.cli("train", "experiments/mplug/shop_caption_tiny.gin", cap,
+                    "--gin.TRAIN_STEPS=3000", "--gin.EVAL_PERIOD=0", timeout=3600)
+    ft = "experiments/mplug/shop_vqa_from_captions_tiny.gin"
+    init = f"--gin.INIT_CHECKPOINT='{cap}'"
+    cli_helpers.cli("train", ft, tmp_path / "vqa", init, timeout=3600)
     out = subprocess.run(
-        [sys.executable, "-m", "plug_jax.families.mplug.controls", f"--gin_file={VQA}",
-         f"--gin.MODEL_DIR={tmp_path / 'run'}"], capture_output=True, text=True,
+        [sys.executable, "-m", "plug_jax.families.mplug.controls", f"--gin_file={ft}",
+         f"--gin.MODEL_DIR={tmp_path / 'vqa'}", init], capture_output=True, text=True,
         env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=cli_helpers.ROOT, timeout=1200)
     assert out.returncode == 0, out.stderr[-2000:]
     print(out.stdout)
     head = next(ln for ln in out.stdout.splitlines() if ln.startswith("VQA accuracy"))
-    nums = [float(x) for x in head.replace("|", " ").split() if x.replace(".", "").isdigit()
-            and "." in x]
-    model, blank, prior = nums[-3:]
+    model, blank, prior = (float(head.split(k)[1].split()[0])
+                           for k in ("model ", "blank image ", "answer prior "))
     assert model >= 0.80, head
     assert abs(blank - prior) <= 0.05, head
