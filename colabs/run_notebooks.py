@@ -10,7 +10,8 @@ kernelspec cannot pick another Python), with the working directory and
 runs) and ``JAX_PLATFORMS=cpu`` unless already set. The executed copy is saved as
 ``colabs/executed/<name>.ipynb`` (also when a cell fails, with the error in it); the
 notebook writes its plots there as ``<name>_*.png``. Prints each notebook's wall time and
-the PNGs it wrote; exits 1 if any cell raised, 2 on a bad argument.
+the PNGs it wrote; exits 1 if any cell raised, 2 on a bad argument. ``--jobs N`` (default 2)
+runs N notebooks at once, each through this script in its own process.
 """
 from __future__ import annotations
 
@@ -81,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("notebooks", nargs="*", help="names (quickstart) or paths; default: "
                     "every colabs/*.ipynb")
+    ap.add_argument("--jobs", type=int,
+                    default=int(os.environ.get("PLUG_JAX_NOTEBOOK_JOBS", "2")),
+                    help="notebooks run at once, each in its own process (default 2, or "
+                         "$PLUG_JAX_NOTEBOOK_JOBS); 1 runs them one after another here")
     args = ap.parse_args(argv)
     if args.notebooks:
         paths = []
@@ -95,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print(f"notebooks: error: no notebooks in {HERE}", file=sys.stderr)
         return 2
+    if args.jobs > 1 and len(paths) > 1:
+        return _run_parallel(paths, args.jobs)
     results = []
     with tempfile.TemporaryDirectory(prefix="plug_jax_kernels_") as spec_root:
         _write_kernelspec(Path(spec_root))
@@ -111,6 +118,37 @@ def main(argv: list[str] | None = None) -> int:
           f"{OUT.relative_to(HERE.parent)}/")
     for p, ok, wall, pngs in results:
         print(f"  {'ok    ' if ok else 'FAILED'} {wall:6.0f}s  {p.name}  ({len(pngs)} PNGs)")
+    return 0 if all(r[1] for r in results) else 1
+
+
+def _run_parallel(paths: list[Path], jobs: int) -> int:
+    """Each notebook through this script in a child process (``--jobs 1``), ``jobs`` at a
+    time, longest first; a child's output is printed whole when it finishes."""
+    import subprocess
+    t0 = time.perf_counter()
+    pending = sorted(paths, key=lambda p: -p.stat().st_size)
+    running: list[tuple[Path, subprocess.Popen, float]] = []
+    results = []
+    print(f"notebooks: {len(paths)} notebooks, {jobs} at a time", flush=True)
+    while pending or running:
+        while pending and len(running) < jobs:
+            p = pending.pop(0)
+            proc = subprocess.Popen([sys.executable, __file__, "--jobs", "1", str(p)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            running.append((p, proc, time.perf_counter()))
+        time.sleep(0.5)
+        for item in list(running):
+            p, proc, start = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            out = proc.stdout.read()
+            print(out.rstrip(), flush=True)
+            results.append((p, proc.returncode == 0, time.perf_counter() - start))
+    print(f"notebooks: {len(results)} run in {time.perf_counter() - t0:.0f}s wall "
+          f"({jobs} at a time); executed copies and PNGs in {OUT.relative_to(HERE.parent)}/")
+    for p, ok, wall in sorted(results):
+        print(f"  {'ok    ' if ok else 'FAILED'} {wall:6.0f}s  {p.name}")
     return 0 if all(r[1] for r in results) else 1
 
 
