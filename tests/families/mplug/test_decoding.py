@@ -22,7 +22,7 @@ def _setup(encoder_text: bool):
     q = jnp.array([[5, 6, 7, 1, 0, 0], [8, 9, 1, 0, 0, 0]], jnp.int32)
     batch = {"image": img, "encoder_input_tokens": q,
              "decoder_input_tokens": jnp.zeros((2, 5), jnp.int32)}
-    params = model.init_params(jax.random.PRNGKey(0), batch)
+    params = jax.jit(model.init_params)(jax.random.PRNGKey(0), batch)
     # larger weights so the tiny random model's argmax depends on the image and question
     params = jax.tree_util.tree_map(lambda x: x * 3.0, params)
     return model, params, {"image": img, "encoder_input_tokens": q}
@@ -32,10 +32,12 @@ def _setup(encoder_text: bool):
 def test_cached_step_logits_equal_teacher_forced(encoder_text):
     model, params, feats = _setup(encoder_text)
     dec = jnp.array([[0, 11, 12, 13, 14], [0, 21, 22, 23, 24]], jnp.int32)
-    full = model.module.apply({"params": params}, feats, dec, method="lm_logits")
+    full = jax.jit(lambda p: model.module.apply({"params": p}, feats, dec,
+                                                method="lm_logits"))(params)
     step, init = model.decode_fns()
-    prepared = step.prepare_params({"model": params, "encoder_features": feats})
-    cache = init(2, 8, prepared)
+    prepared = jax.jit(step.prepare_params)({"model": params, "encoder_features": feats})
+    cache = jax.jit(lambda p: init(2, 8, p))(prepared)
+    step = jax.jit(step)
     outs = []
     for t in range(dec.shape[1]):
         logits, cache = step(prepared, cache, dec[:, t:t + 1], jnp.full((2, 1), t),
@@ -69,12 +71,12 @@ def test_cached_generation_equals_recompute(encoder_text):
 def test_encoder_text_switch_changes_the_memory():
     model, params, feats = _setup(True)
     m = model.module
-    enc = m.apply({"params": params}, feats, method="encode")
+    enc = jax.jit(lambda p: m.apply({"params": p}, feats, method="encode"))(params)
     assert enc["hidden_states"].shape == (2, 17 + 6, 64)
     np.testing.assert_array_equal(np.asarray(enc["mask"][:, 17:]),
                                   np.asarray(feats["encoder_input_tokens"] > 0))
     cap = ImageTextLM(model.config, encoder_text=False).module
-    enc2 = cap.apply({"params": params}, feats, method="encode")
+    enc2 = jax.eval_shape(lambda p: cap.apply({"params": p}, feats, method="encode"), params)
     assert enc2["hidden_states"].shape == (2, 17, 64)
     with pytest.raises(ValueError, match="encoder_input_tokens"):
         m.apply({"params": params}, {"image": feats["image"]}, method="encode")
