@@ -583,7 +583,12 @@ def render_table(results: Sequence[tuple[Row, dict]]) -> str:
         "with encoder inputs of 512. PLUG-MoE 20B has no published specification; the project's "
         "definition is in plug_jax/families/plug/README.md. StructBERT large (section 2, "
         "structbert.ch.large, 330M): encoder with the MLM and 3-way sentence heads; its "
-        "*batch x length* is the sentence-pair length.",
+        "*batch x length* is the sentence-pair length. mPLUG (section 5, mplug.en.base / "
+        "large, 350M / 600M [V-code]): computed over the bert-base vocabulary (30522) with "
+        "the position table at the row's image size (the CLIP text tower and the unused "
+        "lower fusion layers of the released files are not built; family README); its "
+        "*batch x length* is the decoder length, with 336 x 336 images and 40 question "
+        "tokens (VQA) or 256 x 256 images (pre-training: the prefix-LM objective only).",
         "* GB = 10^9 bytes, GiB = 2^30 bytes.",
         "* *params / opt GB/dev*: exact bytes of one device's shard of the float32 "
         "parameters and of the AdamW state (mu and nu, float32, plus step counters).",

@@ -1,5 +1,6 @@
 """The family registry: discovery, lookup, and no family-name branching outside families/."""
 import ast
+import importlib
 import os
 import subprocess
 import sys
@@ -148,3 +149,20 @@ def test_no_family_name_branching_outside_families_and_tasks():
                 for line, what in family_branches(open(path, encoding="utf-8").read(), names):
                     offenders.append(f"{os.path.relpath(path, PACKAGE)}:{line}: {what}")
     assert not offenders, "family names branched on outside families/:\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize("family", registry.names())
+def test_config_survives_its_saved_dict(family):
+    """What a checkpoint's metadata and a plug-convert folder's config.json hold
+    (``dataclasses.asdict``, nested parts as dicts) reads back to the same config: every
+    preset, through ``registry.config_from_dict`` (runs/converted.gin, plug-convert --to)."""
+    import dataclasses
+    import json
+    spec = registry.get(family)
+    presets = getattr(importlib.import_module(spec.config_cls.__module__), "PRESETS", ())
+    names = list(presets) if not isinstance(presets, str) else [presets]
+    assert "tiny" in names
+    for name in names:
+        config = spec.config_cls.from_preset(name)
+        saved = json.loads(json.dumps(dataclasses.asdict(config)))
+        assert registry.config_from_dict(family, saved) == config, name

@@ -26,6 +26,23 @@ class ClipConfig:
     preset: str = "custom"
 
     @classmethod
+    def from_dict(cls, data) -> "ClipConfig":
+        """The config ``dataclasses.asdict`` wrote (``config.json`` of a plug-convert output,
+        checkpoint metadata), with its nested tower dicts rebuilt; unknown keys dropped."""
+        def build(kind, d):
+            if not isinstance(d, dict):
+                return d
+            known = {f.name for f in dataclasses.fields(kind)}
+            return kind(**{k: v for k, v in d.items() if k in known})
+        clip = dict(data).get("clip", {})
+        if isinstance(clip, dict):
+            extra = {k: v for k, v in clip.items() if k not in ("vision", "text")
+                     and k in {f.name for f in dataclasses.fields(CLIPConfig)}}
+            clip = CLIPConfig(vision=build(CLIPVisionConfig, clip.get("vision", {})),
+                              text=build(CLIPTextConfig, clip.get("text", {})), **extra)
+        return cls(clip=clip, preset=dict(data).get("preset", "custom"))
+
+    @classmethod
     def from_preset(cls, name: str, **overrides) -> "ClipConfig":
         """A preset; ``overrides`` of tower fields apply to both towers (``dtype``,
         ``scan_layers``, ...), ``vision_<field>`` / ``text_<field>`` to one."""

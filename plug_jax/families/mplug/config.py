@@ -102,6 +102,19 @@ class MPlugConfig(ConfigBase):
             remat_policy=self.remat_policy)
 
     @classmethod
+    def from_dict(cls, data) -> "MPlugConfig":
+        """The config ``dataclasses.asdict`` wrote (``config.json`` of a plug-convert output,
+        checkpoint metadata): the nested ``vision`` dict becomes a :class:`CLIPVisionConfig`;
+        unknown keys are dropped."""
+        data = dict(data)
+        vision = data.get("vision")
+        if isinstance(vision, dict):
+            known = {f.name for f in dataclasses.fields(CLIPVisionConfig)}
+            data["vision"] = CLIPVisionConfig(**{k: v for k, v in vision.items() if k in known})
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
     def from_preset(cls, name: str, **overrides) -> "MPlugConfig":
         if name not in PRESETS:
             raise ValueError(f"unknown mPLUG preset {name!r}; choose one of {list(PRESETS)}")

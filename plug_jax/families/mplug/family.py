@@ -9,7 +9,7 @@ converts modelscope mPLUG dirs both ways.
 from __future__ import annotations
 
 from plug_jax.families.mplug.config import MPlugConfig
-from plug_jax.families.spec import Converter, Experiment, FamilySpec
+from plug_jax.families.spec import Converter, Experiment, FamilySpec, PlanRow
 
 
 def _network(config, **kw):
@@ -58,6 +58,25 @@ def _describe(c) -> str:
             f"{c.decoder_layers} layers" + ("; visn_fc" if c.vision_proj_to_text else ""))
 
 
+def plan_rows() -> tuple[PlanRow, ...]:
+    """docs/scaling.md rows: large VQA fine-tuning on one 8xH100 host (336 px, as the
+    released VQA fine-tune) and base pre-training on a TPU v4 pod at 256 px. The pre-training
+    row trains the prefix-LM (captioning) objective alone: ITC / ITM / MLM are not built yet,
+    so it understates the real pre-training step."""
+    bf16 = ("ACTIVATION_DTYPE='bfloat16'",)
+    return (
+        PlanRow("mplug-large VQA / 8xH100", "models/mplug/large.gin", "data:8", "h100_80gb",
+                "600M [V-code]", "1 host x 8 H100",
+                bf16 + ("IMAGE_SIZE=336", "BATCH_SIZE=128", "REMAT_POLICY='full'",
+                        "TASK_FEATURE_LENGTHS={'image': (336, 336, 3), 'inputs': 40, "
+                        "'targets': 10}")),
+        PlanRow("mplug-base prefix-LM pre-training / v4-64", "models/mplug/base.gin",
+                "data:32", "tpu_v4", "350M [V-code]", "TPU v4-64 = 32 chips",
+                bf16 + ("IMAGE_SIZE=256", "BATCH_SIZE=1024", "ENCODER_TEXT=False",
+                        "TASK_FEATURE_LENGTHS={'image': (256, 256, 3), 'targets': 32}")),
+    )
+
+
 _SHORT = ("TRAIN_STEPS=2", "BATCH_SIZE=4", "EVAL_STEPS=1", "LOG_PERIOD=1", "EVAL_PERIOD=2",
           "CHECKPOINT_PERIOD=2", "MAX_NEW_TOKENS=4")
 
@@ -75,6 +94,7 @@ FAMILY = FamilySpec(
                   "(config.yaml + config_bert.json + configuration.json + pytorch_model.bin)",
                   round_trip_config=_modelscope_representable),
     ),
+    plan_rows=plan_rows,
     feature_converters=("image_text",),
     experiments=(Experiment("experiments/mplug/shop_vqa_tiny.gin", _SHORT),
                  Experiment("experiments/mplug/shop_caption_tiny.gin", _SHORT)),

@@ -193,3 +193,27 @@ def test_tied_decoder_copy(ref):
     with pytest.raises(ValueError, match=r"decoder\.weight' differs") as e:
         cm.from_modelscope(sd, config, allow_missing=ALLOW["vqa"])
     assert "\n" not in str(e.value)
+
+
+def test_plug_convert_cli_both_ways(ref, tmp_path, capsys):
+    """plug-convert --family mplug on the VQA dir modelscope's own class saved: the import
+    carries vocab.txt and names the skipped groups; --to modelscope writes a dir whose state
+    dict holds the original tensors exactly."""
+    from plug_jax.convert import io as cio
+    from plug_jax.convert.cli import main
+    out, _ = ref
+    ours, back = tmp_path / "ours", tmp_path / "back"
+    assert main(["--family", "mplug", "--source", "modelscope", "--input",
+                 str(out / "vqa"), "--output", str(ours)]) == 0
+    printed = capsys.readouterr().out
+    assert "vision_proj" in printed  # the retrieval heads a VQA dir lacks, initialised
+    assert (ours / "vocab" / "vocab.txt").read_text() == (out / "vqa" / "vocab.txt").read_text()
+    assert main(["--family", "mplug", "--to", "modelscope", "--input", str(ours),
+                 "--output", str(back)]) == 0
+    assert (back / "vocab.txt").exists()
+    want = cio.load_weights_files(cio.find_hf_weights(str(out / "vqa")))
+    got = cio.load_weights_files(cio.find_hf_weights(str(back)))
+    common = [k for k in got if k in want]
+    assert len(common) > 50
+    for k in common:
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)

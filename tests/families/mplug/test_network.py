@@ -306,3 +306,18 @@ def test_param_counts(name):
         base = param_counts(MPlugConfig.from_preset("base"))
         text_side = {k: c[k] for k in ("text_encoder", "fusion", "decoder", "heads")}
         assert text_side == {k: base[k] for k in text_side}
+
+
+@pytest.mark.parametrize("size", ["base", "large"])
+def test_model_gin_files_build_the_presets(size):
+    """models/mplug/<size>.gin (what plug-plan's rows and the published-size runs use) gives
+    the same config as the preset whose parameter count is checked above."""
+    import gin
+
+    from plug_jax import gin_utils
+    try:
+        gin_utils.parse_gin([f"models/mplug/{size}.gin"], [])
+        model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+    finally:
+        gin.clear_config()
+    assert model.config == MPlugConfig.from_preset(size)
