@@ -17,7 +17,7 @@ $(PY):
 	$(PIP) install --upgrade --quiet pip
 
 $(STAMP): setup.py | $(PY)
-	$(PIP) install --quiet -e ".[test,convert,notebooks]"
+	$(PIP) install --quiet -e ".[test,convert,notebooks,captions]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -39,6 +39,9 @@ EXTRAS = {
     # already required by flax / transformers, pinned here because plug_jax reads it itself.
     "convert": ["torch==2.13.0", "transformers==5.23.0", "safetensors==0.8.0", "pyyaml==6.0.4"],
     "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+    # CIDEr / BLEU-4 of generated captions (plug_jax/metrics/captions.py): the COCO caption
+    # scorers (pure Python; their Java tokenizer and METEOR / SPICE are not used).
+    "captions": ["pycocoevalcap==1.2", "pycocotools==2.0.11"],
     # colabs/*.ipynb executed by `make notebooks` (part of `make test`) and on Colab.
     "notebooks": ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
                   "matplotlib==3.11.2"],
