@@ -133,6 +133,25 @@ class ImageTextLM:
             out[f"answer_count/{name}"] = float(pick.sum())
         return out
 
+    def text_scores(self, params, images, target_ids):
+        """``[N_images, N_texts]``: the mean log-probability per token (EOS included) of
+        each text given each image (``target_ids`` ``[N_texts, T]``, 0-padded, ending in
+        EOS), teacher-forced. Ranks captions (``plug-infer`` with a captioning model and
+        texts) or an answer list; length-normalised so short texts are not favoured."""
+        images = jnp.asarray(images, jnp.float32)
+        tgt = jnp.asarray(target_ids, jnp.int32)
+        n_i, n_t = images.shape[0], tgt.shape[0]
+        batch = {"image": jnp.repeat(images, n_t, axis=0),
+                 "decoder_target_tokens": jnp.tile(tgt, (n_i, 1)),
+                 "decoder_input_tokens": jnp.tile(jnp.pad(tgt[:, :-1], ((0, 0), (1, 0))),
+                                                  (n_i, 1))}
+        if self.encoder_text:
+            batch["encoder_input_tokens"] = jnp.zeros((n_i * n_t, 1), jnp.int32)
+        logits = self.logits(params, batch)
+        w, nll, _, _ = self._per_example(logits, batch)
+        score = -jnp.sum(nll, -1) / jnp.maximum(jnp.sum(w, -1), 1.0)
+        return score.reshape(n_i, n_t)
+
     # ---------------------------------------------------------------- decoding
     def decode_fns(self, cache: bool = True):
         """``decoding.encdec_adapter``: params ``{'model': p, 'encoder_features': {'image':

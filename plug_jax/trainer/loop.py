@@ -980,7 +980,8 @@ def _infer_media(model, params, dataset_cfg: DatasetConfig, items: list[dict], v
 
     Each ``image:PATH|text`` prompt is one query: the image, and the text as the question
     (models whose encoder reads text; a captioning model ignores it). Plain text prompts
-    are asked of every image. With no image prompt, the first four examples of
+    are asked of every image; given to a captioning model they are candidate captions,
+    ranked for every image by likelihood (:func:`_rank_texts_by_likelihood`). With no image prompt, the first four examples of
     ``dataset_cfg``'s split are used with their own questions (and the plain prompts, if
     any). The image is encoded once per query and the text decoded over a KV cache with
     each method. Prints ``[method] image | question ▸ answer``; returns ``[{'method',
@@ -1016,6 +1017,9 @@ def _infer_media(model, params, dataset_cfg: DatasetConfig, items: list[dict], v
     if not queries:
         raise TrainError("nothing to infer: give image:PATH prompts (or none, to use the "
                          "validation images)")
+    if not reads_text and plain and hasattr(model, "text_scores"):
+        return _rank_texts_by_likelihood(model, params, dataset_cfg, queries, plain,
+                                         vocabulary, model_dir, step)
     width = width or 1
     enc = np.zeros((len(queries), width), np.int32)
     shown = []
@@ -1047,6 +1051,32 @@ def _infer_media(model, params, dataset_cfg: DatasetConfig, items: list[dict], v
         for res in results:
             q = f" | {res['prompt']}" if res["prompt"] else ""
             print(f"[{res['method']}] {res['image']}{q} ▸ {res['continuation']}", flush=True)
+    return results
+
+
+def _rank_texts_by_likelihood(model, params, dataset_cfg, queries, texts, vocabulary,
+                              model_dir, step) -> list[dict]:
+    """A captioning model given texts ranks them for each image by their mean
+    log-probability per token (``model.text_scores``)."""
+    seen, images = set(), []
+    for name, pixels, _ in queries:
+        if name not in seen:
+            seen.add(name)
+            images.append((name, pixels))
+    scores = np.asarray(jax.device_get(model.text_scores(
+        params, np.stack([p for _, p in images]).astype(np.float32),
+        _text_ids(texts, vocabulary, dataset_cfg))))
+    results = []
+    for (name, _), row in zip(images, scores):
+        order = np.argsort(-row, kind="stable")
+        results.append({"image": name, "ranking": [(texts[j], float(row[j])) for j in order]})
+    if jax.process_index() == 0:
+        print(f"texts ranked by likelihood by {model_dir}"
+              + (f" @ step {step}" if step is not None else ""))
+        for res in results:
+            print(f"[rank] {res['image']}", flush=True)
+            for text, score in res["ranking"]:
+                print(f"  {score:8.3f}  {text}", flush=True)
     return results
 
 

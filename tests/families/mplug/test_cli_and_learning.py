@@ -1,8 +1,8 @@
 """mPLUG tiny through the CLI and the data layer.
 
 Fast: a 2-step VQA run serves plug-infer on a PNG (answer a question; caption it with the
-same weights read as the captioning model, ``ENCODER_TEXT=False``), a corrupt image (one
-line, exit 2), the per-question-type eval line, and the ``question_type`` label that the VQA
+same weights read as the captioning model, ``ENCODER_TEXT=False``; rank captions by their
+likelihood), a corrupt image (one line, exit 2), the per-question-type eval line, and the ``question_type`` label that the VQA
 task passes through the ``image_text`` converter.
 
 Slow (``-m slow``; the family README): captioning then VQA from its parameters, scored next
@@ -72,6 +72,21 @@ def test_infer_answers_and_captions_a_png(run2):
     assert out.returncode == 0, out.stderr[-2000:]
     assert any(ln.startswith("[greedy]") and "product.png ▸" in ln
                for ln in out.stdout.splitlines()), out.stdout
+
+
+def test_infer_ranks_captions_for_a_png(run2):
+    d, _ = run2
+    texts = ["A green leather backpack is on the right of the picture.",
+             "A red wool hat is on the left of the picture.", "Two blue mugs."]
+    out = _run("infer", d / "run", f"--prompt=image:{d / 'product.png'}",
+               *[f"--prompt={t}" for t in texts], "--gin.ENCODER_TEXT=False")
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    at = lines.index(f"[rank] {d / 'product.png'}")
+    ranked = [ln.split(None, 1) for ln in lines[at + 1:at + 4]]
+    assert sorted(t for _, t in ranked) == sorted(texts)
+    scores = [float(s) for s, _ in ranked]
+    assert scores == sorted(scores, reverse=True) and all(s < 0 for s in scores)
 
 
 def test_corrupt_image_is_one_line_and_exit_2(run2):

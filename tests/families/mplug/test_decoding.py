@@ -95,3 +95,21 @@ def test_bert_decode_refuses_a_scanned_stack_and_a_missing_cache():
     dec = dec.clone(config=cfg.replace(scan_layers=False))
     with pytest.raises(ValueError, match="create the cache first"):
         dec.apply({"params": params}, ids, None, None, ids, mutable=["cache"])
+
+
+def test_text_scores_are_mean_token_log_probs_of_each_pair():
+    model, params, feats = _setup(False)
+    texts = jnp.array([[11, 12, 1, 0], [21, 1, 0, 0], [31, 32, 33, 1]], jnp.int32)
+    got = np.asarray(jax.jit(model.text_scores)(params, feats["image"], texts))
+    assert got.shape == (2, 3)
+    m = model.module
+    for i in range(2):
+        for j in range(3):
+            tgt = np.asarray(texts[j])
+            n = int((tgt > 0).sum())
+            dec = np.concatenate([[0], tgt[:-1]])[None]
+            logits = m.apply({"params": params}, {"image": feats["image"][i:i + 1]}, dec,
+                             method="lm_logits")[0]
+            logp = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)))
+            want = np.mean([logp[t, tgt[t]] for t in range(n)])
+            np.testing.assert_allclose(got[i, j], want, rtol=1e-5, atol=1e-5)
