@@ -939,12 +939,14 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
     return results
 
 
-def _decode_with_methods(model, params, ids, mask, vocabulary, kw: dict):
-    """Yields ``(method, [decoded text per row])`` for each of ``kw['methods']``."""
+def _decode_with_methods(model, params, ids, mask, vocabulary, kw: dict) -> list:
+    """``[(method, [decoded text per row])]`` for each of ``kw['methods']`` (a list, not a
+    generator: exceptions from the decoding functions propagate unchanged)."""
     from plug_jax import decoding
     step_fn, init_cache = model.decode_fns()
     eos = getattr(vocabulary, "eos_id", None)
     n = kw["max_new_tokens"]
+    results = []
     for method in kw["methods"]:
         if method == "greedy":
             out = decoding.generate(step_fn, init_cache, params, ids, mask, n,
@@ -971,7 +973,8 @@ def _decode_with_methods(model, params, ids, mask, vocabulary, kw: dict):
             if eos is not None and eos in toks:
                 toks = toks[:toks.index(eos)]
             texts.append(vocabulary.decode([t for t in toks if t > 0]))
-        yield method, texts
+        results.append((method, texts))
+    return results
 
 
 def _infer_media(model, params, dataset_cfg: DatasetConfig, items: list[dict], vocabulary,
