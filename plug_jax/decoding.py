@@ -570,6 +570,13 @@ class EncDecCachedInitCache:
         return mutated["cache"]
 
 
+def _write_tokens(tokens, token_ids, positions, token_mask):
+    """The recompute steps' token buffer ``[rows, L]`` with the new tokens written at their
+    positions (masked tokens as 0)."""
+    rows = jnp.arange(tokens.shape[0])[:, None]
+    return tokens.at[rows, positions].set(jnp.where(token_mask, token_ids, 0))
+
+
 @dataclasses.dataclass(frozen=True)
 class EncDecStep:
     """Reference ``step_fn`` of an encoder-decoder flax module (``PlugModel``-like) without
@@ -589,9 +596,7 @@ class EncDecStep:
     model: Any
 
     def __call__(self, params, cache, token_ids, positions, token_mask):
-        tokens = cache["tokens"]
-        rows = jnp.arange(tokens.shape[0])[:, None]
-        tokens = tokens.at[rows, positions].set(jnp.where(token_mask, token_ids, 0))
+        tokens = _write_tokens(cache["tokens"], token_ids, positions, token_mask)
         feats = encoder_features(params)
         enc = jnp.asarray(feats["encoder_input_tokens"], jnp.int32)
         seg = feats.get("encoder_segment_ids")
@@ -615,9 +620,7 @@ class EncDecFeaturesStep:
     model: Any
 
     def __call__(self, params, cache, token_ids, positions, token_mask):
-        tokens = cache["tokens"]
-        rows = jnp.arange(tokens.shape[0])[:, None]
-        tokens = tokens.at[rows, positions].set(jnp.where(token_mask, token_ids, 0))
+        tokens = _write_tokens(cache["tokens"], token_ids, positions, token_mask)
         feats = encoder_features(params)
         reps = tokens.shape[0] // next(iter(jax.tree_util.tree_leaves(feats))).shape[0]
         feats = jax.tree_util.tree_map(lambda x: jnp.repeat(jnp.asarray(x), reps, axis=0),
