@@ -251,6 +251,9 @@ def plan_train(*, model, train_dataset_cfg, mesh=None, optimizer=None,
     opt_total, opt_dev = _tree_bytes(builder.abstract["opt_state"],
                                      builder.shardings["opt_state"])
     step_dev = _tree_bytes(builder.abstract["step"], builder.shardings["step"])[1]
+    ms_total, ms_dev = (_tree_bytes(builder.abstract["model_state"],
+                                    builder.shardings["model_state"])
+                        if "model_state" in builder.abstract else (0, 0))
     batch_dev = sum(shard_bytes(v.shape, v.dtype, batch_sh[k]) for k, v in dummy.items())
     n_params = sum(int(math.prod(x.shape))
                    for x in jax.tree_util.tree_leaves(builder.abstract["params"]))
@@ -258,7 +261,7 @@ def plan_train(*, model, train_dataset_cfg, mesh=None, optimizer=None,
     mem = compiled.memory_analysis()
     stats = {f: int(getattr(mem, f"{f}_size_in_bytes", 0) or 0)
              for f in ("argument", "output", "alias", "temp", "generated_code")} if mem else {}
-    state_dev = params_dev + opt_dev + step_dev
+    state_dev = params_dev + opt_dev + step_dev + ms_dev
     if stats:
         peak = stats["argument"] + stats["output"] - stats["alias"] + stats["temp"]
     else:  # no statistics from this backend: state twice (no donation assumed) + batch
@@ -304,9 +307,10 @@ def plan_train(*, model, train_dataset_cfg, mesh=None, optimizer=None,
         "hardware": {"name": hw.name, "description": hw.description,
                      "memory_bytes": capacity, "memory_overridden": bool(memory_bytes),
                      "source": hw.source},
-        "bytes_global": {"params": params_total, "opt_state": opt_total},
+        "bytes_global": {"params": params_total, "opt_state": opt_total,
+                         "model_state": ms_total},
         "bytes_per_device": {"params": params_dev, "opt_state": opt_dev, "step": step_dev,
-                             "batch": batch_dev, "state": state_dev},
+                             "model_state": ms_dev, "batch": batch_dev, "state": state_dev},
         "compiled": stats,
         "compiled_backend": (f"{jax.default_backend()} (native)" if native else
                              "cpu (proxy for the target's XLA; see the caveat)"),
@@ -364,6 +368,8 @@ def format_report(r: dict) -> str:
         "per-device memory:",
         f"  parameters        {fmt_gb(d['params']):>12}   (exact: shard shapes)",
         f"  optimizer state   {fmt_gb(d['opt_state']):>12}   (exact: shard shapes)",
+    ] + ([f"  model state       {fmt_gb(d['model_state']):>12}   (momentum copies, queues)"]
+         if d.get("model_state") else []) + [
         f"  batch             {fmt_gb(d['batch']):>12}",
     ]
     native = not r["compiled_backend"].startswith("cpu (proxy")
@@ -588,7 +594,9 @@ def render_table(results: Sequence[tuple[Row, dict]]) -> str:
         "the position table at the row's image size (the CLIP text tower and the unused "
         "lower fusion layers of the released files are not built; family README); its "
         "*batch x length* is the decoder length, with 336 x 336 images and 40 question "
-        "tokens (VQA) or 256 x 256 images (pre-training: the prefix-LM objective only).",
+        "tokens (VQA) or 256 x 256 images (pre-training: ITC + ITM + MLM + prefix LM, the "
+        "text encoder run three times and the fusion five times per pair; no momentum "
+        "distillation).",
         "* GB = 10^9 bytes, GiB = 2^30 bytes.",
         "* *params / opt GB/dev*: exact bytes of one device's shard of the float32 "
         "parameters and of the AdamW state (mu and nu, float32, plus step counters).",

@@ -8,9 +8,15 @@ combinations in validation / test, SHOP_WORLD.md).
   material), which the ``image_text`` converter passes on when ``TASK_FEATURE_LENGTHS`` names
   it, for accuracy per question type.
 * ``mplug_shop_captions_{en,zh}_v1``: one example per image, ``targets`` = its caption.
+* ``mplug_shop_pretrain_{en,zh}_v1`` (ITC + ITM + MLM + prefix LM) and
+  ``mplug_shop_retrieval_{en,zh}_v1`` (ITC + ITM, R@K over the split): the same image-caption
+  pairs as the captions task, read by ``models.ImageTextPretrain``, which builds the masked
+  text, the prefix split and the negatives itself (so one pair stream serves every
+  objective). Retrieval's positives are the pairs whose captions are identical.
 
 Feature converter ``image_text``; ``TASK_FEATURE_LENGTHS = {'image': (64, 64, 3), 'inputs':
-24, 'targets': 8, 'question_type': 1}`` (VQA) or ``{'image': (64, 64, 3), 'targets': 48}`` (captions).
+24, 'targets': 8, 'question_type': 1}`` (VQA) or ``{'image': (64, 64, 3), 'targets': 48}``
+(captions, pre-training, retrieval).
 """
 from __future__ import annotations
 
@@ -33,15 +39,20 @@ _SOURCE_FEATURES = {
                          "vqa_type"],
     "caption": lambda lang: ["image", "product_id", f"caption_{lang}"],
 }
+# image-caption pairs read by several objectives
+_PAIRS = ("caption", "pretrain", "retrieval")
 
 
 def _format(dataset, *, what: str, lang: str):
-    return multimodal.format_image_text(dataset, task=what, lang=lang,
-                                        question_types=what == "vqa")
+    return multimodal.format_image_text(dataset, task="caption" if what in _PAIRS else what,
+                                        lang=lang, question_types=what == "vqa")
 
 
 def register_image_task(name: str, what: str, lang: str = "en", config: str = "images_64"):
-    """Register (once) an mPLUG task: ``what`` = ``'vqa'`` or ``'caption'``."""
+    """Register (once) an mPLUG task: ``what`` = ``'vqa'``, ``'caption'``, ``'pretrain'`` or
+    ``'retrieval'`` (the last three: image-caption pairs)."""
+    if what != "vqa" and what not in _PAIRS:
+        raise ValueError(f"unknown mPLUG task kind {what!r}; use 'vqa' or one of {_PAIRS}")
     vocab = ShopWorldVocabulary(None, seed=WORLD_SEED, lang=lang)
     spec = {"kind": f"mplug_shop_{what}", "config": config, "version": VERSION, "lang": lang,
             "vocab": {k: v for k, v in vocab.spec.items() if k != "cache_dir"}}
@@ -54,7 +65,8 @@ def register_image_task(name: str, what: str, lang: str = "en", config: str = "i
     def build():
         return seqio.TaskRegistry.add(
             name,
-            source=ShopWorldTfdsSource(config, features=_SOURCE_FEATURES[what](lang)),
+            source=ShopWorldTfdsSource(config, features=_SOURCE_FEATURES[
+                "caption" if what in _PAIRS else what](lang)),
             preprocessors=[
                 functools.partial(_format, what=what, lang=lang),
                 functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
@@ -73,3 +85,9 @@ register_image_task(VQA_EN, "vqa", "en")
 register_image_task(VQA_ZH, "vqa", "zh")
 register_image_task(CAPTIONS_EN, "caption", "en")
 register_image_task(CAPTIONS_ZH, "caption", "zh")
+PRETRAIN_EN, PRETRAIN_ZH = "mplug_shop_pretrain_en_v1", "mplug_shop_pretrain_zh_v1"
+RETRIEVAL_EN, RETRIEVAL_ZH = "mplug_shop_retrieval_en_v1", "mplug_shop_retrieval_zh_v1"
+register_image_task(PRETRAIN_EN, "pretrain", "en")
+register_image_task(PRETRAIN_ZH, "pretrain", "zh")
+register_image_task(RETRIEVAL_EN, "retrieval", "en")
+register_image_task(RETRIEVAL_ZH, "retrieval", "zh")

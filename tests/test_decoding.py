@@ -63,7 +63,7 @@ def test_cached_logits_equal_full_recompute_left_padded(scan_layers, unroll_laye
     step = jax.jit(step_fn)
     cache = init_cache_fn(b, p + n)
     if not unroll_layers:  # the scanned cache: layers on axis 1, batch on axis 0
-        assert cache["decoder"]["layers"]["attn"]["cached_key"].shape[:3] == (b, 2, p + n)
+        assert cache["decoder"]["layers"]["attn"]["cached_mask"].shape[:3] == (b, 2, p + n)
     step_params = step_fn.prepare_params(params)  # what generate() does once per call
     logits, cache = step(step_params, cache, jnp.asarray(PROMPT), D.prompt_positions(PROMPT_MASK),
                          jnp.asarray(PROMPT_MASK))

@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{getattr(config, 'vocab_size', '?')}) -> {vocab_entry['file']}")
         elif vocab_note:
             options["report"].append(vocab_note)
+        extra.update(options.get("extra_files") or {})  # e.g. a model state the import kept
         path = checkpointing.save_params(out, params, config_dict=dataclasses.asdict(config),
                                          metadata=metadata, overwrite=args.overwrite,
                                          extra_files=extra)

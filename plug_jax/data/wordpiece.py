@@ -19,11 +19,17 @@ padded checkpoint already has (21128.. for BERT-Chinese) while the total still f
 
 seqio conventions: ``[PAD]`` must have id 0 (seqio pads with 0); ``eos_id`` is ``[SEP]``,
 ``bos_id`` is ``[CLS]``; ``extra_ids`` is always 0 (use ``extra_tokens``).
+
+``LazyWordPieceVocabulary(path_or_callable, ...)`` is the same vocabulary built on first use:
+tasks over a ``vocab.txt`` the user supplies (e.g. mPLUG's bert-base-uncased file) register
+at import without the file, and a missing file is one ``ValueError`` line when the task is
+first used.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import unicodedata
 from typing import Iterable, Optional, Sequence
 
@@ -452,3 +458,187 @@ def shop_world_wordpiece(seed: int = 0, cache_dir: Optional[str] = None,
     if not path.exists():
         sp_vocab._write_once(path, data)
     return WordPieceVocabulary(str(path), **kwargs)
+
+
+# ------------------------------------------------------------------ lazy variant
+class LazyWordPieceVocabulary(seqio.Vocabulary):
+    """A :class:`WordPieceVocabulary` built on first use, so tasks over a user-supplied
+    ``vocab.txt`` can be registered when ``plug_jax.tasks`` is imported without the file.
+
+    Constructing one never touches the file. The first call that needs the tokens
+    (``encode`` / ``decode`` and their TF versions, ``eos_id``, ``unk_id``, ``pad_id``,
+    ``bos_id``, the WordPiece extras such as ``cls_id`` or ``fingerprint``) builds the real
+    vocabulary once and delegates to it from then on. Until then ``vocab_file`` answers
+    with the path the file would be read from (nothing is opened).
+
+    Args:
+      vocab_file: the path of ``vocab.txt``, or a zero-argument callable returning it
+        (called at first use, so e.g. an environment variable is read then, not at import).
+      expected_vocab_size: optional. When given, ``vocab_size`` answers it without reading
+        the file (listings such as ``plug-tasks list`` work on a machine without the data),
+        and a file that gives another size is a one-line ``ValueError`` when it is loaded.
+      missing_hint: the fix appended to the one-line ``ValueError`` a missing file raises.
+      do_lower_case, pad_to_multiple_of, extra_tokens: as :class:`WordPieceVocabulary`.
+
+    A failed load (missing file) is not remembered: the next use tries again. Two lazy
+    vocabularies with the same path and options compare equal without reading the file;
+    otherwise equality compares the loaded vocabularies (write ``lazy == other``: the
+    eager class's ``__eq__`` does not know this one).
+    """
+
+    def __init__(self, vocab_file, *, do_lower_case: bool = True,
+                 pad_to_multiple_of: Optional[int] = None, extra_tokens: Iterable[str] = (),
+                 expected_vocab_size: Optional[int] = None,
+                 missing_hint: str = "put a BERT-style vocab.txt (one token per line) there"):
+        super().__init__(extra_ids=0)
+        if not (callable(vocab_file) or isinstance(vocab_file, (str, os.PathLike))):
+            raise ValueError(f"LazyWordPieceVocabulary takes a path or a zero-argument "
+                             f"callable returning one, got {type(vocab_file).__name__}")
+        self._source = vocab_file if callable(vocab_file) else os.fspath(vocab_file)
+        self._kwargs = {"do_lower_case": bool(do_lower_case),
+                        "pad_to_multiple_of": (None if pad_to_multiple_of is None
+                                               else int(pad_to_multiple_of)),
+                        "extra_tokens": tuple(str(t) for t in extra_tokens)}
+        self._expected_size = None if expected_vocab_size is None else int(expected_vocab_size)
+        self._missing_hint = str(missing_hint)
+        self._vocab: Optional[WordPieceVocabulary] = None
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------- loading
+    def _resolve(self) -> str:
+        if self._vocab is not None:
+            return self._vocab.vocab_file
+        return os.fspath(self._source() if callable(self._source) else self._source)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the file has been read (the real vocabulary exists)."""
+        return self._vocab is not None
+
+    def load(self) -> WordPieceVocabulary:
+        """The real :class:`WordPieceVocabulary` (read from the file on the first call)."""
+        if self._vocab is None:
+            with self._lock:
+                if self._vocab is None:
+                    path = self._resolve()
+                    if not os.path.isfile(path):
+                        raise ValueError(f"WordPiece vocab file {path!r} not found; "
+                                         f"{self._missing_hint}")
+                    vocab = WordPieceVocabulary(path, **self._kwargs)
+                    if (self._expected_size is not None
+                            and vocab.vocab_size != self._expected_size):
+                        raise ValueError(f"WordPiece vocab file {path!r} gives "
+                                         f"{vocab.vocab_size} ids but {self._expected_size} "
+                                         f"are expected; {self._missing_hint}")
+                    self._vocab = vocab
+        return self._vocab
+
+    # ----------------------------------------------------------------- ids / metadata
+    @property
+    def vocab_file(self) -> str:
+        """The file's path: resolved now (not opened) until loaded, then the one read."""
+        return self._resolve()
+
+    @property
+    def do_lower_case(self) -> bool:
+        return self._kwargs["do_lower_case"]
+
+    @property
+    def extra_tokens(self) -> tuple[str, ...]:
+        return self._kwargs["extra_tokens"]
+
+    @property
+    def file_vocab_size(self) -> int:
+        return self.load().file_vocab_size
+
+    @property
+    def fingerprint(self) -> str:
+        return self.load().fingerprint
+
+    @property
+    def _base_vocab_size(self) -> int:
+        if self._vocab is None and self._expected_size is not None:
+            return self._expected_size
+        return self.load()._base_vocab_size
+
+    @property
+    def pad_id(self) -> int:
+        return self.load().pad_id
+
+    @property
+    def unk_id(self) -> int:
+        return self.load().unk_id
+
+    @property
+    def cls_id(self) -> int:
+        return self.load().cls_id
+
+    @property
+    def sep_id(self) -> int:
+        return self.load().sep_id
+
+    @property
+    def mask_id(self) -> int:
+        return self.load().mask_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.load().eos_id
+
+    @property
+    def bos_id(self) -> int:
+        return self.load().bos_id
+
+    def token_to_id(self, token: str) -> int:
+        return self.load().token_to_id(token)
+
+    def id_to_token(self, i: int) -> str:
+        return self.load().id_to_token(i)
+
+    def tokenize(self, text: str) -> list[str]:
+        return self.load().tokenize(text)
+
+    # ----------------------------------------------------------------- tokenization
+    def _encode(self, s: str) -> list[int]:
+        return self.load()._encode(s)
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.load()._decode(ids)
+
+    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+        return self.load()._encode_tf(s)
+
+    def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+        return self.load()._decode_tf(ids)
+
+    # ----------------------------------------------------------------- identity
+    def _descriptor(self) -> tuple:
+        return (self._resolve(), tuple(sorted(self._kwargs.items())))
+
+    def __eq__(self, other):
+        if isinstance(other, LazyWordPieceVocabulary):
+            if self._descriptor() == other._descriptor():
+                return True
+            return self.load() == other.load()
+        if isinstance(other, WordPieceVocabulary):
+            return self.load() == other
+        return NotImplemented if not isinstance(other, seqio.Vocabulary) else False
+
+    def __hash__(self):
+        return hash(self.load())
+
+    def __getstate__(self):  # picklable / deep-copyable: the lock is recreated
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        state = "loaded" if self._vocab is not None else "not loaded"
+        return (f"LazyWordPieceVocabulary({self._resolve()!r}, do_lower_case="
+                f"{self._kwargs['do_lower_case']}, pad_to_multiple_of="
+                f"{self._kwargs['pad_to_multiple_of']}, extra_tokens="
+                f"<{len(self._kwargs['extra_tokens'])}>, {state})")

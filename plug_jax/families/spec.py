@@ -31,7 +31,10 @@ class Converter:
     checkpoint. ``direction='export'``: ``fn(config, params, out_dir, options) -> str`` writes
     one and returns a short description of what it wrote. ``options`` is a dict with the
     ``plug-convert`` options named in ``uses`` (others are refused in one line) plus
-    ``scan_layers``. ``describe(config) -> str`` (optional) is printed after an import.
+    ``scan_layers``. An import may add ``options['extra_files']`` entries ``{name in the
+    converted checkpoint: file it wrote}`` (mPLUG: ``model_state.npz``, the released momentum
+    copies and queues), copied into the output directory. ``describe(config) -> str``
+    (optional) is printed after an import.
 
     For the round trip of ``tests/families/test_contract.py`` (export our params, import them
     back, compare) a format with only one direction gives one of:

@@ -41,7 +41,7 @@ without an ``eos_token_id`` pools position 0, as transformers does.
 
 Parameter tree (scanned; the unscanned layout has ``layers_0 .. layers_{n-1}``)::
 
-    vision/patch_embed/kernel            [p, p, C, D]
+    vision/patch_embed/kernel            [p, p, C, D]   (stem='conv': vision/conv_stem/...)
     vision/class_embed/embedding         [D]
     vision/pos_embed/embedding           [1 + N, D]
     vision/pre_norm/{scale,bias}
@@ -76,11 +76,12 @@ from plug_jax.layers.embeddings import Embed
 from plug_jax.layers.mlp import ACTIVATIONS, MLP
 from plug_jax.layers.norms import LayerNorm
 from plug_jax.layers.scan import LayerStack, check_remat_policy
-from plug_jax.layers.vision import ClassToken, PatchEmbed, PositionEmbedding
+from plug_jax.layers.vision import ClassToken, ConvStem, PatchEmbed, PositionEmbedding
 from plug_jax.partitioning import axes as A
 from plug_jax.partitioning.constraints import with_logical_constraint
 
 POOLINGS = ("eos", "argmax")
+STEMS = ("patch", "conv")
 
 
 def _check_tower(cfg: Any, owner: str) -> None:
@@ -127,9 +128,15 @@ class CLIPVisionConfig(_TowerConfig):
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
+    # 'patch' (released CLIP: one p x p linear patch embedding) or 'conv' (ConvStem: 3x3
+    # convolutions and max-pooling, same tokens; for from-scratch training on small data).
+    stem: str = "patch"
 
     def __post_init__(self):
         _check_tower(self, "CLIPVisionConfig")
+        if self.stem not in STEMS:
+            raise ValueError(f"CLIPVisionConfig: unknown stem {self.stem!r}; choose one of "
+                             f"{STEMS}")
         if self.image_size % self.patch_size:
             raise ValueError(f"CLIPVisionConfig: image_size {self.image_size} is not divisible "
                              f"by patch_size {self.patch_size}")
@@ -222,6 +229,14 @@ class CLIPConfig:
 
 
 # ------------------------------------------------------------------------------ modules
+def check_released_stem(vision: "CLIPVisionConfig", what: str) -> None:
+    """One line if ``vision`` has a stem no released checkpoint layout has (``stem='conv'``)."""
+    if vision.stem != "patch":
+        raise ValueError(f"{what}: the vision tower has stem={vision.stem!r}, which the released "
+                         f"layout does not have (it stores one patch embedding); convert a "
+                         f"model trained with stem='patch'")
+
+
 def _norm(cfg, name: str) -> LayerNorm:
     return LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
                      param_dtype=cfg.params_dtype, name=name)
@@ -284,8 +299,12 @@ class CLIPVisionTower(nn.Module):
                              f"{cfg.num_channels}); resize the images or the position table "
                              f"(resize_positions) and set image_size")
         scale = cfg.width ** -0.5
-        x = PatchEmbed(cfg.width, cfg.patch_size, use_bias=False, dtype=dtype,
-                       param_dtype=pdtype, name="patch_embed")(images)
+        if cfg.stem == "conv":
+            x = ConvStem(cfg.width, cfg.patch_size, dtype=dtype, param_dtype=pdtype,
+                         name="conv_stem")(images)
+        else:
+            x = PatchEmbed(cfg.width, cfg.patch_size, use_bias=False, dtype=dtype,
+                           param_dtype=pdtype, name="patch_embed")(images)
         x = ClassToken(dtype=dtype, param_dtype=pdtype,
                        embedding_init=nn.initializers.normal(scale), name="class_embed")(x)
         x = PositionEmbedding(cfg.num_positions, dtype=dtype, param_dtype=pdtype,

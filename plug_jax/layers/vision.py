@@ -27,7 +27,7 @@ import numpy as np
 from flax import linen as nn
 from jax import lax
 
-from plug_jax.layers.dense import default_kernel_init
+from plug_jax.layers.dense import DenseGeneral, default_kernel_init
 from plug_jax.partitioning import axes as A
 from plug_jax.partitioning.constraints import with_logical_constraint
 
@@ -92,6 +92,46 @@ class PatchEmbed(nn.Module):
         if return_grid:
             return x
         x = x.reshape(b, gh * gw, self.features)
+        return with_logical_constraint(x, (A.ACT_BATCH, A.ACT_IMAGE_TOKENS, A.ACT_EMBED))
+
+
+class ConvStem(nn.Module):
+    """A convolutional stem in place of :class:`PatchEmbed` (the "hybrid" ViT of Dosovitskiy
+    et al. 2021, whose tokens are CNN features): ``log2(p)`` blocks of a 3x3 convolution
+    (stride 1, ReLU) and 2x2 max-pooling, channels ``min(32 * 2**i, features)``, then a 1x1
+    projection to ``features``: ``[B, H, W, C]`` -> ``[B, (H/p)*(W/p), features]``, the same
+    tokens as a ``p`` x ``p`` patch embedding. A ViT trained from scratch with a patch
+    embedding learns object *shapes* slowly on small data (``benchmarks/vision_probe.py``);
+    convolutions see edges and are translation-equivariant from the first step. No released
+    checkpoint has this stem (the converters refuse it); Shop World's tiny experiments can
+    use it.
+
+    Parameters: ``conv_{i}/{kernel [3, 3, C_in, C_out], bias}``, ``proj/{kernel, bias}``.
+    """
+
+    features: int
+    patch_size: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images):
+        p = int(self.patch_size)
+        n = p.bit_length() - 1
+        if p < 2 or (1 << n) != p:
+            raise ValueError(f"ConvStem: patch_size {p} is not a power of two >= 2; use "
+                             f"stem='patch' or a patch size such as 4, 8 or 16")
+        x = jnp.asarray(images, self.dtype)
+        for i in range(n):
+            x = nn.Conv(min(32 << i, self.features), (3, 3), padding="SAME", dtype=self.dtype,
+                        param_dtype=self.param_dtype, kernel_init=nn.with_logical_partitioning(
+                            nn.initializers.he_normal(), (None, None, None, None)),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+                        name=f"conv_{i}")(x)
+            x = nn.max_pool(nn.relu(x), (2, 2), (2, 2))
+        b, gh, gw, c = x.shape
+        x = DenseGeneral(self.features, (None, A.EMBED), dtype=self.dtype,
+                         param_dtype=self.param_dtype, name="proj")(x.reshape(b, gh * gw, c))
         return with_logical_constraint(x, (A.ACT_BATCH, A.ACT_IMAGE_TOKENS, A.ACT_EMBED))
 
 

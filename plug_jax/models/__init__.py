@@ -17,7 +17,9 @@ Batches use seqio's decoder feature names: ``decoder_input_tokens``,
 The wrappers live in one module each: ``decoder_lm`` (:class:`DecoderOnlyLM`), ``encdec_lm``
 (:class:`EncoderDecoderLM`), ``encoder`` (:class:`EncoderModel`), ``dual_encoder``
 (:class:`DualEncoder`: contrastive, a whole-batch objective), ``image_text_lm``
-(:class:`ImageTextLM`: generation from an encoded image); ``base`` has what they share. Gin files name them as ``models.DecoderOnlyLM`` etc. after
+(:class:`ImageTextLM`: generation from an encoded image), ``image_text_pretrain``
+(:class:`ImageTextPretrain`: ITC + ITM + MLM + prefix LM, retrieval), ``grounding``
+(:class:`GroundingLM`: a phrase -> a box as location tokens); ``base`` has what they share. Gin files name them as ``models.DecoderOnlyLM`` etc. after
 ``import plug_jax.models as models``.
 """
 from plug_jax.models.base import (SOWN_COLLECTIONS, add_moe_sums, collect_sown, count_params,
@@ -26,9 +28,11 @@ from plug_jax.models.decoder_lm import DecoderOnlyLM, gpt3
 from plug_jax.models.dual_encoder import DualEncoder
 from plug_jax.models.encdec_lm import EncoderDecoderLM
 from plug_jax.models.encoder import ENCODER_OBJECTIVES, EncoderModel
+from plug_jax.models.grounding import GroundingLM
 from plug_jax.models.image_text_lm import ImageTextLM
+from plug_jax.models.image_text_pretrain import ImageTextPretrain
 
 __all__ = ["DecoderOnlyLM", "DualEncoder", "ENCODER_OBJECTIVES", "EncoderDecoderLM", "EncoderModel",
-           "ImageTextLM",
+           "GroundingLM", "ImageTextLM", "ImageTextPretrain",
            "SOWN_COLLECTIONS", "add_moe_sums", "collect_sown", "count_params",
            "encoder_families", "family_spec", "gpt3", "model_metadata", "token_ce"]

@@ -152,6 +152,25 @@ class ImageTextLM:
         score = -jnp.sum(nll, -1) / jnp.maximum(jnp.sum(w, -1), 1.0)
         return score.reshape(n_i, n_t)
 
+    def answer_scores(self, params, features: dict, answer_ids):
+        """``[B, N]``: the summed log-probability of each candidate answer (``answer_ids``
+        ``[N, T]``, 0-padded, ending in EOS) given each example's image and question
+        (``features``: ``image``, ``encoder_input_tokens``), teacher-forced. VQA by ranking
+        a closed answer list, as the released ``rank_answer`` scores its candidates (a sum,
+        not a mean: answers are short and a mean would favour long ones). The image and
+        question are encoded once per example; the network needs ``logits_from_encoded``."""
+        enc = self.encode(params, features)
+        ans = jnp.asarray(answer_ids, jnp.int32)
+        b, n = jax.tree_util.tree_leaves(enc)[0].shape[0], ans.shape[0]
+        rep = jax.tree_util.tree_map(lambda x: jnp.repeat(x, n, axis=0), enc)
+        dec_in = jnp.tile(jnp.pad(ans[:, :-1], ((0, 0), (1, 0))), (b, 1))
+        logits = self.module.apply({"params": params}, rep, dec_in,
+                                   method="logits_from_encoded")
+        tgt = jnp.tile(ans, (b, 1))
+        logp = jnp.take_along_axis(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32)),
+                                   tgt[..., None], axis=-1)[..., 0]
+        return jnp.sum(logp * (tgt > 0), -1).reshape(b, n)
+
     # ---------------------------------------------------------------- decoding
     def decode_fns(self, cache: bool = True):
         """``decoding.encdec_adapter``: params ``{'model': p, 'encoder_features': {'image':

@@ -79,6 +79,11 @@ def check_output_dir(directory: str | os.PathLike, overwrite: bool = False) -> s
     return path
 
 
+# An optional file of a converted checkpoint: the model state the source checkpoint held
+# (flat 'a/b/c' keys, numpy .npz, read without pickle), e.g. ALBEF momentum copies and queues.
+MODEL_STATE_FILE = "model_state.npz"
+
+
 def save_params(directory: str | os.PathLike, params: Any, *, config_dict: Mapping,
                 metadata: Mapping, overwrite: bool = False,
                 extra_files: Mapping[str, str] | None = None) -> str:
@@ -283,6 +288,12 @@ class TrainCheckpointer:
                 f"that step directory away or use another MODEL_DIR") from None
         tree = getattr(meta, "tree", meta)
         return _flat_keys(tree["params"])
+
+    def saved_model_state_shapes(self, step: int) -> dict[str, tuple]:
+        """``{flat key: shape}`` of the saved model state (``{}`` when the run kept none)."""
+        meta = self.manager.item_metadata(step)["state"]
+        tree = getattr(meta, "tree", meta)
+        return _flat_keys(tree["model_state"]) if "model_state" in tree else {}
 
     def restore(self, step: int, abstract_state: Any, items: tuple[str, ...] = ("state", "data"),
                 partial: bool = False) -> dict:

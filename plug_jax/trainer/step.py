@@ -31,6 +31,15 @@ Two kinds of objective (``model.objective``, default ``'additive'``):
   under ``jit`` the embeddings are one global array sharded over the batch axes, and XLA
   gathers them for the ``[B, B]`` similarity, so the negatives span every device (and
   every process).
+
+A global objective may keep a model state (``TrainState.model_state``, from
+``model.init_state(params, rng)``), e.g. ALBEF's momentum encoders and feature queues. Each
+step then runs, with no gradient through the state:
+``model_state, context = model.begin_step(model_state, params, batch)`` (the momentum
+update and the momentum features of the global batch), the loss as above with
+``model.global_loss_sums(params, embeddings, batch, context=context)``, and
+``model_state = model.end_step(model_state, context)`` (enqueue). A skipped (non-finite)
+step keeps the old state too.
 """
 from __future__ import annotations
 
@@ -129,7 +138,16 @@ def make_train_step(model, num_microbatches: int = 1,
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
-        if batch_sums_and_grads is not None:
+        model_state = state.model_state
+        if model_state is not None:
+            if batch_sums_and_grads is None:
+                raise ValueError(f"{type(model).__name__} keeps a model state, which only a "
+                                 f"global objective updates; fix: objective = 'global'")
+            model_state, context = jax.lax.stop_gradient(
+                model.begin_step(model_state, state.params, batch))
+            sums, grads = batch_sums_and_grads(state.params, batch, rng, context)
+            model_state = model.end_step(model_state, context)
+        elif batch_sums_and_grads is not None:
             sums, grads = batch_sums_and_grads(state.params, batch, rng)
         elif k == 1:
             sums, grads = sums_and_grads(state.params, batch, rng)
@@ -161,6 +179,8 @@ def make_train_step(model, num_microbatches: int = 1,
             lambda a, b: jnp.where(ok, a, b), new, old)
         new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
                                   opt_state=keep(new_opt, state.opt_state))
+        if model_state is not None:
+            new_state = new_state.replace(model_state=keep(model_state, state.model_state))
         metrics = {"loss": loss}
         if "z_loss" in sums:
             metrics["z_loss"] = sums["z_loss"] / denom
@@ -194,11 +214,14 @@ def objective_kind(model) -> str:
 def _global_sums_and_grads(model, k: int) -> Callable:
     """``(params, batch, rng) -> (sums, grads)`` of a global objective (see the module
     docstring): plain ``value_and_grad`` for one microbatch, GradCache for ``k > 1``."""
-    def loss_of_embeddings(params, emb, batch):
-        sums = model.global_loss_sums(params, emb, batch)
-        return sums["loss"], sums
+    def run(params, batch, rng, context=None):
+        def loss_of_embeddings(params, emb, batch):
+            if context is None:
+                sums = model.global_loss_sums(params, emb, batch)
+            else:
+                sums = model.global_loss_sums(params, emb, batch, context=context)
+            return sums["loss"], sums
 
-    def run(params, batch, rng):
         if k == 1:
             def f(p):
                 return loss_of_embeddings(p, model.embed(p, batch, rng, deterministic=False),

@@ -1,5 +1,7 @@
 """Local-file image/video-text readers (COCO Karpathy, VQA v2, MSR-VTT frames) and tasks."""
+import importlib.util
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -9,23 +11,19 @@ from plug_jax.data import corpora_vision as cv
 from tasks import corpora_vision as vision_tasks
 
 tf = cv.tf
+_spec = importlib.util.spec_from_file_location(  # the published-format writers
+    "plug_jax_tests_corpus_fixtures",
+    pathlib.Path(__file__).resolve().parents[1] / "corpus_fixtures.py")
+corpus_fixtures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(corpus_fixtures)
 RED, GREEN, BLUE, GREY = (200, 30, 30), (30, 180, 40), (20, 40, 210), (128, 128, 128)
 
 
-def _jpeg(path, colour, height=16, width=20):
-    """A solid-colour ``height x width`` JPEG (decoded pixels come back within a few levels)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.broadcast_to(np.array(colour, np.uint8), (height, width, 3))
-    path.write_bytes(tf.io.encode_jpeg(tf.constant(pixels), quality=95).numpy())
+_jpeg = corpus_fixtures.write_jpeg
 
 
 def _close(img, colour, tol=8):
     return np.abs(img.astype(int) - np.array(colour)).max() <= tol
-
-
-def _sentences(imgid, raws, first_sentid):
-    return [{"raw": r, "tokens": r.lower().strip(" .").split(), "imgid": imgid,
-             "sentid": first_sentid + i} for i, r in enumerate(raws)]
 
 
 COCO_IMAGES = [  # (filepath, cocoid, split, colour, captions)
@@ -37,18 +35,7 @@ COCO_IMAGES = [  # (filepath, cocoid, split, colour, captions)
 
 
 def _coco_dir(root):
-    images, sentid = [], 0
-    for imgid, (folder, cocoid, split, colour, raws) in enumerate(COCO_IMAGES):
-        name = f"COCO_{folder}_{cocoid:012d}.jpg"
-        _jpeg(root / folder / name, colour)
-        sents = _sentences(imgid, raws, sentid)
-        images.append({"filepath": folder, "filename": name, "imgid": imgid, "split": split,
-                       "sentences": sents, "cocoid": cocoid,
-                       "sentids": [s["sentid"] for s in sents]})
-        sentid += len(raws)
-    (root / "dataset_coco.json").write_text(json.dumps({"images": images,
-                                                        "dataset": "coco"}))
-    return root
+    return corpus_fixtures.write_coco(root, COCO_IMAGES)
 
 
 VQA = {  # subset -> [(image_id, colour, question_id, question, mc answer, answers, type)]
@@ -61,24 +48,7 @@ VQA = {  # subset -> [(image_id, colour, question_id, question, mc answer, answe
 
 
 def _vqa_dir(root):
-    for subset, rows in VQA.items():
-        questions, annotations = [], []
-        for image_id, colour, qid, question, mc, answers, atype in rows:
-            _jpeg(root / subset / f"COCO_{subset}_{image_id:012d}.jpg", colour)
-            questions.append({"image_id": image_id, "question": question, "question_id": qid})
-            annotations.append({
-                "question_id": qid, "image_id": image_id, "question_type": "what",
-                "answer_type": atype, "multiple_choice_answer": mc,
-                # stored out of answer_id order: the reader sorts by answer_id
-                "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1}
-                            for i, a in reversed(list(enumerate(answers)))]})
-        (root / f"v2_OpenEnded_mscoco_{subset}_questions.json").write_text(json.dumps(
-            {"info": {}, "task_type": "Open-Ended", "data_type": "mscoco",
-             "data_subtype": subset, "questions": questions}))
-        (root / f"v2_mscoco_{subset}_annotations.json").write_text(json.dumps(
-            {"info": {}, "data_type": "mscoco", "data_subtype": subset,
-             "annotations": annotations}))
-    return root
+    return corpus_fixtures.write_vqa(root, VQA)
 
 
 MSRVTT_VIDEOS = [("video0", "train", 10), ("video1", "train", 3), ("video2", "validate", 5),

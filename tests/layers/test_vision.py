@@ -156,3 +156,54 @@ def test_resize_positions_matches_torch_bilinear():
                                               align_corners=False)
         ref = ref.permute(0, 2, 3, 1).reshape(gh * gw, 5).numpy()
         np.testing.assert_allclose(out[1:], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_stem_is_three_conv_pool_blocks_then_a_projection():
+    from plug_jax.layers.vision import ConvStem
+    stem = ConvStem(features=64, patch_size=8)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+    params = stem.init(jax.random.PRNGKey(1), x)["params"]
+    params = jax.tree_util.tree_map(lambda a: getattr(a, "value", a), params,
+                                    is_leaf=lambda a: isinstance(a, nn.Partitioned))
+    # channels 32, 64, then capped at the width (64); then a 64 -> 64 projection
+    assert [params[f"conv_{i}"]["kernel"].shape for i in range(3)] == [
+        (3, 3, 3, 32), (3, 3, 32, 64), (3, 3, 64, 64)]
+    assert params["proj"]["kernel"].shape == (64, 64)
+    got = stem.apply({"params": params}, x)
+    assert got.shape == (2, 16, 64)  # a 4 x 4 grid of tokens, as 8 px patches of 32 px
+    h = np.asarray(x)
+    for i in range(3):  # reference: lax convolution (zero "SAME" padding), ReLU, 2x2 max
+        k = params[f"conv_{i}"]
+        h = lax.conv_general_dilated(h, k["kernel"], (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        h = np.maximum(np.asarray(h) + np.asarray(k["bias"]), 0.0)
+        b, hh, ww, c = h.shape
+        h = h.reshape(b, hh // 2, 2, ww // 2, 2, c).max(axis=(2, 4))
+    want = h.reshape(2, 16, 64) @ np.asarray(params["proj"]["kernel"]) + np.asarray(
+        params["proj"]["bias"])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_conv_stem_needs_a_power_of_two_patch():
+    from plug_jax.layers.vision import ConvStem
+    with pytest.raises(ValueError, match="power of two"):
+        ConvStem(features=8, patch_size=6).init(jax.random.PRNGKey(0), jnp.zeros((1, 12, 12, 3)))
+
+
+def test_clip_tower_with_conv_stem_and_the_converters_refuse_it():
+    from plug_jax.families.mplug import convert_modelscope as ms
+    from plug_jax.families.mplug.config import MPlugConfig
+    from plug_jax.layers.clip import CLIPVisionConfig, CLIPVisionTower
+    with pytest.raises(ValueError, match="unknown stem"):
+        CLIPVisionConfig(image_size=32, patch_size=8, width=32, layers=1, heads=2, mlp_dim=64,
+                         projection_dim=8, stem="cnn")
+    cfg = CLIPVisionConfig(image_size=32, patch_size=8, width=32, layers=1, heads=2, mlp_dim=64,
+                           projection_dim=8, stem="conv")
+    out, params = CLIPVisionTower(cfg).init_with_output(jax.random.PRNGKey(0),
+                                                        jnp.zeros((2, 32, 32, 3)))
+    assert out["tokens"].shape == (2, 17, 32)  # class token + 16 patches, as stem='patch'
+    assert "conv_stem" in params["params"] and "patch_embed" not in params["params"]
+    mp = MPlugConfig.from_preset("tiny")
+    mp = mp.replace(vision=mp.vision.replace(stem="conv"))
+    with pytest.raises(ValueError, match="stem='conv'"):
+        ms.to_modelscope(mp, {})

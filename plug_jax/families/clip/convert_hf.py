@@ -216,7 +216,8 @@ def _check_shapes(config: CLIPConfig, params: Mapping, api: str) -> None:
     """One line if ``params`` differ in names or shapes from ``CLIPModel(config)``."""
     from flax import linen as nn
 
-    from plug_jax.layers.clip import abstract_params
+    from plug_jax.layers.clip import abstract_params, check_released_stem
+    check_released_stem(config.vision, f"CLIP {api}")
 
     want = {k: tuple(v.shape)
             for k, v in cio.flatten_tree(nn.unbox(abstract_params(config))).items()}

@@ -204,7 +204,9 @@ _LM_HEAD: list[Entry] = (
 def _layout(config: MPlugConfig) -> list[tuple[list[Entry], str, int, str | None]]:
     """Groups ``(entries, transform key, width or 0, stack)``: ``stack`` is the param path of
     a layer stack whose entries are per layer (``{i}`` in keys and ``(i)`` in paths)."""
+    from plug_jax.layers.clip import check_released_stem
     v = config.vision
+    check_released_stem(v, "the modelscope mPLUG layout")
     groups = []
     vis = "visual_encoder.visual."
     groups.append(([(vis + k, "vision/" + p, t) for k, p, t in _VISION_TOP], "vision", 0, None))
@@ -449,6 +451,71 @@ def from_modelscope(model_dir_or_state_dict: Any, config: MPlugConfig | None = N
         for g, ks in skipped.items():
             report.append(f"skipped {len(ks)} tensors: {g}")
     return config, cio.unflatten_tree(flat)
+
+
+# ---------------------------------------------------------------- momentum state (ALBEF)
+# released momentum copy prefix -> the online prefix whose layout it repeats
+_MOMENTUM_PREFIXES = {"visual_encoder_m.": "visual_encoder.", "text_encoder_m.": "text_encoder.",
+                      "vision_proj_m.": "vision_proj.", "text_proj_m.": "text_proj.",
+                      "visn_fc_m.": "visn_fc.", "visn_layer_norm_m.": "visn_layer_norm."}
+# our top-level groups with momentum copies (models.image_text_pretrain.MOMENTUM_KEYS)
+_GROUP_PREFIX = {"vision": "visual_encoder.", "vision_to_text": "visn_",
+                 "text_encoder": "text_encoder.", "vision_proj": "vision_proj.",
+                 "text_proj": "text_proj."}
+MODEL_STATE_FILE = "model_state.npz"  # = plug_jax.trainer.checkpointing.MODEL_STATE_FILE
+
+
+def momentum_state_from_modelscope(model_dir_or_state_dict: Any,
+                                   config: MPlugConfig | None = None) -> dict | None:
+    """The released ALBEF momentum state in the layout of
+    ``models.ImageTextPretrain(momentum_distillation=True).init_state`` (numpy), or ``None``
+    when the checkpoint has no momentum copies (VQA / caption dirs save none).
+
+    ``params_m``: the ``*_m`` copies (``visual_encoder_m``, ``text_encoder_m``,
+    ``vision_proj_m``, ``text_proj_m``; large also ``visn_fc_m`` / ``visn_layer_norm_m``),
+    converted exactly as their online tensors are. ``image_queue`` / ``text_queue``: the
+    released ``[embed_dim, queue_size]`` buffers transposed to ``[queue_size, embed_dim]``;
+    ``queue_ptr`` as saved. ``idx_queue`` is reset to -1 (nobody's positive): the released
+    one holds image ids, ours keys positives by a caption hash, so the saved ids would not
+    match ours."""
+    if isinstance(model_dir_or_state_dict, (str, os.PathLike)):
+        d = os.fspath(model_dir_or_state_dict)
+        config = config if config is not None else config_from_modelscope(d)
+        sd = cio.load_weights_files(cio.find_hf_weights(d))
+    else:
+        if config is None:
+            raise ValueError("momentum_state_from_modelscope: a state dict needs config=")
+        sd = dict(model_dir_or_state_dict)
+    sd = _strip(sd)
+    online = {}
+    for k, v in sd.items():
+        for m, o in _MOMENTUM_PREFIXES.items():
+            if k.startswith(m):
+                online[o + k[len(m):]] = v
+    if not online:
+        return None
+    missing = [k for k in _QUEUES if k not in sd]
+    if missing:
+        raise ValueError(f"momentum_state_from_modelscope: the checkpoint has momentum copies "
+                         f"but not {missing}; fix: pass the whole retrieval / pre-training "
+                         f"state dict")
+    # the copies through the online conversion; every other group is absent and allowed
+    allow = ("fusion", "decoder", "itm_head", "temp") + tuple(
+        g for g, pre in _GROUP_PREFIX.items() if not any(k.startswith(pre) for k in online))
+    _, params = from_modelscope(online, config, allow_missing=allow)
+    params_m = {g: params[g] for g in _GROUP_PREFIX if g in params and g not in allow}
+    queue = lambda k: np.ascontiguousarray(cio.to_numpy(sd[k]), np.float32).T  # noqa: E731
+    image_q, text_q = queue("image_queue"), queue("text_queue")
+    return {"params_m": params_m, "image_queue": image_q, "text_queue": text_q,
+            "idx_queue": np.full((image_q.shape[0],), -1, np.int32),
+            "queue_ptr": np.asarray(int(np.ravel(cio.to_numpy(sd["queue_ptr"]))[0])
+                                    % image_q.shape[0], np.int32)}
+
+
+def save_model_state(state: Mapping, path: str) -> None:
+    """``state`` (nested dicts of arrays) as one ``.npz`` of ``'a/b/c'`` keys (no pickle)."""
+    flat = cio.flatten_tree(dict(state))
+    np.savez(path, **{k: np.asarray(v) for k, v in flat.items()})
 
 
 # ------------------------------------------------------------------------------ export

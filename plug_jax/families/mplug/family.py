@@ -22,6 +22,11 @@ def _flops(config, batch: int, lengths) -> float:
     return training_flops(config, batch, lengths)
 
 
+def _pretrain_flops(config, batch: int, lengths) -> float:
+    from plug_jax.families.mplug.flops import pretraining_flops
+    return pretraining_flops(config, batch, lengths)
+
+
 def _import_modelscope(path, options):
     import os
 
@@ -31,8 +36,22 @@ def _import_modelscope(path, options):
                          f"(config.yaml + config_bert.json + pytorch_model.bin)")
     report: list = []
     config = ms.config_from_modelscope(path, scan_layers=options["scan_layers"])
-    config, params = ms.from_modelscope(path, config, report=report,
-                                        allow_missing=ms.RETRIEVAL_HEADS)
+    from plug_jax.convert import io as cio
+    sd = cio.load_weights_files(cio.find_hf_weights(path))
+    # a VQA / caption dir has no retrieval heads, a retrieval dir no decoder: fresh ones
+    decoder = any(k.split(".", 1)[-1].startswith("text_decoder.") or
+                  k.startswith("text_decoder.") for k in sd)
+    config, params = ms.from_modelscope(sd, config, report=report, allow_missing=(
+        ms.RETRIEVAL_HEADS if decoder else ms.DECODER))
+    momentum = ms.momentum_state_from_modelscope(sd, config)
+    if momentum is not None:  # ALBEF copies and queues: kept for momentum distillation
+        import tempfile
+        tmp = os.path.join(tempfile.mkdtemp(prefix="plug-convert-"), ms.MODEL_STATE_FILE)
+        ms.save_model_state(momentum, tmp)
+        options.setdefault("extra_files", {})[ms.MODEL_STATE_FILE] = tmp
+        report.append(f"momentum copies and queues (queue size "
+                      f"{momentum['image_queue'].shape[0]}) -> {ms.MODEL_STATE_FILE}, loaded "
+                      f"into the momentum state when MOMENTUM_DISTILLATION is on")
     for line in report:
         print(f"  {line}", flush=True)
     return config, params
@@ -60,9 +79,8 @@ def _describe(c) -> str:
 
 def plan_rows() -> tuple[PlanRow, ...]:
     """docs/scaling.md rows: large VQA fine-tuning on one 8xH100 host (336 px, as the
-    released VQA fine-tune) and base pre-training on a TPU v4 pod at 256 px. The pre-training
-    row trains the prefix-LM (captioning) objective alone: ITC / ITM / MLM are not built yet,
-    so it understates the real pre-training step."""
+    released VQA fine-tune) and base pre-training (ITC + ITM + MLM + prefix LM, the released
+    recipe without momentum distillation) on a TPU v4 pod at 256 px."""
     bf16 = ("ACTIVATION_DTYPE='bfloat16'",)
     return (
         PlanRow("mplug-large VQA / 8xH100", "models/mplug/large.gin", "data:8", "h100_80gb",
@@ -70,10 +88,12 @@ def plan_rows() -> tuple[PlanRow, ...]:
                 bf16 + ("IMAGE_SIZE=336", "BATCH_SIZE=128", "REMAT_POLICY='full'",
                         "TASK_FEATURE_LENGTHS={'image': (336, 336, 3), 'inputs': 40, "
                         "'targets': 10}")),
-        PlanRow("mplug-base prefix-LM pre-training / v4-64", "models/mplug/base.gin",
-                "data:32", "tpu_v4", "350M [V-code]", "TPU v4-64 = 32 chips",
-                bf16 + ("IMAGE_SIZE=256", "BATCH_SIZE=1024", "ENCODER_TEXT=False",
-                        "TASK_FEATURE_LENGTHS={'image': (256, 256, 3), 'targets': 32}")),
+        PlanRow("mplug-base pre-training (ITC+ITM+MLM+prefix LM) / v4-64",
+                "models/mplug/base.gin", "data:32", "tpu_v4", "350M [V-code]",
+                "TPU v4-64 = 32 chips",
+                bf16 + ("IMAGE_SIZE=256", "BATCH_SIZE=1024", "REMAT_POLICY='full'",
+                        "TASK_FEATURE_LENGTHS={'image': (256, 256, 3), 'targets': 32}"),
+                extra_gin=("models/mplug/pretrain.gin",)),
     )
 
 
@@ -84,8 +104,8 @@ FAMILY = FamilySpec(
     name="mplug",
     config_cls=MPlugConfig,
     listing_order=5,
-    networks={"image_to_text": _network},
-    flops={"image_to_text": _flops},
+    networks={"image_to_text": _network, "image_text_pretrain": _network},
+    flops={"image_to_text": _flops, "image_text_pretrain": _pretrain_flops},
     converters=(
         Converter("modelscope", "import", _import_modelscope, "modelscope mPLUG model dir "
                   "(config.yaml + config_bert.json + pytorch_model.bin; VQA, caption or "
@@ -97,5 +117,7 @@ FAMILY = FamilySpec(
     plan_rows=plan_rows,
     feature_converters=("image_text",),
     experiments=(Experiment("experiments/mplug/shop_vqa_tiny.gin", _SHORT),
-                 Experiment("experiments/mplug/shop_caption_tiny.gin", _SHORT)),
+                 Experiment("experiments/mplug/shop_caption_tiny.gin", _SHORT),
+                 Experiment("experiments/mplug/shop_pretrain_tiny.gin", _SHORT),
+                 Experiment("experiments/mplug/shop_retrieval_tiny.gin", _SHORT)),
 )

@@ -226,6 +226,11 @@ class MPlug(nn.Module):
         self.itm_head = DenseGeneral(2, (A.EMBED, None), **dense)
         self.temp = self.param("temp", nn.with_logical_partitioning(
             nn.initializers.constant(cfg.temp_init), ()), (), jnp.float32)
+        # Pre-training only (``init_pretrain``): BERT's MLM head over the fused text, tied to
+        # the text encoder's word embeddings. The released task checkpoints have no such
+        # head (the pre-training one calls it ``text_encoder.cls``); models that never call
+        # it have no ``mlm_head`` parameters.
+        self.mlm_head = MLMHead(cfg.bert(cfg.text_layers))
 
     def encode_image(self, images, *, deterministic: bool = True):
         """``[B, H, W, C]`` normalised pixels -> vision states ``[B, 1 + P, hidden]``."""
@@ -274,6 +279,12 @@ class MPlug(nn.Module):
         return self.decoder(jnp.asarray(decoder_ids, jnp.int32), None, enc["hidden_states"],
                             enc["mask"], deterministic=deterministic)
 
+    def logits_from_encoded(self, encoded: dict, decoder_ids):
+        """Teacher-forced decoder logits ``[B, T, vocab]`` over an ``encode`` output (score
+        many texts against one encoded image: repeat ``encoded`` along the batch)."""
+        return self.decoder(jnp.asarray(decoder_ids, jnp.int32), None,
+                            encoded["hidden_states"], encoded["mask"])
+
     def decode(self, token_ids, positions, token_mask, encoded=None,
                cache_length: int | None = None):
         """Cached decoding step (class docstring): logits ``[B, L, vocab]`` of the new
@@ -297,6 +308,16 @@ class MPlug(nn.Module):
     def temperature(self):
         """The learnable ITC temperature (a scalar, initialised to ``temp_init``)."""
         return self.temp
+
+    def mlm_logits(self, fused_text):
+        """``[B, L, vocab]`` float32 masked-LM logits of the fused text states (pre-training;
+        tied to ``text_encoder``'s word embeddings)."""
+        return self.mlm_head(fused_text, self.text_encoder.embedding_table())
+
+    def init_pretrain(self, images, input_ids, attention_mask=None, decoder_ids=None):
+        """``__call__`` plus the MLM head: builds the pre-training parameter tree."""
+        out = self(images, input_ids, attention_mask, decoder_ids)
+        return {**out, "mlm_logits": self.mlm_logits(out["fused_text"])}
 
     def __call__(self, images, input_ids, attention_mask=None, decoder_ids=None,
                  decoder_mask=None, *, deterministic: bool = True):

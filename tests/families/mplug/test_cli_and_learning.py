@@ -137,3 +137,13 @@ def test_vqa_learns_and_uses_the_image(tmp_path):
                            for k in ("model ", "blank image ", "answer prior "))
     assert model >= 0.80, head
     assert abs(blank - prior) <= 0.05, head
+
+
+def test_answer_list_skips_the_padding_rows_of_the_last_batch(monkeypatch):
+    from plug_jax.families.mplug import controls
+    batch = {"question_type": np.array([[0], [1], [0]]),
+             "decoder_target_tokens": np.array([[7, 1, 0], [8, 9, 1], [0, 0, 0]])}
+    monkeypatch.setattr(controls, "_batches", lambda *a: iter([batch]))
+    counts = controls._answer_counts(None, "train", None)
+    assert counts[0] == {(7, 1): 1} and counts[1] == {(8, 9, 1): 1}
+    assert controls.answer_list(counts, 3).tolist() == [[7, 1, 0], [8, 9, 1]]

@@ -217,3 +217,65 @@ def test_plug_convert_cli_both_ways(ref, tmp_path, capsys):
     assert len(common) > 50
     for k in common:
         np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
+
+
+def test_released_momentum_copies_and_queues_reach_the_momentum_state(ref, tmp_path, capsys):
+    """The retrieval dir modelscope saved holds ALBEF's ``*_m`` copies and queues:
+    ``momentum_state_from_modelscope`` lays them out as ``ImageTextPretrain.init_state``
+    does, plug-convert keeps them (``model_state.npz``) and a momentum-distillation run
+    started from the conversion loads them."""
+    import jax
+    from flax import linen as nn
+
+    from plug_jax.convert.cli import main
+    from plug_jax.models import ImageTextPretrain
+    from plug_jax.optim import adamw
+    from plug_jax.trainer import checkpointing, loop
+    out, _ = ref
+    assert cm.momentum_state_from_modelscope(out / "vqa") is None  # no copies saved there
+    sd = {k: np.asarray(cio.to_numpy(v)) for k, v in
+          cio.load_weights_files(cio.find_hf_weights(str(out / "retrieval"))).items()}
+    state = cm.momentum_state_from_modelscope(out / "retrieval")
+    pm = state["params_m"]
+    # the fixture's vision (768) is wider than its BERT: visn_fc / visn_layer_norm too
+    assert sorted(pm) == ["text_encoder", "text_proj", "vision", "vision_proj",
+                          "vision_to_text"]
+    np.testing.assert_array_equal(pm["vision_to_text"]["fc"]["kernel"],
+                                  sd["visn_fc_m.weight"].T)
+    # the published layout, by hand: torch Linear [out, in] -> our kernel [in, out]
+    np.testing.assert_array_equal(pm["vision_proj"]["kernel"], sd["vision_proj_m.weight"].T)
+    np.testing.assert_array_equal(pm["text_proj"]["bias"], sd["text_proj_m.bias"])
+    np.testing.assert_array_equal(pm["vision"]["class_embed"]["embedding"],
+                                  sd["visual_encoder_m.visual.class_embedding"])
+    np.testing.assert_array_equal(
+        pm["text_encoder"]["word_embed"]["embedding"],
+        sd["text_encoder_m.embeddings.word_embeddings.weight"])
+    # the copies differ from the online tensors (they are their own tensors)
+    assert not np.array_equal(sd["vision_proj_m.weight"], sd["vision_proj.weight"])
+    np.testing.assert_array_equal(state["image_queue"], sd["image_queue"].T)
+    np.testing.assert_array_equal(state["text_queue"], sd["text_queue"].T)
+    assert (state["idx_queue"] == -1).all()
+
+    ours = tmp_path / "ours"
+    assert main(["--family", "mplug", "--source", "modelscope", "--input",
+                 str(out / "retrieval"), "--output", str(ours)]) == 0
+    assert "model_state.npz, loaded into the momentum state" in capsys.readouterr().out
+    assert cm.MODEL_STATE_FILE == checkpointing.MODEL_STATE_FILE
+    config = cm.config_from_modelscope(out / "retrieval")
+    q = state["image_queue"].shape[0]
+    model = ImageTextPretrain(config, momentum_distillation=True, queue_size=q, cls_id=101,
+                              mask_id=103, mlm_weight=0.0, lm_weight=0.0)  # retrieval
+    s = config.vision.image_size
+    batch = {"image": np.zeros((2, s, s, 3), np.float32),
+             "decoder_target_tokens": np.ones((2, 8), np.int32)}
+    builder = loop.StateBuilder(model, loop.MeshConfig(rules="dp").partitioner(),
+                                adamw(1e-3), batch)
+    fresh = nn.unbox(builder.init(jax.random.PRNGKey(0)))
+    arrays = loop.ConvertedCheckpoint(str(ours)).restore_into(builder, fresh, "mplug")
+    got = arrays["model_state"]
+    np.testing.assert_array_equal(arrays["params"]["vision_proj"]["kernel"],
+                                  sd["vision_proj.weight"].T)  # the online weights
+    np.testing.assert_array_equal(got["image_queue"], state["image_queue"])
+    np.testing.assert_array_equal(got["params_m"]["vision_proj"]["kernel"],
+                                  pm["vision_proj"]["kernel"])
+    np.testing.assert_array_equal(got["queue_ptr"], state["queue_ptr"])

@@ -28,6 +28,18 @@ def _setup(encoder_text: bool):
     return model, params, {"image": img, "encoder_input_tokens": q}
 
 
+def _lm_logits(module, params, features, decoder_ids):
+    """``MPlug.lm_logits`` of one row, jitted (one compilation per module and shapes)."""
+    fn = _LM_CACHE.get(module)
+    if fn is None:
+        fn = _LM_CACHE[module] = jax.jit(
+            lambda p, f, d: module.apply({"params": p}, f, d, method="lm_logits"))
+    return fn(params, features, decoder_ids)
+
+
+_LM_CACHE: dict = {}
+
+
 @pytest.mark.parametrize("encoder_text", [True, False])
 def test_cached_step_logits_equal_teacher_forced(encoder_text):
     model, params, feats = _setup(encoder_text)
@@ -108,8 +120,29 @@ def test_text_scores_are_mean_token_log_probs_of_each_pair():
             tgt = np.asarray(texts[j])
             n = int((tgt > 0).sum())
             dec = np.concatenate([[0], tgt[:-1]])[None]
-            logits = m.apply({"params": params}, {"image": feats["image"][i:i + 1]}, dec,
-                             method="lm_logits")[0]
+            logits = _lm_logits(m, params, {"image": feats["image"][i:i + 1]}, dec)[0]
             logp = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)))
             want = np.mean([logp[t, tgt[t]] for t in range(n)])
             np.testing.assert_allclose(got[i, j], want, rtol=1e-5, atol=1e-5)
+
+
+def test_answer_scores_sum_the_log_probs_of_each_answer_given_image_and_question():
+    model, params, feats = _setup(True)
+    answers = jnp.array([[11, 12, 1], [21, 1, 0], [31, 1, 0]], jnp.int32)
+    score = jax.jit(model.answer_scores)
+    got = np.asarray(score(params, feats, answers))
+    assert got.shape == (2, 3)
+    m = model.module
+    for i in range(2):
+        row = {k: v[i:i + 1] for k, v in feats.items()}
+        for j in range(3):
+            tgt = np.asarray(answers[j])
+            n = int((tgt > 0).sum())
+            dec = np.concatenate([[0], tgt[:-1]])[None]
+            logits = _lm_logits(m, params, row, dec)[0]
+            logp = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)))
+            want = np.sum([logp[t, tgt[t]] for t in range(n)])
+            np.testing.assert_allclose(got[i, j], want, rtol=1e-5, atol=1e-4)
+    # the question matters: another question gives other scores
+    other = {**feats, "encoder_input_tokens": feats["encoder_input_tokens"][::-1]}
+    assert not np.allclose(np.asarray(score(params, other, answers))[0], got[0])
