@@ -24,6 +24,16 @@ def add_gin_flags(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return ap
 
 
+def add_weights_dtype_flag(ap: argparse.ArgumentParser, prefix: str = "") -> None:
+    """``--weights_dtype``: weight-only low precision of the restored float weights
+    (layers/quant.py; docs/decoding.md "Weight-only low precision")."""
+    from plug_jax.layers.quant import WEIGHTS_DTYPES
+    ap.add_argument("--weights_dtype", choices=WEIGHTS_DTYPES, default=None,
+                    help=f"{prefix}store the matmul weights as bfloat16, or int8 with one "
+                         "scale per output channel, converted from the float checkpoint at "
+                         "load time (default float32)")
+
+
 def base_parser(prog: str, mode: str | None) -> argparse.ArgumentParser:
     """``--gin_file``, ``--gin_search_paths``, ``--print_config``, ``--prompt`` and the
     multi-process flags; ``--mode`` when no mode is fixed by the command's name."""
@@ -40,6 +50,10 @@ def base_parser(prog: str, mode: str | None) -> argparse.ArgumentParser:
                              "see docs/media_prompts.md")
     else:
         ap.set_defaults(prompts_jsonl=None)
+    if mode in (None, "infer"):
+        add_weights_dtype_flag(ap, "(infer) ")
+    else:
+        ap.set_defaults(weights_dtype=None)
     from plug_jax import distributed
     distributed.add_flags(ap)  # --coordinator_address, --num_processes, --process_id, ...
     return ap

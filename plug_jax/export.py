@@ -202,19 +202,31 @@ def _check_restored(params, model_dir: str, step: int) -> None:
 
 def export_model(*, model, model_dir: str, export_dir: str, dataset_cfg,
                  to: str = SERVING, max_new_tokens: int = 32,
-                 platforms: Sequence[str] = DEFAULT_PLATFORMS, step: int | None = None) -> dict:
+                 platforms: Sequence[str] = DEFAULT_PLATFORMS, step: int | None = None,
+                 weights_dtype: str = "float32") -> dict:
     """Exports the latest (or ``step``) checkpoint of ``model_dir`` to ``export_dir``.
 
     ``to``: ``'serving'`` (orbax-export SavedModel, see the module docstring) or a format of
     the family's export converters (``plug-convert --to``). ``dataset_cfg``: the task whose
     vocabulary gives the EOS id and the vocabulary file. Returns the manifest
-    (``export.json`` for the serving export)."""
+    (``export.json`` for the serving export). ``weights_dtype`` (``bfloat16`` / ``int8``,
+    serving exports only): the SavedModel stores the matmul weights in that precision,
+    converted from the float checkpoint (docs/export.md)."""
+    from plug_jax.layers import quant
     from plug_jax.trainer import loop
 
     out = _check_export_dir(export_dir)
     _check_format(model, to)
     if int(max_new_tokens) < 1:
         raise ExportError(f"EXPORT_MAX_NEW_TOKENS must be >= 1, got {max_new_tokens}")
+    try:
+        weights_dtype = quant.check_weights_dtype(weights_dtype)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    if weights_dtype != "float32" and to != SERVING:
+        raise ExportError(f"--weights_dtype {weights_dtype} applies to serving exports only; "
+                          f"--to {to} writes the float weights the format defines; fix: drop "
+                          f"--weights_dtype, or export --to {SERVING}")
     platforms = [platforms] if isinstance(platforms, str) else list(platforms)
     bad = [p for p in platforms if p not in PLATFORMS]
     if bad or not platforms:
@@ -229,6 +241,7 @@ def export_model(*, model, model_dir: str, export_dir: str, dataset_cfg,
                                  _vocabulary_entry(model_dir, dataset_cfg))
     import jax
     params = jax.device_get(params)
+    params = loop.load_weights_dtype(model, params, dataset_cfg, weights_dtype)
     vocabulary, _ = loop.inference_vocabulary(model_dir, dataset_cfg)
     eos = getattr(vocabulary, "eos_id", None)
     parent = os.path.dirname(out)
@@ -249,7 +262,7 @@ def export_model(*, model, model_dir: str, export_dir: str, dataset_cfg,
             "model_dir": os.path.abspath(model_dir),
             "saved_model": SAVED_MODEL_DIR, "signatures": signatures,
             "platforms": list(platforms), "max_new_tokens": int(max_new_tokens),
-            "eos_id": eos, "pad_id": 0,
+            "eos_id": eos, "pad_id": 0, "weights_dtype": weights_dtype,
             "vocabulary": (os.path.join(VOCAB_DIR, os.path.basename(vocab_file))
                            if vocab_file else None),
             "vocab_size": int(getattr(vocabulary, "vocab_size", 0) or 0),
@@ -385,6 +398,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--to", default=None,
                     help=f"'{SERVING}' (default: orbax-export SavedModel) or an export format "
                          f"of the family's converters (hf, modelscope, alicemind, megatron)")
+    from plug_jax.cli import add_weights_dtype_flag
+    add_weights_dtype_flag(ap, "(serving exports) ")
     return ap
 
 
@@ -408,6 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The gin's platform, but no fake CPU devices: the export runs on one device.
         gin_utils.call_with_gin_errors(configurable(hardware.hardware), num_cpu_devices=None)
         kw = {"to": args.to} if args.to else {}
+        if args.weights_dtype:
+            kw["weights_dtype"] = args.weights_dtype
         gin_utils.call_with_gin_errors(configurable(export_model), **kw)
     except (ExportError, *user_errors()) as e:
         print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)

@@ -82,6 +82,8 @@ def run(argv: Sequence[str] | None = None, mode: str | None = None, prog: str = 
             kw = {"prompts": args.prompt} if args.prompt else {}
             if args.prompts_jsonl:
                 kw["prompts_jsonl"] = args.prompts_jsonl
+            if args.weights_dtype:
+                kw["weights_dtype"] = args.weights_dtype
             gin_utils.call_with_gin_errors(configurable(loop.infer), **kw)
     except user_errors() as e:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)

@@ -123,7 +123,8 @@ def test_steps_use_neither_the_encoder_nor_the_cross_projections(case):
             for path, x in jax.tree_util.tree_flatten_with_path(cache)[0]}
     cross = [k for k in flat if "cross_attn/cached_key" in k]
     assert len(cross) == model.config.num_decoder_layers
-    assert all(flat[k].shape[:2] == (len(ENC_LENGTHS), 12) for k in cross)
+    # [rows, heads, source slots, head_dim] for several rows (attention.cache_heads_first)
+    assert all(flat[k].shape[0] == len(ENC_LENGTHS) and flat[k].shape[2] == 12 for k in cross)
     assert all(x.shape[0] == len(ENC_LENGTHS) for x in flat.values())
 
 

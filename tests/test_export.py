@@ -295,6 +295,47 @@ def test_palm_to_alicemind_reads_back_equal(built, capsys):
                                       err_msg=key)
 
 
+def test_int8_serving_export_matches_plug_jax_int8(built, capsys):
+    """``--weights_dtype int8``: the SavedModel holds int8 weights (with float32 scales)
+    converted from the float checkpoint, and its logits and generated tokens equal
+    plug_jax's own with the same int8 weights."""
+    from plug_jax import decoding, export
+    from plug_jax.layers import quant
+    from plug_jax.trainer import loop
+    out_dir = built["base"] / "gpt3_int8_export"
+    rc = export.main(_export_argv(GPT, built["dirs"]["gpt3"]["model"], out_dir,
+                                  "--weights_dtype", "int8"))
+    said = capsys.readouterr()
+    assert rc == 0, said.err
+    assert "weights: int8" in said.out
+    manifest = json.load(open(out_dir / "export.json"))
+    assert manifest["weights_dtype"] == "int8"
+    jobs = {k: dict(v, saved_model=str(out_dir / "saved_model"))
+            for k, v in built["jobs"]["gpt3"].items()}
+    _loader(jobs, built["base"], "gpt3_int8").wait()
+    served = dict(np.load(built["base"] / "gpt3_int8_out.npz"))
+    model, params, cfg, _ = _model_and_params(GPT, built["dirs"]["gpt3"]["model"])
+    q = loop.load_weights_dtype(model, params, cfg, "int8", log=False)
+    assert quant.weights_dtype_of(q) == "int8"
+    assert quant.param_bytes(q) < 0.5 * quant.param_bytes(params)
+    for b in (1, 3):
+        ids = np.asarray(jobs[f"logits{b}"]["inputs"]["ids"], np.int32)
+        want = np.asarray(model.logits(q, {"decoder_input_tokens": ids}))
+        np.testing.assert_allclose(served[f"logits{b}"], want, atol=1e-4, rtol=0)
+        assert not np.allclose(served[f"logits{b}"], built["served"]["gpt3"][f"logits{b}"],
+                               atol=1e-6, rtol=0)  # the int8 weights, not the float ones
+    ids = np.asarray(jobs["generate"]["inputs"]["ids"], np.int32)
+    want = decoding.generate(*model.decode_fns(), q, ids, ids != 0, NEW_TOKENS,
+                             eos_id=built["vocabs"]["gpt3"].eos_id).tokens
+    np.testing.assert_array_equal(served["generate"], np.asarray(want))
+    # a foreign format stores float weights: refused before anything is written
+    rc = export.main(_export_argv(GPT, built["dirs"]["gpt3"]["model"],
+                                  built["base"] / "gpt3_int8_hf", "--to", "hf",
+                                  "--weights_dtype", "int8"))
+    assert "applies to serving exports only" in _one_error_line(capsys, rc)
+    assert not (built["base"] / "gpt3_int8_hf").exists()
+
+
 def _one_error_line(capsys, rc):
     said = capsys.readouterr()
     lines = said.err.strip().splitlines()

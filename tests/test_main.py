@@ -1,6 +1,7 @@
 """The command line end to end (subprocesses): resume after SIGTERM, error lines, infer."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -165,6 +166,15 @@ def test_infer_and_eval_from_checkpoint(trained):
                 "--prompt=南风 夏季新款")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[greedy] 南风 夏季新款 ▸" in proc.stdout and "[beam]" in proc.stdout
+    # int8 weights converted from the float checkpoint at load time (layers/quant.py)
+    q = _run("infer", f"--gin.MODEL_DIR='{trained}'", "--gin.MAX_NEW_TOKENS=8",
+             "--prompt=南风 夏季新款", "--weights_dtype=int8", "--gin.DECODE_METHODS=['greedy']")
+    assert q.returncode == 0, q.stderr[-3000:]
+    mb = re.search(r"weights: int8, ([0-9.]+) MB \(restored: ([0-9.]+) MB\)", q.stdout)
+    assert mb and float(mb.group(1)) < 0.5 * float(mb.group(2)), q.stdout
+    assert "[greedy] 南风 夏季新款 ▸" in q.stdout
+    bad = _run("infer", f"--gin.MODEL_DIR='{trained}'", "--weights_dtype=int4")
+    assert bad.returncode == 2 and "--weights_dtype" in bad.stderr
     proc = _run("eval", f"--gin.MODEL_DIR='{trained}'")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "token accuracy" in proc.stdout

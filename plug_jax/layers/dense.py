@@ -1,12 +1,14 @@
 """Dense (general) projection with logical axis names on its kernel."""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from jax import lax
+
+from plug_jax.layers import quant
 
 Initializer = Callable[..., Any]
 default_kernel_init = nn.initializers.normal(stddev=0.02)
@@ -27,6 +29,8 @@ class DenseGeneral(nn.Module):
         of ``kernel_axes``).
       dtype: compute dtype; ``param_dtype``: storage dtype of the parameters.
     """
+
+    QUANT_KIND: ClassVar[str] = "dense"  # reads bf16 / int8 kernels (layers/quant.py)
 
     features: int | Sequence[int]
     kernel_axes: Sequence[str | None]
@@ -57,10 +61,15 @@ class DenseGeneral(nn.Module):
         kernel = self.param(
             "kernel", nn.with_logical_partitioning(init, tuple(self.kernel_axes)),
             kernel_shape, self.param_dtype)
-        kernel = jnp.asarray(kernel, self.dtype)
-        x = jnp.asarray(x, self.dtype)
+        # Weight-only low precision (layers/quant.py): a bf16 or int8 kernel is cast inside
+        # the matmul; an int8 kernel's per-output-channel scale multiplies the output.
+        scale = (self.get_variable("params", quant.KERNEL_SCALE)
+                 if self.has_variable("params", quant.KERNEL_SCALE) else None)
+        kernel, x = quant.matmul_operand(kernel, self.dtype, x)
         contract = (axis, tuple(range(len(axis))))
         y = lax.dot_general(x, kernel, (contract, ((), ())))
+        if scale is not None:
+            y = y * jnp.asarray(scale, self.dtype)
         if self.use_bias:
             bias = self.param(
                 "bias",

@@ -26,6 +26,7 @@ from plug_jax.layers.attention import (MultiHeadAttention, causal_mask, combine_
 from plug_jax.layers.config_base import ConfigBase
 from plug_jax.layers.mlp import MLP
 from plug_jax.layers.moe.config import MoeFields
+from plug_jax.layers import quant
 from plug_jax.layers.norms import LayerNorm
 from plug_jax.partitioning import axes as A
 from plug_jax.partitioning.constraints import with_logical_constraint
@@ -95,7 +96,7 @@ def cross_attention_keys(attn: nn.Module, kv_in) -> jax.Array:
     key/value input (cached decoding computes them once per source)."""
     p = nn.unbox(attn.variables["params"])
     f32 = jnp.float32
-    k = jnp.einsum("bsd,dhk->bshk", kv_in.astype(f32), p["key"]["kernel"].astype(f32))
+    k = jnp.einsum("bsd,dhk->bshk", kv_in.astype(f32), quant.float_weight(p["key"]))
     if "bias" in p["key"]:
         k = k + p["key"]["bias"].astype(f32)
     return k
@@ -110,7 +111,7 @@ def cross_attention_probs(attn: nn.Module, q_in, kv_in, mask, *, keys=None) -> j
     then unused)."""
     p = nn.unbox(attn.variables["params"])
     f32 = jnp.float32
-    q = jnp.einsum("btd,dhk->bthk", q_in.astype(f32), p["query"]["kernel"].astype(f32))
+    q = jnp.einsum("btd,dhk->bthk", q_in.astype(f32), quant.float_weight(p["query"]))
     if "bias" in p["query"]:
         q = q + p["query"]["bias"].astype(f32)
     k = cross_attention_keys(attn, kv_in) if keys is None else keys

@@ -204,8 +204,13 @@ class StateBuilder:
 
         def boxed_arrays(rng):
             params = model.init_params(rng, batch)
-            return {"step": jnp.zeros((), jnp.int32), "params": params,
-                    "opt_state": tx.init(params)}
+            out = {"step": jnp.zeros((), jnp.int32), "params": params,
+                   "opt_state": tx.init(params)}
+            if hasattr(model, "init_state"):
+                ms = model.init_state(params, jax.random.fold_in(rng, 0x5747E))
+                if ms is not None:
+                    out["model_state"] = ms
+            return out
 
         self._boxed_arrays = boxed_arrays
         with _activate(part):
@@ -222,7 +227,17 @@ class StateBuilder:
 
     def state(self, arrays: dict) -> TrainState:
         return TrainState(step=arrays["step"], params=arrays["params"],
-                          opt_state=arrays["opt_state"], tx=self.tx)
+                          opt_state=arrays["opt_state"], tx=self.tx,
+                          model_state=arrays.get("model_state"))
+
+    def model_state_from(self, params, rng) -> Any:
+        """The model's fresh state for ``params`` (e.g. momentum copies equal to restored
+        parameters), sharded like the initial one; ``None`` for a model without state."""
+        if "model_state" not in self.abstract:
+            return None
+        fn = lambda p, r: nn.unbox(self.model.init_state(p, r))  # noqa: E731
+        with _activate(self.part):
+            return jax.jit(fn, out_shardings=self.shardings["model_state"])(params, rng)
 
     def state_shardings(self) -> TrainState:
         return self.state(self.shardings)
@@ -277,11 +292,30 @@ def _restore(checkpointer: ckpt_lib.TrainCheckpointer, step: int, builder: State
     flat.update(flatten_tree(out["params"]))
     arrays = dict(fresh)
     arrays["params"] = unflatten_tree(flat)
+    if "model_state" in fresh:
+        arrays["model_state"] = _restore_model_state(checkpointer, step, builder,
+                                                     arrays["params"])
     data_state = None
     if mode == "params_fresh_opt":
         arrays["step"] = out["step"]
         data_state = checkpointer.restore(step, None, items=("data",))["data"]
     return arrays, data_state
+
+
+def _restore_model_state(checkpointer, step: int, builder: StateBuilder, params):
+    """The model state after a parameters-only restore: the checkpoint's own when it saved
+    one of the same layout (e.g. ALBEF momentum encoders and queues of a pre-training run),
+    else a fresh one derived from the restored ``params`` (momentum copies = parameters)."""
+    want = ckpt_lib._flat_keys(builder.abstract["model_state"])
+    saved = checkpointer.saved_model_state_shapes(step)
+    if saved == want:
+        _say(f"restored the model state ({len(want)} arrays) from {checkpointer.step_dir(step)}")
+        target = {"model_state": builder.abstract["model_state"]}
+        return checkpointer.restore(step, target, items=("state",),
+                                    partial=True)["state"]["model_state"]
+    _say("model state " + ("of another layout in the checkpoint" if saved else
+                           "not in the checkpoint") + ": derived from the restored parameters")
+    return builder.model_state_from(params, jax.random.PRNGKey(0x5747E))
 
 
 def _file_digest(path: str) -> str:
@@ -321,8 +355,40 @@ class ConvertedCheckpoint:
         _, self._params, self.metadata = ckpt_lib.load_params(self.path)
 
     def restore_into(self, builder: StateBuilder, fresh: dict, family: str | None) -> dict:
-        """``fresh`` state arrays with the params replaced by the checkpoint's."""
-        return dict(fresh, params=self.params_for(builder, family))
+        """``fresh`` state arrays with the params replaced by the checkpoint's (and, for a
+        model that keeps a state, that state from :meth:`model_state_for`)."""
+        out = dict(fresh, params=self.params_for(builder, family))
+        if "model_state" in fresh:
+            out["model_state"] = self.model_state_for(builder, out["params"])
+        return out
+
+    def model_state_for(self, builder: StateBuilder, params):
+        """The model state: each array of the conversion's ``model_state.npz`` (e.g. the
+        released momentum copies and queues) whose name and shape fit the model's, the rest
+        derived from ``params`` (momentum copies = the converted parameters)."""
+        derived = builder.model_state_from(params, jax.random.PRNGKey(0x5747E))
+        path = os.path.join(self.path, ckpt_lib.MODEL_STATE_FILE)
+        if not os.path.isfile(path):
+            _say("model state derived from the converted parameters (the conversion kept "
+                 "none)")
+            return derived
+        with np.load(path, allow_pickle=False) as z:
+            saved = {k: z[k] for k in z.files}
+        flat = flatten_tree(derived)
+        abstract = flatten_tree(builder.abstract["model_state"])
+        loaded, kept = 0, []
+        for k, a in abstract.items():
+            if k in saved and tuple(saved[k].shape) == tuple(a.shape):
+                host = np.asarray(saved[k]).astype(a.dtype)
+                flat[k] = jax.make_array_from_callback(a.shape, a.sharding,
+                                                       lambda idx, h=host: h[idx])
+                loaded += 1
+            else:
+                kept.append(k if k not in saved else
+                            f"{k} (saved {tuple(saved[k].shape)}, model {tuple(a.shape)})")
+        _say(f"model state: {loaded} arrays from {path}, {len(kept)} derived from the "
+             f"parameters" + (f" (first: {kept[0]})" if kept else ""))
+        return unflatten_tree(flat)
 
     def params_for(self, builder: StateBuilder, family: str | None):
         have = self.metadata.get("family")
@@ -785,8 +851,9 @@ def _eval_summary(model, res: Mapping) -> str:
                     own += " (" + ", ".join(f"{n} {v:.3f}" for n, v in per) + ")"
         return (f"loss {res['loss']:.4f}  perplexity {res['perplexity']:.2f}  "
                 f"token accuracy {res['accuracy']:.4f}{own}")
-    extra = "".join(f"  {k.replace('_', ' ')} {res[k]:.4f}" for k in
-                    ("mlm_loss", "mlm_accuracy", "structural_loss", "structural_accuracy")
+    groups = getattr(model, "eval_groups", ("mlm_loss", "mlm_accuracy", "structural_loss",
+                                            "structural_accuracy"))
+    extra = "".join(f"  {k.replace('_', ' ')} {res[k]:.4f}" for k in groups
                     if isinstance(res.get(k), float))
     recall = [k for k in res if "_r@" in k]
     if recall:
@@ -843,20 +910,54 @@ def _vocab_name(vocabulary) -> str:
     return f"{kind} {os.path.basename(path)}, {vocabulary.vocab_size} tokens"
 
 
+def _check_weights_dtype(weights_dtype) -> str:
+    from plug_jax.layers import quant
+    try:
+        return quant.check_weights_dtype(weights_dtype)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+
+
+def load_weights_dtype(model, params, dataset_cfg: DatasetConfig, weights_dtype: str,
+                       log: bool = True):
+    """``params`` (float, as restored) with the model's matmul weights in ``weights_dtype``
+    (``float32``: unchanged): bf16, or int8 with per-output-channel scales
+    (:mod:`plug_jax.layers.quant`; the weights are found by tracing ``model.init_params``
+    on the task's dummy batch). Prints the weight bytes before and after."""
+    from plug_jax.layers import quant
+    weights_dtype = _check_weights_dtype(weights_dtype)
+    if weights_dtype == "float32":
+        return params
+    before = quant.param_bytes(params)
+    try:
+        out = quant.quantize_model_params(model, params, _dummy_batch(dataset_cfg),
+                                          weights_dtype)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    if log and jax.process_index() == 0:
+        print(f"weights: {weights_dtype}, {quant.param_bytes(out) / 1e6:.1f} MB "
+              f"(restored: {before / 1e6:.1f} MB); activations stay float", flush=True)
+    return out
+
+
 def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequence[str],
           mesh: MeshConfig = MeshConfig(rules="dp"), max_new_tokens: int = 48,
           methods: Sequence[str] = ("greedy", "top_p", "beam"), temperature: float = 0.8,
           top_k: int = 0, top_p: float = 0.9, num_beams: int = 4,
           length_penalty: float = 1.0, length_penalty_form: str = "power", seed: int = 0,
           vocabulary=None,
-          params=None, prompts_jsonl: str | None = None) -> list[dict]:
+          params=None, prompts_jsonl: str | None = None,
+          weights_dtype: str = "float32") -> list[dict]:
     """Prints continuations of ``prompts`` with each decoding method; returns them.
 
     Dual encoders (models with ``rank``) rank texts for images instead: see
     :func:`_infer_ranking`. ``prompts_jsonl`` adds the prompts of a JSONL file (one object
     per line: ``text``, ``image``, ``video``; :mod:`plug_jax.data.media`). Models that
     generate from images (``reads_media``) decode from ``image:PATH|question`` prompts:
-    :func:`_infer_media`."""
+    :func:`_infer_media`. ``weights_dtype`` (``bfloat16`` / ``int8``): the matmul weights
+    are converted from the restored float ones and stored in that precision
+    (:func:`load_weights_dtype`)."""
+    weights_dtype = _check_weights_dtype(weights_dtype)
     carried = False
     if vocabulary is None:
         vocabulary, carried = inference_vocabulary(model_dir, dataset_cfg)
@@ -878,6 +979,7 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
         from jax.experimental import multihost_utils
         params = multihost_utils.process_allgather(params, tiled=True)
     params = jax.device_get(params)
+    params = load_weights_dtype(model, params, dataset_cfg, weights_dtype)
     if hasattr(model, "rank"):  # dual encoders: rank texts for images (or videos)
         return _infer_ranking(model, params, dataset_cfg, items, vocabulary, model_dir, step)
     decode_kw = dict(max_new_tokens=max_new_tokens, methods=methods, temperature=temperature,
@@ -988,7 +1090,10 @@ def _infer_media(model, params, dataset_cfg: DatasetConfig, items: list[dict], v
     ``dataset_cfg``'s split are used with their own questions (and the plain prompts, if
     any). The image is encoded once per query and the text decoded over a KV cache with
     each method. Prints ``[method] image | question ▸ answer``; returns ``[{'method',
-    'image', 'prompt', 'continuation'}]``."""
+    'image', 'prompt', 'continuation'}]``. Grounding models (``infer_boxes``: a phrase ->
+    a box) answer with boxes instead (:meth:`plug_jax.models.grounding.GroundingLM.infer_boxes`)."""
+    if hasattr(model, "infer_boxes"):
+        return model.infer_boxes(params, dataset_cfg, items, vocabulary, model_dir, step)
     key = model.media_key
     reads_text = bool(getattr(model, "encoder_text", True))
     other = [it for it in items if "frames" in it]

@@ -412,6 +412,60 @@ def test_converter_round_trip(family, fmt, tmp_path, record_property):
 
 
 # ---------------------------------------------------------- 4. the plan compiles (8 devices)
+def _concrete_batch(batch, vocab_size, rng):
+    """Random values in an abstract batch's shapes: token ids in [1, vocab), pixels in
+    [0, 1), masks / weights / labels 1 (the last column of each row valid)."""
+    out = {}
+    for name, x in batch.items():
+        if np.issubdtype(x.dtype, np.floating):
+            out[name] = rng.random(x.shape).astype(x.dtype)
+        elif "token" in name or name.endswith("ids"):
+            out[name] = rng.integers(1, max(2, vocab_size), x.shape).astype(x.dtype)
+        else:
+            out[name] = np.ones(x.shape, x.dtype)
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_int8_weights_compute_what_the_dequantized_float_weights_do(family):
+    """Weight-only int8 (plug-infer --weights_dtype, layers/quant.py): for every network kind,
+    the loss with int8 weights equals the loss with float weights holding ``q * scale``
+    (computed here with numpy), so no part of the family reads a converted weight without
+    its scale (docs/adding_a_family.md, "Weight-only low precision")."""
+    import jax
+
+    from plug_jax.layers import quant
+    for kind, (model, batch) in _kind_models(family).items():
+        _, params = _random_params(family, kind)
+        params = jax.tree_util.tree_map(lambda x: np.asarray(x) * 0.05
+                                        if np.issubdtype(x.dtype, np.floating) else x, params)
+        targets = quant.quantization_targets(
+            lambda: model.init_params(jax.random.PRNGKey(0), batch))
+        assert targets, f"{family}/{kind}: no DenseGeneral / Embed weights found"
+        q = quant.quantize_params(params, "int8", targets)
+        deq = jax.tree_util.tree_map(np.asarray, q)
+        for path, spec in targets.items():
+            node = deq
+            for k in path:
+                node = node[k]
+            key = "kernel" if spec[0] == "dense" else "embedding"
+            if key not in node:
+                continue
+            w, s = node[key].astype(np.float32), node.pop(f"{key}_scale")
+            if spec[0] == "dense":
+                lead = w.ndim - spec[1] - spec[2]
+                s = s.reshape(s.shape[:lead] + (1,) * spec[1] + s.shape[lead:])
+            else:
+                s = s[..., None]
+            node[key] = w * s
+        data = _concrete_batch(batch, getattr(model.config, "vocab_size", 2),
+                               np.random.default_rng(0))
+        got, want = (model.loss_sums(p, data, jax.random.PRNGKey(0), True)["loss"]
+                     for p in (q, deq))
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-4, atol=1e-4,
+                                   err_msg=f"{family}/{kind}")
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_plan_compiles(family, capsys):
     from plug_jax import plan

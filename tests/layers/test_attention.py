@@ -113,9 +113,10 @@ def test_cross_attention_shapes_and_padding():
     np.testing.assert_allclose(mha.apply(v, q, kv2, mask=mask)[0], y[0], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("b", [1, 2])  # both cache layouts (attention.cache_heads_first)
 @pytest.mark.parametrize("kv_heads", [None, 2])
-def test_kv_cache_matches_full_attention(kv_heads):
-    b, length, max_len = 2, 7, 10
+def test_kv_cache_matches_full_attention(kv_heads, b):
+    length, max_len = 7, 10
     x = jax.random.normal(RNG, (b, length, 16))
     mha = _mha(4, kv_heads)
     params = mha.init(RNG, x)["params"]

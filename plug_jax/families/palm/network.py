@@ -61,6 +61,7 @@ from flax import linen as nn
 
 from plug_jax.families.palm.config import PalmConfig
 from plug_jax.families.structbert.network import BertEncoder
+from plug_jax.layers import quant
 from plug_jax.layers.dense import DenseGeneral
 from plug_jax.layers.embeddings import Embed
 from plug_jax.layers.norms import LayerNorm
@@ -165,13 +166,12 @@ class PalmModel(nn.Module):
         # ---- decoder embeddings: table * sqrt(d) + sinusoidal positions
         if cfg.share_embeddings:
             shared = self.variables["params"]["encoder"] if decode else encoder.variables["params"]
-            table = nn.unbox(shared["word_embed"]["embedding"])
+            table = quant.float_weight(shared["word_embed"], "embedding", dtype)
         else:
-            table = Embed(cfg.vocab_size, cfg.hidden_size, axes=(A.VOCAB, A.EMBED), dtype=dtype,
-                          param_dtype=pdtype, embedding_init=init,
-                          name="decoder_embed").embedding
-            table = nn.unbox(table)
-        table = jnp.asarray(table, dtype)
+            embed = Embed(cfg.vocab_size, cfg.hidden_size, axes=(A.VOCAB, A.EMBED), dtype=dtype,
+                          param_dtype=pdtype, embedding_init=init, name="decoder_embed")
+            embed.embedding  # noqa: B018 (creates the table under its name)
+            table = quant.float_weight(embed.variables["params"], "embedding", dtype)
         if decoder_positions is None:
             decoder_positions = jnp.broadcast_to(jnp.arange(dec_len, dtype=jnp.int32),
                                                  (b, dec_len))

@@ -29,6 +29,7 @@ from flax import linen as nn
 from plug_jax.families.plug.config import PlugConfig
 from plug_jax.families.structbert.network import StructBERTForPreTraining
 from plug_jax.layers.moe.config import stack_kwargs
+from plug_jax.layers import quant
 from plug_jax.layers.norms import LayerNorm, layer_norm
 from plug_jax.layers.scan import LayerStack
 # The decoder layer and the encoder-decoder helpers live in plug_jax/layers/transformer_decoder.py
@@ -113,15 +114,15 @@ class PlugModel(nn.Module):
                 return {"hidden_states": enc, "mask": jnp.asarray(encoder_segment_ids) > 0}
             emb = structbert.variables["params"]["encoder"]
         dec_len = decoder_input_ids.shape[1]
-        word = jnp.asarray(nn.unbox(emb["word_embed"]["embedding"]), ecfg.compute_dtype)
-        pos_table = jnp.asarray(nn.unbox(emb["pos_embed"]["embedding"]), ecfg.compute_dtype)
+        word = quant.float_weight(emb["word_embed"], "embedding", ecfg.compute_dtype)
+        pos_table = quant.float_weight(emb["pos_embed"], "embedding", ecfg.compute_dtype)
         if decoder_positions is None:
             decoder_positions = jnp.broadcast_to(jnp.arange(dec_len, dtype=jnp.int32),
                                                  (b, dec_len))
         # The decoder inputs go through the encoder's embedding module (PLUG passes
         # bert.embeddings to its decoder): word + position + token type 0, then the
         # embedding LayerNorm when the config has one.
-        type0 = jnp.asarray(nn.unbox(emb["type_embed"]["embedding"])[0], ecfg.compute_dtype)
+        type0 = quant.float_weight(emb["type_embed"], "embedding", ecfg.compute_dtype)[0]
         x = jnp.take(word, decoder_input_ids, axis=0) + jnp.take(pos_table, decoder_positions,
                                                                  axis=0) + type0
         if ecfg.use_embedding_norm:

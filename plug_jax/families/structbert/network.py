@@ -45,6 +45,7 @@ from plug_jax.families.structbert.config import StructBERTConfig
 from plug_jax.layers.attention import (MultiHeadAttention, causal_mask, combine_masks,
                                        padding_mask, segment_mask)
 from plug_jax.layers.dense import DenseGeneral
+from plug_jax.layers import quant
 from plug_jax.layers.embeddings import Embed
 from plug_jax.layers.mlp import MLP, get_activation
 from plug_jax.layers.moe.config import stack_kwargs
@@ -252,7 +253,8 @@ class BertEncoder(nn.Module):
 
     def embedding_table(self):
         """The word-embedding matrix ``[vocab, hidden]`` (for tied output projections)."""
-        return nn.unbox(self.variables["params"]["word_embed"]["embedding"])
+        return quant.float_weight(self.variables["params"]["word_embed"], "embedding",
+                                  self.config.params_dtype)
 
     def attend(self, x):
         """``x @ word_embedding.T``: logits over the vocabulary, in the compute dtype."""
