@@ -92,7 +92,10 @@ def test_eight_devices_two_microbatches_equal_one_device_one_batch(
     assert len(flat1) == len(flat8) > 10
     for path, g1 in flat1:
         g8 = flat8[path]
-        scale = max(float(np.abs(g1).max()), 1e-3)
+        # Floor 1e-2: the attention key biases' gradients are zero in exact arithmetic (a
+        # softmax does not see a shift shared by a query's logits), so theirs are rounding
+        # noise of ~1e-8, whose digits differ between CPUs (AMD EPYC vs Intel Xeon).
+        scale = max(float(np.abs(g1).max()), 1e-2)
         np.testing.assert_allclose(g8, g1, rtol=0, atol=1e-5 * scale,
                                    err_msg=jax.tree_util.keystr(path))
     # the temperature gets its gradient from the loss directly (not through embeddings)

@@ -86,7 +86,10 @@ def test_four_microbatches_equal_one_full_batch(tx_name):
     assert float(m1["tokens"]) == float(m4["tokens"]) == float(batch["decoder_loss_weights"].sum())
     diff = max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
         lambda a, b: float(jnp.max(jnp.abs(a - b))), s1.params, s4.params)))
-    assert diff < (1e-6 if tx_name == "sgd" else 1e-5)
+    # Adam: 1.08e-5 measured on an AMD EPYC, under 1e-5 on an Intel Xeon (the amplified
+    # rounding of near-zero gradients differs between CPUs); a wrong update moves entries by
+    # ~lr = 1e-3.
+    assert diff < (1e-6 if tx_name == "sgd" else 5e-5)
     # The update is real (not a no-op that would trivially match).
     moved = max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
         lambda a, b: float(jnp.max(jnp.abs(a - b))), s1.params, init.params)))
