@@ -31,6 +31,9 @@ INSTALL_REQUIRES = [
     "importlib_resources==7.1.0",  # tensorflow-datasets imports it when preparing a builder
     "sentencepiece==0.2.3",
     "pillow==13.0.0",  # plug_jax.data.media: images / videos named by prompts (no TensorFlow)
+    # Index-based input (plug_jax.data.indexed): grain's index_shuffle, a keyed permutation
+    # evaluated per index (docs/decisions.md).
+    "grain==0.2.18",
 ]
 
 EXTRAS = {

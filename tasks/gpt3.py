@@ -23,6 +23,7 @@ tf = configure_tensorflow()
 import seqio  # noqa: E402
 
 from plug_jax.data import registry, shop_world  # noqa: E402
+from plug_jax.data.indexed import IndexedFunctionSource  # noqa: E402
 from plug_jax.data.vocab import ShopWorldVocabulary  # noqa: E402
 
 # Fixed split sizes (number of documents; indices 0..n-1 of each Shop World split).
@@ -60,6 +61,16 @@ def shop_world_dataset(split: str, shuffle_files: bool, seed: Optional[int] = No
     ds = tf.data.Dataset.range(n)
     if shuffle_files:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    return shop_world_records(split, ds, example_fn=example_fn, features=features, lang=lang,
+                              world_seed=world_seed)
+
+
+def shop_world_records(split: str, indices: tf.data.Dataset, *, example_fn: Callable,
+                       features: Mapping[str, tf.DType], lang: str, world_seed: int,
+                       chunk: int = _GENERATION_CHUNK) -> tf.data.Dataset:
+    """``{"index": int64, **features}`` of the Shop World examples ``indices`` (a dataset
+    of int64 indices), in order, generated ``chunk`` per call: the records of the stream and
+    of index-based input."""
     gen = functools.partial(_generate, example_fn=example_fn, features=dict(features),
                             split=split, lang=lang, world_seed=world_seed)
 
@@ -71,22 +82,25 @@ def shop_world_dataset(split: str, shuffle_files: bool, seed: Optional[int] = No
             out[name] = value
         return out
 
-    return ds.batch(_GENERATION_CHUNK).map(to_example).unbatch()
+    return indices.batch(int(chunk)).map(to_example).unbatch()
 
 
 def shop_world_source(example_fn: Callable, features: Mapping[str, tf.DType],
                       lang: str = "zh", *, world_seed: int = WORLD_SEED,
                       split_sizes: Mapping[str, int] = SHOPLM_SPLIT_SIZES
-                      ) -> seqio.FunctionDataSource:
-    """A seqio source of Shop World examples (``shop_world_dataset``): the LM documents
+                      ) -> IndexedFunctionSource:
+    """A seqio source of Shop World examples (``shop_world_dataset``; by index,
+    ``shop_world_records``): the LM documents
     here, titles (tasks/palm.py) and reviews (tasks/structbert.py) use it."""
     split_sizes = {k: int(v) for k, v in split_sizes.items()}
     for split in split_sizes:
         shop_world.world.check_split(split)
     fn = functools.partial(shop_world_dataset, example_fn=example_fn, features=dict(features),
                            lang=lang, world_seed=int(world_seed), split_sizes=split_sizes)
-    return seqio.FunctionDataSource(fn, splits=tuple(split_sizes),
-                                    num_input_examples=split_sizes)
+    records = functools.partial(shop_world_records, example_fn=example_fn,
+                                features=dict(features), lang=lang, world_seed=int(world_seed))
+    return IndexedFunctionSource(fn, records, splits=tuple(split_sizes),
+                                 num_input_examples=split_sizes)
 
 
 def _lm_example(world_seed: int, split: str, index: int, lang: str) -> dict:

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from plug_jax.data import configure_tensorflow, features
+from plug_jax.data import configure_tensorflow, features, indexed
 
 tf = configure_tensorflow()
 
@@ -355,6 +355,51 @@ def global_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
     return _conform(ds, specs, converter)
 
 
+def _raise_record_file_error(error: Exception) -> None:
+    """A prepared shard that failed inside tf.data -> the reader's own one-line error."""
+    from plug_jax.data.record_files import RecordFileError  # noqa: PLC0415
+    text = str(error)
+    at = text.find("prepared shard ")
+    if at >= 0:
+        raise RecordFileError(text[at:].splitlines()[0].strip()) from None
+
+
+def _choose_index_based(name: str, provider, repeat: bool, wanted: Optional[bool]) -> bool:
+    """Index-based input for endless (training) streams of tasks that support it; ``wanted``
+    forces it on (an error if the task cannot) or off."""
+    able = indexed.supports_indexed(provider)
+    if wanted is None:
+        return bool(repeat and able)
+    if wanted and not able:
+        raise ValueError(f"{name!r} cannot be read by global example index (its source is not "
+                         f"an IndexedSource, or it is a mixture); fix: set index_based=False "
+                         f"(gin: --gin.INDEX_BASED_INPUT=False) or give it an indexed source")
+    if wanted and not repeat:
+        raise ValueError("index-based input is for endless training streams (repeat=True); "
+                         "finite evaluation passes read the stream")
+    return bool(wanted)
+
+
+def process_dataset(task: seqio.Task, task_feature_lengths: Mapping[str, int], split: str,
+                    global_batch_size: int, *, shuffle: bool, seed: int, pack: bool,
+                    converter: str, examples_per_batch: int, process_index: int,
+                    process_count: int, start_step: int) -> tf.data.Dataset:
+    """This process's rows of global batches ``start_step, start_step + 1, ...`` by index
+    (``plug_jax.data.indexed``), with the dtypes and shapes of the stream path."""
+    specs = features.feature_spec(converter, task_feature_lengths, pack)
+    lengths = dict(task_feature_lengths)
+    local = global_batch_size // process_count
+    rows = indexed.process_rows(
+        task, split, lengths, start_batch=start_step, examples_per_batch=examples_per_batch,
+        process_index=process_index, process_count=process_count, local_batch_size=local,
+        seed=seed, shuffle=shuffle, pack=pack, converter=converter,
+        convert=lambda ds, pk: feature_converter(converter, pk)(ds, lengths))
+    ds = rows.batch(local, drop_remainder=True)
+    if converter == "decoder" and set(lengths) == {"targets"}:
+        ds = ds.map(_batched_lm_features, num_parallel_calls=tf.data.AUTOTUNE)
+    return _conform(ds, specs, converter)
+
+
 class BatchIterator:
     """Iterator of this process's rows of each global batch (dicts of numpy arrays with the
     dtypes and shapes of ``feature_specs``: int32 tokens, float32 pixels, ...).
@@ -365,7 +410,9 @@ class BatchIterator:
     def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                  split: str, global_batch_size: int, *, shuffle: bool = True, seed: int = 0,
                  repeat: bool = True, pack: bool = True, process_index: int = 0,
-                 process_count: int = 1, start_step: int = 0, converter: str = "decoder"):
+                 process_count: int = 1, start_step: int = 0, converter: str = "decoder",
+                 index_based: Optional[bool] = None,
+                 examples_per_batch: Optional[int] = None):
         provider = _provider(mixture_or_task_name)
         feature_converter(converter)  # validates the name
         _check_args(mixture_or_task_name, provider, task_feature_lengths, split,
@@ -383,13 +430,34 @@ class BatchIterator:
         self.process_count = int(process_count)
         self.local_batch_size = self.global_batch_size // self.process_count
         self.step = int(start_step)
-        self._rows = slice(self.process_index * self.local_batch_size,
-                           (self.process_index + 1) * self.local_batch_size)
         self._specs = features.feature_spec(converter, self.feature_lengths, self.pack)
-        ds = global_dataset(mixture_or_task_name, self.feature_lengths, split,
-                            self.global_batch_size, shuffle=shuffle, seed=seed, repeat=repeat,
-                            pack=pack, converter=converter)
-        self._dataset = ds.skip(self.step).prefetch(2)
+        self.index_based = _choose_index_based(mixture_or_task_name, provider, self.repeat,
+                                               index_based)
+        self.examples_per_batch = None
+        if self.index_based:
+            # Only this process's rows are built, starting at global batch `step`.
+            self._rows = slice(None)
+            self.examples_per_batch = int(
+                examples_per_batch or indexed.estimate_examples_per_batch(
+                    provider, split, self.feature_lengths,
+                    global_batch_size=self.global_batch_size, seed=self.seed,
+                    shuffle=self.shuffle, pack=self.pack, converter=converter))
+            if self.examples_per_batch < self.global_batch_size and not self.pack:
+                raise ValueError(f"examples_per_batch={self.examples_per_batch} is less than "
+                                 f"the batch size {self.global_batch_size} without packing")
+            ds = process_dataset(provider, self.feature_lengths, split, self.global_batch_size,
+                                 shuffle=self.shuffle, seed=self.seed, pack=self.pack,
+                                 converter=converter,
+                                 examples_per_batch=self.examples_per_batch,
+                                 process_index=self.process_index,
+                                 process_count=self.process_count, start_step=self.step)
+        else:
+            self._rows = slice(self.process_index * self.local_batch_size,
+                               (self.process_index + 1) * self.local_batch_size)
+            ds = global_dataset(mixture_or_task_name, self.feature_lengths, split,
+                                self.global_batch_size, shuffle=shuffle, seed=seed,
+                                repeat=repeat, pack=pack, converter=converter).skip(self.step)
+        self._dataset = ds.prefetch(2)
         self._it = None
         _LIVE_ITERATORS.add(self)
 
@@ -412,11 +480,16 @@ class BatchIterator:
             if self._dataset is None:
                 raise StopIteration  # closed
             self._it = self._dataset.as_numpy_iterator()
-        batch = next(self._it)  # StopIteration ends a repeat=False epoch
+        try:
+            batch = next(self._it)  # StopIteration ends a repeat=False epoch
+        except tf.errors.OpError as e:
+            _raise_record_file_error(e)
+            raise
         out = {}
         for k, v in batch.items():
             v = np.asarray(v)  # already the spec's dtype (global_dataset casts)
-            if v.shape[0] < self.global_batch_size:  # last batch of a finite epoch
+            if not self.index_based and v.shape[0] < self.global_batch_size:
+                # The last batch of a finite epoch.
                 pad = self._specs[k].zeros(self.global_batch_size - v.shape[0])
                 v = np.concatenate([v, pad])
             out[k] = v[self._rows]
@@ -443,6 +516,8 @@ class BatchIterator:
             "shuffle": self.shuffle,
             "repeat": self.repeat,
             "converter": self.converter,
+            "index_based": self.index_based,
+            "examples_per_batch": self.examples_per_batch,
         }
 
     @classmethod
@@ -456,18 +531,26 @@ class BatchIterator:
                    state["global_batch_size"], shuffle=state["shuffle"], seed=state["seed"],
                    repeat=state["repeat"], pack=state["pack"], process_index=process_index,
                    process_count=process_count, start_step=state["step"],
-                   converter=state.get("converter", "decoder"))
+                   converter=state.get("converter", "decoder"),
+                   # States written before index-based input resume on the stream.
+                   index_based=bool(state.get("index_based", False)),
+                   examples_per_batch=state.get("examples_per_batch"))
 
     def __repr__(self) -> str:
+        first = self.process_index * self.local_batch_size
         return (f"BatchIterator(task={self.task!r}, split={self.split!r}, step={self.step}, "
-                f"rows={self._rows.start}:{self._rows.stop} of {self.global_batch_size})")
+                f"rows={first}:{first + self.local_batch_size} of {self.global_batch_size}"
+                + (f", index-based, {self.examples_per_batch} examples per global batch)"
+                   if self.index_based else ", stream)"))
 
 
 def get_batch_iterator(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                        split: str, global_batch_size: int, *, shuffle: bool = True,
                        seed: int = 0, repeat: bool = True, pack: bool = True,
                        process_index: int = 0, process_count: int = 1,
-                       start_step: int = 0, converter: str = "decoder") -> BatchIterator:
+                       start_step: int = 0, converter: str = "decoder",
+                       index_based: Optional[bool] = None,
+                       examples_per_batch: Optional[int] = None) -> BatchIterator:
     """Batches of ``mixture_or_task_name`` for this process.
 
     Yields dicts of numpy arrays ``[global_batch_size // process_count, *shape]`` with the
@@ -483,7 +566,8 @@ def get_batch_iterator(mixture_or_task_name: str, task_feature_lengths: Mapping[
     return BatchIterator(mixture_or_task_name, task_feature_lengths, split, global_batch_size,
                          shuffle=shuffle, seed=seed, repeat=repeat, pack=pack,
                          process_index=process_index, process_count=process_count,
-                         start_step=start_step, converter=converter)
+                         start_step=start_step, converter=converter,
+                         index_based=index_based, examples_per_batch=examples_per_batch)
 
 
 def unigram_baseline(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],

@@ -66,6 +66,12 @@ class DatasetConfig:
     # example per row, StructBERT; lengths {'inputs'}), 'image_text' (lengths
     # {'image': (H, W, C), 'targets'}), 'video_text' ({'frames': (T, H, W, C), 'targets'}).
     converter: str = "decoder"
+    # Index-based input (plug_jax.data.indexed: each process reads only its own examples,
+    # resume in O(1)): None uses it for training streams of tasks that support it; False
+    # keeps the stream pipeline. examples_per_batch: the examples of one global batch
+    # (None: B without packing, else estimated from the task's mean lengths).
+    index_based: bool | None = None
+    examples_per_batch: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,11 +123,17 @@ def _batch_iterator(cfg: DatasetConfig, *, repeat: bool, start_step: int = 0,
     name = cfg.mixture_or_task_name
     if curriculum.is_curriculum(name):  # evaluation of a curriculum: its final stage's data
         name = curriculum.get_curriculum(name).stages[-1].mixture_or_task_name
+    index_based, per_batch = ((cfg.index_based, cfg.examples_per_batch) if repeat
+                              else (None, None))
+    if repeat and data_state:  # resume the way the checkpoint's position was written
+        index_based = bool(data_state.get("index_based", False))
+        per_batch = data_state.get("examples_per_batch")
     return get_batch_iterator(
         name, dict(cfg.task_feature_lengths), split or cfg.split,
         cfg.batch_size, shuffle=cfg.shuffle if shuffle is None else shuffle, seed=cfg.seed,
         repeat=repeat, pack=cfg.pack, process_index=jax.process_index(),
-        process_count=jax.process_count(), start_step=start_step, converter=cfg.converter)
+        process_count=jax.process_count(), start_step=start_step, converter=cfg.converter,
+        index_based=index_based, examples_per_batch=per_batch)
 
 
 def _shard_batch(part: Partitioner, batch: dict) -> dict:
@@ -670,6 +682,10 @@ def train(*, model, model_dir: str, train_steps: int, train_dataset_cfg: Dataset
     if start < train_steps:
         train_it = _batch_iterator(train_dataset_cfg, repeat=True, start_step=data_start,
                                    total_examples=train_steps * batch, data_state=data_state)
+        if getattr(train_it, "index_based", False):
+            _say(f"input: index-based, {train_it.examples_per_batch} examples per global batch "
+                 f"from global batch {data_start}; this process builds its "
+                 f"{train_it.local_batch_size} of {train_it.global_batch_size} rows")
         if hasattr(train_it, "stage"):
             _say(f"curriculum {train_it.curriculum.name!r}: stages "
                  f"{[st.mixture_or_task_name for st in train_it.curriculum.stages]} switching "

@@ -187,9 +187,18 @@ def test_resume_equals_fresh_iterator_across_epochs(pipeline):
                for a, b in zip(other_seed, fresh))
 
 
+def _documents(batch):
+    """The token sequences of the documents packed in a batch, sorted."""
+    out = []
+    for tokens, seg in zip(batch["decoder_target_tokens"], batch["decoder_segment_ids"]):
+        out += [tuple(tokens[seg == k]) for k in range(1, int(seg.max()) + 1)]
+    return sorted(out)
+
+
 def test_processes_slice_the_global_batch(pipeline):
-    whole = _take(pipeline.get_batch_iterator(TINY, LENGTHS, "train", 4, seed=1), 3)
-    parts = [_take(pipeline.get_batch_iterator(TINY, LENGTHS, "train", 4, seed=1,
+    # Without packing, process p's rows are rows p*B/P .. (p+1)*B/P - 1 of the global batch.
+    whole = _take(pipeline.get_batch_iterator(TINY, LENGTHS, "train", 4, seed=1, pack=False), 3)
+    parts = [_take(pipeline.get_batch_iterator(TINY, LENGTHS, "train", 4, seed=1, pack=False,
                                                process_index=p, process_count=2), 3)
              for p in range(2)]
     for n in range(3):
@@ -197,11 +206,22 @@ def test_processes_slice_the_global_batch(pipeline):
             assert parts[0][n][k].shape == (2, 256)
             np.testing.assert_array_equal(np.concatenate([parts[0][n][k], parts[1][n][k]]), v)
     # A state saved on one process resumes on two.
-    it = pipeline.get_batch_iterator(TINY, LENGTHS, "train", 4, seed=1)
+    it = pipeline.get_batch_iterator(TINY, LENGTHS, "train", 4, seed=1, pack=False)
     _take(it, 1)
     resumed = pipeline.BatchIterator.from_state(it.state(), process_index=1, process_count=2)
     np.testing.assert_array_equal(next(resumed)["decoder_target_tokens"],
                                   whole[1]["decoder_target_tokens"][2:])
+    # With packing, each process packs the documents of its share of the batch's global
+    # positions into its own rows: the rows differ, the documents do not (6 documents per
+    # batch of 4 rows of 256 tokens all fit).
+    kw = dict(seed=1, examples_per_batch=6)
+    whole = _take(pipeline.get_batch_iterator(TINY, LENGTHS, "train", 4, **kw), 3)
+    parts = [_take(pipeline.get_batch_iterator(TINY, LENGTHS, "train", 4, process_index=p,
+                                               process_count=2, **kw), 3) for p in range(2)]
+    for n in range(3):
+        assert len(_documents(whole[n])) == 6
+        assert [len(_documents(parts[p][n])) for p in range(2)] == [3, 3]
+        assert _documents(whole[n]) == sorted(_documents(parts[0][n]) + _documents(parts[1][n]))
 
 
 def test_finite_epoch_yields_every_document_once_and_pads(pipeline, zh_vocab):

@@ -12,7 +12,7 @@
   steps on seeds 0 / 2 / 3 (fresh: 0.32). The full experiment, all three objectives, is the
   slow test in test_experiments.py.
 * Fine-tuning (experiments/structbert/shop_sentswap_tiny.gin: are two adjacent description
-  sentences in order or swapped): the same 30-step fine-tune started from that pre-trained
+  sentences in order or swapped): the same 40-step fine-tune started from that pre-trained
   encoder and from fresh initialisation. Review sentiment is not used for this: every review
   carries a cue phrase of its own sentiment, and a fresh encoder reaches the same 100% as a
   pre-trained one (docs/data.md, "Review sentiment is not a test of pre-training").
@@ -45,7 +45,10 @@ PRETRAIN_FLAGS = (f"--gin.TRAIN_STEPS={PRETRAIN_STEPS}", "--gin.BATCH_SIZE=32",
 # The same model before any step: TRAIN_STEPS=0 trains nothing and evaluates the fresh
 # initialisation (the cosine schedule is never called but needs total_steps > 0).
 FRESH_FLAGS = PRETRAIN_FLAGS + ("--gin.TRAIN_STEPS=0", "--gin.optim.warmup_cosine.total_steps=1")
-FINETUNE_STEPS = 30
+# 40 steps: at 30, the held-out accuracy from the pre-trained encoder varied from 0.72 to
+# 0.88 with the data order (index-based input, DATA_SEED 0..3: 0.716 / 0.871 / 0.884 /
+# 0.837); at 40 it was 0.871 / 0.892 / 0.903 (seeds 0..2).
+FINETUNE_STEPS = 40
 FINETUNE_FLAGS = (f"--gin.TRAIN_STEPS={FINETUNE_STEPS}", "--gin.WARMUP_STEPS=10",
                   "--gin.LOG_PERIOD=20", "--gin.EVAL_PERIOD=0", "--gin.CHECKPOINT_PERIOD=1000")
 
