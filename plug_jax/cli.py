@@ -66,9 +66,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from plug_jax.partitioning import MeshError, PartitioningError
     from plug_jax.trainer.checkpointing import CheckpointError
     from plug_jax.data.media import MediaError
+    from plug_jax.data.record_files import RecordFileError
     from plug_jax.trainer.loop import TrainError
     return (GinConfigError, MeshError, PartitioningError, CheckpointError, TrainError,
-            DistributedError, MediaError)
+            DistributedError, MediaError, RecordFileError)
 
 
 def configurable(fn):

@@ -107,6 +107,10 @@ def local_task(name: str = "local_lm_zh_v1", train: str = None, validation: Opti
     if not train:
         raise local_files.LocalDataError("local_task needs a train file; fix: set train= "
                                          "(gin: local.local_task.train or LOCAL_TRAIN)")
+    if os.path.isdir(train):
+        return _prepared_task(name, train, kind=kind, lang=lang, vocabulary=vocabulary,
+                              text_key=text_key, inputs_key=inputs_key,
+                              targets_key=targets_key, label_key=label_key)
     read = functools.partial(local_files.read_records, kind=kind, text_key=text_key,
                              inputs_key=inputs_key, targets_key=targets_key,
                              label_key=label_key, image_key=image_key, labels=tuple(labels))
@@ -145,6 +149,62 @@ def local_task(name: str = "local_lm_zh_v1", train: str = None, validation: Opti
             splits=tuple(records), num_input_examples=sizes)
         return seqio.TaskRegistry.add(name, source=source, preprocessors=steps,
                                       output_features=features, shuffle_buffer_size=1024)
+
+    try:
+        registry.register_task(name, spec, build)
+    except ValueError as e:
+        raise local_files.LocalDataError(str(e)) from None
+    return name
+
+
+def _prepared_task(name: str, directory: str, *, kind: str, lang: str,
+                   vocabulary: Optional[str], text_key: str, inputs_key: str,
+                   targets_key: str, label_key: str) -> str:
+    """A task over a prepared record-files directory (``plug_jax.data.record_files``): read
+    by global example index, each process only its own records (docs/data.md)."""
+    from plug_jax.data import record_files
+    from plug_jax.data.indexed import RecordFilesSource
+    try:
+        files = record_files.RecordFiles(directory)
+    except record_files.RecordFileError as e:
+        raise local_files.LocalDataError(str(e)) from None
+    keys = {"lm": {"text": text_key}, "text2text": {"inputs": inputs_key,
+                                                      "targets": targets_key},
+            "classify": {"inputs": inputs_key, "label": label_key}}
+    if kind not in keys:
+        raise local_files.LocalDataError(
+            f"kind {kind!r} cannot read a prepared records directory ({directory}); fix: "
+            f"use one of {sorted(keys)}, or pass {kind} files")
+    key_map = keys[kind]
+    features = {src: (tf.int64 if ours == "label" else tf.string)
+                for ours, src in key_map.items()}
+    splits = files.splits
+    if "train" not in splits:
+        raise local_files.LocalDataError(f"{directory} has no prepared 'train' split (it has "
+                                         f"{list(splits)}); fix: prepare one")
+    vocab = _vocabulary(kind, lang, vocabulary)
+    tokens = seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32)
+    rekey = functools.partial(seqio.preprocessors.rekey, key_map=dict(key_map))
+    tokenize = functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False)
+    if kind == "lm":
+        steps = [functools.partial(seqio.preprocessors.rekey, key_map={"targets": text_key}),
+                 tokenize, seqio.preprocessors.append_eos_after_trim]
+        out = {"targets": tokens}
+    elif kind == "text2text":
+        steps = [rekey, tokenize, seqio.preprocessors.append_eos_after_trim]
+        out = {"inputs": tokens, "targets": tokens}
+    else:
+        steps = [rekey, tokenize, prepend_cls, trim_inputs, keep("inputs", "label")]
+        out = {"inputs": seqio.Feature(vocabulary=vocab, add_eos=False, dtype=tf.int32)}
+    index = os.path.join(os.path.abspath(directory), record_files.INDEX_FILE)
+    spec = {"kind": f"local_records_{kind}", "directory": os.path.abspath(directory),
+            "index_bytes": os.path.getsize(index), "lang": lang, "vocabulary": vocabulary,
+            "keys": dict(key_map)}
+
+    def build():
+        source = RecordFilesSource(os.path.abspath(directory), features, splits)
+        return seqio.TaskRegistry.add(name, source=source, preprocessors=steps,
+                                      output_features=out, shuffle_buffer_size=1024)
 
     try:
         registry.register_task(name, spec, build)

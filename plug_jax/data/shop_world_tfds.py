@@ -339,7 +339,83 @@ def prepare_defaults(path: Optional[str] = None, *, verbose: bool = False) -> li
     names = [n for n, s in CONFIG_SPECS.items() if s.default]
     for n in names:
         prepare(n, path, verbose=verbose)
+        if _text_only(n):
+            prepare_records(n, path, verbose=verbose)
     return names
+
+
+# --------------------------------------------------------------------------- random access
+RECORDS_SHARDS = 16  # ArrayRecord shards per split of the random-access layout
+
+
+def records_dir(path: Optional[str] = None) -> str:
+    """TFDS data directory of the ArrayRecord layout (beside the TFRecord one)."""
+    return os.path.join(data_dir(path), "array_record")
+
+
+def _text_only(config: str, features: Optional[Sequence[str]] = None) -> bool:
+    """Whether the config's (selected) features are all text or scalars: what the
+    random-access reader hands to tf.data."""
+    feats = CONFIG_SPECS[config].features()
+    names = list(features) if features is not None else list(feats.keys())
+    return all(isinstance(feats[n], (tfds.features.Text, tfds.features.Scalar))
+               for n in names if n in feats)
+
+
+def prepare_records(config: str, path: Optional[str] = None, *, verbose: bool = False) -> str:
+    """Write ``shop_world/<config>`` once in the random-access layout: ``RECORDS_SHARDS``
+    ArrayRecord shards per split (``tfds`` ``file_format="array_record"``), read with
+    ``builder.as_data_source``. Returns the data directory."""
+    _check_config(config)
+    d = records_dir(path)
+    builder = tfds.builder(f"shop_world/{config}:{VERSION}", data_dir=d,
+                           file_format="array_record")
+    if not builder.is_prepared():
+        t0 = time.time()
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
+                num_shards=RECORDS_SHARDS))
+        if verbose:
+            print(f"prepared shop_world/{config} as ArrayRecord ({RECORDS_SHARDS} shards per "
+                  f"split) in {time.time() - t0:.1f}s under {d}", flush=True)
+    return d
+
+
+def _shard_files(builder, split: str) -> list[str]:
+    pattern = os.path.join(builder.data_dir, f"shop_world-{split}.array_record-*")
+    return sorted(tf.io.gfile.glob(pattern))
+
+
+def _corrupt_shard_error(builder, split: str, error: BaseException):
+    """The one-line error naming the first shard of ``split`` that does not open or read."""
+    from array_record.python import array_record_module  # noqa: PLC0415
+
+    from plug_jax.data.record_files import RecordFileError  # noqa: PLC0415
+    fix = (f"fix: delete {builder.data_dir} and prepare it again "
+           f"(python -m plug_jax.data.shop_world_tfds)")
+    info = builder.info.splits[split]
+    files = _shard_files(builder, split)
+    if len(files) != len(info.shard_lengths):
+        return RecordFileError(f"shop_world {split} has {len(files)} ArrayRecord shards under "
+                               f"{builder.data_dir}, its dataset_info lists "
+                               f"{len(info.shard_lengths)}; {fix}")
+    for path, want in zip(files, info.shard_lengths):
+        try:
+            reader = array_record_module.ArrayRecordReader(path)
+            n = reader.num_records()
+            reader.read(list(range(n)))
+            reader.close()
+        except (RuntimeError, OSError, ValueError) as e:
+            reason = " ".join(str(e).split())[:160]
+            return RecordFileError(f"prepared shard {path} is truncated or corrupt ({reason}); "
+                                   f"{fix}")
+        if n != want:
+            return RecordFileError(f"prepared shard {path} holds {n} records, dataset_info "
+                                   f"says {want}; {fix}")
+    reason = " ".join(str(error).split())[:200]
+    return RecordFileError(f"shop_world {split} under {builder.data_dir} cannot be read "
+                           f"({reason}); {fix}")
 
 
 class ShopWorldTfdsSource(seqio.TfdsDataSource):
@@ -353,6 +429,7 @@ class ShopWorldTfdsSource(seqio.TfdsDataSource):
                  features: Optional[Sequence[str]] = None):
         _check_config(config)
         self._shop_config, self._shop_path, self._shop_ready = config, path, False
+        self._shop_features = None if features is None else tuple(features)
         decoders = None
         if features is not None:  # read only these features (TFDS partial decoding)
             decoders = tfds.decode.PartialDecoding({name: True for name in features})
@@ -374,6 +451,59 @@ class ShopWorldTfdsSource(seqio.TfdsDataSource):
     def list_shards(self, split: str):
         self._ensure()
         return super().list_shards(split)
+
+    # Random access (plug_jax.data.indexed.IndexedSource), for text and scalar features.
+    def indexed_available(self) -> bool:
+        return _text_only(self._shop_config, self._shop_features)
+
+    def _records_source(self, split: str):
+        key = ("_records", split)
+        cache = self.__dict__.setdefault("_shop_records", {})
+        if key not in cache:
+            d = prepare_records(self._shop_config, self._shop_path)
+            builder = tfds.builder(f"shop_world/{self._shop_config}:{VERSION}", data_dir=d,
+                                   file_format="array_record")
+            try:
+                src = builder.as_data_source(split=split)
+                len(src)
+            except (RuntimeError, OSError, ValueError) as e:
+                raise _corrupt_shard_error(builder, split, e) from None
+            cache[key] = (builder, src)
+        return cache[key]
+
+    def indexed_num_records(self, split: str) -> int:
+        builder, src = self._records_source(split)
+        files = _shard_files(builder, split)
+        lengths = builder.info.splits[split].shard_lengths
+        if len(files) != len(lengths):
+            raise _corrupt_shard_error(builder, split, ValueError("shard count"))
+        return len(src)
+
+    def indexed_dataset(self, split: str, indices, *, chunk: int = 64):
+        feats = CONFIG_SPECS[self._shop_config].features()
+        names = list(self._shop_features or feats.keys())
+        dtypes = tuple(tf.string if isinstance(feats[n], tfds.features.Text)
+                       else tf.as_dtype(feats[n].np_dtype) for n in names)
+
+        def read(idx):
+            builder, src = self._records_source(split)
+            try:
+                rows = src.__getitems__([int(i) for i in idx])
+            except (RuntimeError, OSError, ValueError) as e:
+                raise _corrupt_shard_error(builder, split, e) from None
+            return tuple(np.array([r[n] for r in rows],
+                                  dtype=object if d == tf.string else d.as_numpy_dtype)
+                         for n, d in zip(names, dtypes))
+
+        def to_example(idx):
+            values = tf.numpy_function(read, [idx], dtypes, stateful=False)
+            out = {}
+            for name, value in zip(names, values):
+                value.set_shape(idx.shape)
+                out[name] = value
+            return out
+
+        return indices.batch(max(int(chunk), 1)).map(to_example).unbatch()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
