@@ -180,3 +180,41 @@ def test_paths_and_errors(task):
     assert state["index_based"] is True and state["examples_per_batch"] == 4
     old = {k: v for k, v in state.items() if k not in ("index_based", "examples_per_batch")}
     assert not pipeline.BatchIterator.from_state(old).index_based  # pre-#21 checkpoints
+
+
+def test_shop_world_text_reads_by_index_from_its_array_record_layout(tmp_path):
+    """shop_lm_zh_v1 is read by index from TFDS's ArrayRecord layout: the records equal
+    TFDS's own decoding, and a truncated shard is one line naming it."""
+    import shutil
+
+    import seqio
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from plug_jax.data import shop_world_tfds as sw
+    from plug_jax.data.record_files import RecordFileError
+    name = "shop_lm_zh_v1"
+    assert pipeline.get_batch_iterator(name, LENGTHS, "train", 4).index_based
+    src = seqio.get_mixture_or_task(name).source
+    picks = [5, 0, 9999]
+    ds = src.indexed_dataset("train", tf.data.Dataset.from_tensor_slices(
+        tf.constant(picks, tf.int64)), chunk=2)
+    builder = tfds.builder(f"shop_world/text_zh:{sw.VERSION}", data_dir=sw.records_dir(),
+                           file_format="array_record")
+    assert len(sw._shard_files(builder, "train")) == sw.RECORDS_SHARDS
+    ref = builder.as_data_source(split="train")
+    assert [e["lm_document"] for e in ds.as_numpy_iterator()] == \
+        [ref[i]["lm_document"] for i in picks]
+    # A copy of the layout with one shard cut in half.
+    shutil.copytree(sw.records_dir(), sw.records_dir(str(tmp_path)))
+    copy = tfds.builder(f"shop_world/text_zh:{sw.VERSION}",
+                        data_dir=sw.records_dir(str(tmp_path)), file_format="array_record")
+    shard = sw._shard_files(copy, "train")[3]
+    with open(shard, "rb") as f:
+        data = f.read()
+    with open(shard, "wb") as f:
+        f.write(data[:len(data) // 2])
+    broken = sw.ShopWorldTfdsSource("text_zh", path=str(tmp_path), features=["lm_document"])
+    with pytest.raises(RecordFileError) as e:
+        broken.indexed_num_records("train")
+    assert "\n" not in str(e.value) and shard in str(e.value) and "fix:" in str(e.value)
