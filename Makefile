@@ -45,10 +45,12 @@ demo-core: $(STAMP)
 prepare: $(STAMP)
 	$(PY) -m plug_jax.data.shop_world_tfds
 
-# Default suite (excludes tests marked `slow`), then the notebooks (`make notebooks`).
+# Default suite (excludes tests marked `slow`), then the notebooks (`make notebooks`), both
+# compiled with the tests' XLA flags (tests/conftest.py; docs/decisions.md "Test compile flags").
+TEST_XLA_FLAGS ?= --xla_backend_optimization_level=0
 test: $(STAMP) reference-env
-	$(PY) -m pytest -n $(TEST_WORKERS) -q --durations=30
-	$(MAKE) --no-print-directory notebooks
+	PLUG_JAX_TEST_XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -n $(TEST_WORKERS) -q --durations=30
+	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(MAKE) --no-print-directory notebooks
 
 # Long tests only (large conversions, long decodes).
 test-slow: $(STAMP)

@@ -1,15 +1,40 @@
 """Test setup: 8 fake CPU devices, forced before jax is imported."""
 import os
 import re
+import shutil
+import tempfile
 
 _DEVICES = 8
+# XLA flags for every test process, the CLI subprocesses included: they set
+# XLA_FLAGS=$PLUG_JAX_TEST_XLA_FLAGS (no device count; their gin hardware file decides it).
+# The tests' programs are tiny, so XLA's CPU compiler dominates their time: LLVM
+# optimisation level 0 compiles them about 40% faster; XLA's own HLO passes are unchanged
+# (docs/decisions.md, "Test compile flags"). `make test TEST_XLA_FLAGS=` runs the
+# suite at the default level.
+os.environ.setdefault("PLUG_JAX_TEST_XLA_FLAGS", "--xla_backend_optimization_level=0")
 _flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "",
                 os.environ.get("XLA_FLAGS", "")).split()
+_flags += [f for f in os.environ["PLUG_JAX_TEST_XLA_FLAGS"].split() if f not in _flags]
 os.environ["XLA_FLAGS"] = " ".join(_flags + [f"--xla_force_host_platform_device_count={_DEVICES}"])
 os.environ["JAX_PLATFORMS"] = "cpu"
+# One persistent XLA compilation cache per test run, shared by the xdist workers and the CLI
+# subprocesses (they inherit the environment): the same tiny experiment compiled by several
+# tests (contract checks, CLI tests, resumed runs) is compiled once. Made by the first
+# process that imports this file (pytest's controller under xdist), removed by it at the end.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE = tempfile.mkdtemp(
+        prefix="plug_jax_test_xla_cache_")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+else:
+    _OWN_CACHE = None
 
 import jax  # noqa: E402  (must come after the environment is set)
 import pytest  # noqa: E402
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE and not os.environ.get("PYTEST_XDIST_WORKER"):
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 def pytest_sessionstart(session):

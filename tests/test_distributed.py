@@ -126,7 +126,7 @@ def _free_port():
 
 def test_unreachable_coordinator_is_one_error_line(tmp_path):
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = os.environ["PLUG_JAX_TEST_XLA_FLAGS"]
     env["JAX_PLATFORMS"] = "cpu"
     addr = f"127.0.0.1:{_free_port()}"  # nobody listens there
     proc = subprocess.run(

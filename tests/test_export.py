@@ -22,7 +22,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-ENV.pop("XLA_FLAGS", None)  # the subprocesses use one CPU device
+ENV["XLA_FLAGS"] = os.environ["PLUG_JAX_TEST_XLA_FLAGS"]  # the subprocesses use one CPU device
 NEW_TOKENS = 10
 ONE_DEVICE = dict(ici=(1, 1, 1, 1), rules="dp", num_devices=1)
 

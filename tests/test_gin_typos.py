@@ -53,7 +53,7 @@ def cli(capsys, *argv):
 def test_train_step_typo_is_one_line_exit_2_and_writes_nothing(tmp_path):
     model_dir = tmp_path / "run"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = os.environ["PLUG_JAX_TEST_XLA_FLAGS"]
     proc = subprocess.run(
         [sys.executable, "-m", "plug_jax.main", "--mode=train", f"--gin_file={EXP}",
          f"--gin.MODEL_DIR={model_dir}", "--gin.TRAIN_STEP=3"],

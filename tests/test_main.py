@@ -20,7 +20,7 @@ SMALL = ["--gin.TASK_FEATURE_LENGTHS={'targets': 64}", "--gin.BATCH_SIZE=8",
 
 def _env():
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # the gin hardware file decides the devices
+    env["XLA_FLAGS"] = os.environ["PLUG_JAX_TEST_XLA_FLAGS"]  # gin hardware decides devices
     env["JAX_PLATFORMS"] = "cpu"
     return env
 

@@ -124,7 +124,7 @@ def test_native_and_measure_on_this_process_devices(capsys):
 def test_cli_subprocess_16_devices():
     """plug-plan forces its own device count (here 16) in a fresh process."""
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = os.environ["PLUG_JAX_TEST_XLA_FLAGS"]  # plug-plan sets 16 devices
     cmd = [sys.executable, "-m", "plug_jax.main", "--mode=plan", *TINY, "--mesh=data:2,fsdp:8",
            "--json"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

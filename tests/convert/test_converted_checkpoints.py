@@ -143,7 +143,7 @@ def built(tmp_path_factory):
     def run(cmds):
         results = tmp / f"results_{cmds[0][0]}.json"
         job = {"commands": cmds, "results": str(results)}
-        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+        env = dict(os.environ, XLA_FLAGS=os.environ["PLUG_JAX_TEST_XLA_FLAGS"])
         env["JAX_PLATFORMS"] = "cpu"
         out = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(job)], cwd=ROOT,
                              env=env, capture_output=True, text=True, timeout=900)

@@ -125,7 +125,7 @@ def test_plug_train_on_a_truncated_shard_exits_2_and_keeps_the_checkpoint(tmp_pa
             "--gin.EVAL_PERIOD=0", "--gin.EVAL_STEPS=1", "--gin.EVAL_BASELINE=False",
             "--gin.LOG_PERIOD=1", "--gin.CHECKPOINT_PERIOD=2"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = os.environ["PLUG_JAX_TEST_XLA_FLAGS"]
     first = subprocess.run(args + ["--gin.TRAIN_STEPS=2"], capture_output=True, text=True,
                            cwd=ROOT, timeout=300, env=env)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -128,7 +128,7 @@ if run("train", "train", full):
 
 
 def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # hardware gin decides
+    env = dict(os.environ, XLA_FLAGS=os.environ["PLUG_JAX_TEST_XLA_FLAGS"])  # gin: devices
     env.update(JAX_PLATFORMS="cpu", **extra)
     return env
 
@@ -460,8 +460,9 @@ def test_int8_weights_compute_what_the_dequantized_float_weights_do(family):
             node[key] = w * s
         data = _concrete_batch(batch, getattr(model.config, "vocab_size", 2),
                                np.random.default_rng(0))
-        got, want = (model.loss_sums(p, data, jax.random.PRNGKey(0), True)["loss"]
-                     for p in (q, deq))
+        # jitted: op-by-op dispatch of a whole network is slower than compiling it
+        loss = jax.jit(lambda p, d: model.loss_sums(p, d, jax.random.PRNGKey(0), True)["loss"])
+        got, want = (loss(p, data) for p in (q, deq))
         np.testing.assert_allclose(float(got), float(want), rtol=1e-4, atol=1e-4,
                                    err_msg=f"{family}/{kind}")
 

@@ -77,7 +77,7 @@ def toy(tmp_path_factory):
     (d / "toyfam.gin").write_text("import plug_jax.models as models\n"
                                   "models.DecoderOnlyLM.family = 'toyfam'\n"
                                   "VOCAB_SIZE = 64\n")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = dict(os.environ, XLA_FLAGS=os.environ["PLUG_JAX_TEST_XLA_FLAGS"])
     env.update(PYTHONPATH=f"{d}{os.pathsep}{env.get('PYTHONPATH', '')}",
                PLUG_JAX_FAMILIES="toyfam_family", JAX_PLATFORMS="cpu")
     return d, env

@@ -151,7 +151,7 @@ def test_plug_eval_runs_generation_eval_when_gin_selects_it(trained):
     has_metrics = os.path.exists(os.path.join(trained, "metrics.jsonl"))
     before = len([r for r in read_metrics(trained) if "gen/rouge_l" in r]) if has_metrics else 0
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # the gin hardware file decides the devices
+    env["XLA_FLAGS"] = os.environ["PLUG_JAX_TEST_XLA_FLAGS"]  # gin hardware decides devices
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
         # The fixture's checkpoint is PLUG tiny: its model gin replaces the experiment's.

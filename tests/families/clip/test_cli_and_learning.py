@@ -2,9 +2,10 @@
 to its control, the same checkpoint given blank images), and images and videos reach it
 through plug-infer / plug-eval; a bad path is one line with exit 2.
 
-One short run (250 steps at a peak rate of 2e-3, ~1.5 min on 2 cores) serves every test.
-The full experiment (600 steps at 1e-3, ~4 min) reaches image->text R@1 0.13 / R@10 0.60
-over 200 candidates (chance 0.005 / 0.05); see docs/performance.md ("learning results").
+One 20-step run serves the CLI tests. The learning test (marked ``slow``: ``make test-slow``)
+trains its own 250 steps at a peak rate of 2e-3 (~1.5 min on 2 cores). The full experiment
+(600 steps at 1e-3, ~4 min) reaches image->text R@1 0.13 / R@10 0.60 over 200 candidates
+(chance 0.005 / 0.05); see docs/performance.md ("learning results").
 """
 import importlib.util
 import json
@@ -34,16 +35,20 @@ def run_cli(mode, gin_file, model_dir, *flags, check=True):
         [sys.executable, "-m", "plug_jax.main", f"--mode={mode}", f"--gin_file={gin_file}",
          f"--gin.MODEL_DIR={model_dir}", *flags], capture_output=True, text=True,
         env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=cli_helpers.ROOT, timeout=600)
-STEPS = 250
+STEPS = 20  # the run the CLI tests share
+LEARNING_STEPS = 250  # the learning test's run
 CANDIDATES = 200  # the validation split
-RUN = [f"--gin.TRAIN_STEPS={STEPS}", "--gin.LEARNING_RATE=2e-3", "--gin.LOG_PERIOD=50",
-       "--gin.EVAL_PERIOD=0", "--gin.CHECKPOINT_PERIOD=1000"]
+
+
+def _run_flags(steps):
+    return [f"--gin.TRAIN_STEPS={steps}", "--gin.LEARNING_RATE=2e-3", "--gin.LOG_PERIOD=50",
+            "--gin.EVAL_PERIOD=0", "--gin.CHECKPOINT_PERIOD=1000"]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("clip")
-    out = run_cli("train", EXP, d / "run", *RUN)
+    out = run_cli("train", EXP, d / "run", *_run_flags(STEPS))
     return d, out
 
 
@@ -131,15 +136,17 @@ def _blank_image_recall(model_dir):
     return model.whole_set_metrics(params, outputs)
 
 
-def test_clip_tiny_retrieves_captions_and_blank_images_do_not(trained, report_result):
-    model_dir = trained[0] / "run"
+@pytest.mark.slow
+def test_clip_tiny_retrieves_captions_and_blank_images_do_not(tmp_path, report_result):
+    model_dir = tmp_path / "run"
+    run_cli("train", EXP, model_dir, *_run_flags(LEARNING_STEPS))
     (row,) = cli_helpers.eval_rows(model_dir)
-    assert row["step"] == STEPS and row["eval/retrieval_candidates"] == CANDIDATES
+    assert row["step"] == LEARNING_STEPS and row["eval/retrieval_candidates"] == CANDIDATES
     r1, r10 = row["eval/image2text_r@1"], row["eval/image2text_r@10"]
     t10 = row["eval/text2image_r@10"]
     blank = _blank_image_recall(model_dir)
     assert blank["retrieval_candidates"] == CANDIDATES
-    report_result(f"clip tiny {STEPS} steps whole-set image->text R@10 ({CANDIDATES} "
+    report_result(f"clip tiny {LEARNING_STEPS} steps whole-set image->text R@10 ({CANDIDATES} "
                   f"candidates)", r10, control=f"blank images {blank['image2text_r@10']:.4f}, "
                   f"chance {10 / CANDIDATES:.3f}", r_at_1=f"{r1:.4f}", t2i_r_at_10=f"{t10:.4f}")
     # the control is at chance: a blank image ranks every caption the same way

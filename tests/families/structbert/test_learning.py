@@ -1,4 +1,7 @@
-"""StructBERT on Shop World learns, each result next to its control (short runs for CI).
+"""StructBERT on Shop World learns, each result next to its control. Marked ``slow`` (about
+five minutes on 2 cores; `make test-slow`, or ``.venv/bin/python -m pytest -m slow
+tests/families/structbert/test_learning.py``): the default suite checks the same experiments'
+wiring (tests/families/structbert/test_experiments.py and the contract checks).
 
 * Pre-training (experiments/structbert/shop_pretrain_tiny.gin, shortened to 80 steps of 32
   pairs): held-out (test split, all 1000 pairs) 3-way sentence-order accuracy against
@@ -28,6 +31,8 @@ import pathlib
 import shutil
 
 import pytest
+
+pytestmark = pytest.mark.slow
 
 _spec = importlib.util.spec_from_file_location(
     "plug_jax_tests_cli_helpers", pathlib.Path(__file__).resolve().parents[2] / "cli_helpers.py")
