@@ -6,13 +6,17 @@
 * the checkpoint the 2-process run wrote restores in this (one) process and equals the
   one-process run's parameters;
 * SIGKILL of one of two processes mid-run: the other exits non-zero within a bound
-  instead of hanging.
+  instead of hanging;
+* resume (index-based input, docs/data.md): the 2-process run restarted on 2 processes from
+  its step-3 checkpoint is bit-exact; a curriculum run restarted on the other process count
+  (2 -> 1, 1 -> 2) continues at the same global example index in the same stage.
 
 Every subprocess has a hard timeout and is killed in ``finally``, so nothing here can
 hang CI.
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +32,7 @@ EXP = "experiments/gpt3/shop_tiny.gin"
 LENGTH, BATCH, STEPS = 32, 8, 5
 SMALL = [f"--gin.TASK_FEATURE_LENGTHS={{'targets': {LENGTH}}}", f"--gin.BATCH_SIZE={BATCH}",
          "--gin.LOG_PERIOD=1", "--gin.EVAL_PERIOD=0", "--gin.EVAL_STEPS=2",
-         "--gin.EVAL_BASELINE=False", "--gin.WARMUP_STEPS=2", "--gin.CHECKPOINT_PERIOD=5"]
+         "--gin.EVAL_BASELINE=False", "--gin.WARMUP_STEPS=2", "--gin.CHECKPOINT_PERIOD=3"]
 RUN_TIMEOUT = 420  # hard limit per run (seconds); the runs take well under that
 HEARTBEAT = 10  # --heartbeat_timeout of the kill test
 DETECT_BOUND = 90  # the survivor must be gone this many seconds after the SIGKILL
@@ -36,7 +40,8 @@ DETECT_BOUND = 90  # the survivor must be gone this many seconds after the SIGKI
 
 def _env():
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # not conftest's 8 devices: --num_cpu_devices decides
+    # not conftest's 8 devices: --num_cpu_devices decides
+    env["XLA_FLAGS"] = os.environ["PLUG_JAX_TEST_XLA_FLAGS"]
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -81,18 +86,17 @@ def _train_cmd(model_dir, steps, *extra):
             *SMALL, f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}", *extra]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """``(one-process MODEL_DIR, two-process MODEL_DIR, launcher output)``."""
-    one = str(tmp_path_factory.mktemp("one"))
-    two = str(tmp_path_factory.mktemp("two"))
-    ref = subprocess.run(_train_cmd(one, STEPS, "--num_cpu_devices=8"), cwd=REPO, env=_env(),
-                         capture_output=True, text=True, timeout=RUN_TIMEOUT)
-    assert ref.returncode == 0, ref.stderr[-3000:]
-    env = _env()
-    env.update(DEVICES_PER_PROCESS="4", PYTHON=sys.executable)
-    cmd = ["bash", LAUNCH, "2", EXP, *SMALL, f"--gin.MODEL_DIR='{two}'",
-           f"--gin.TRAIN_STEPS={STEPS}"]
+def _train(processes, gin_file, flags):
+    """``plug-train`` on 8 devices: one process, or ``launch/local_multiprocess.sh`` with
+    2 processes x 4 devices. Returns its stdout (it must exit 0)."""
+    if processes == 1:
+        cmd = [sys.executable, "-m", "plug_jax.main", "--mode=train", f"--gin_file={gin_file}",
+               *flags, "--num_cpu_devices=8"]
+        env = _env()
+    else:
+        cmd = ["bash", LAUNCH, str(processes), gin_file, *flags]
+        env = _env()
+        env.update(DEVICES_PER_PROCESS=str(8 // processes), PYTHON=sys.executable)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -102,6 +106,49 @@ def runs(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
     assert proc.returncode == 0, out[-3000:] + err[-5000:]
+    return out + err
+
+
+def _cut(model_dir, to, step):
+    """A copy of ``model_dir`` as a run interrupted right after checkpoint ``step``: later
+    checkpoints and metrics rows removed."""
+    shutil.copytree(model_dir, to)
+    for s in os.listdir(os.path.join(to, "checkpoints")):
+        if s.isdigit() and int(s) > step:
+            shutil.rmtree(os.path.join(to, "checkpoints", s))
+    path = os.path.join(to, "metrics.jsonl")
+    with open(path) as f:
+        keep = [x for x in f if x.strip() and json.loads(x).get("step", 0) <= step]
+    with open(path, "w") as f:
+        f.writelines(keep)
+    return str(to)
+
+
+def _saved(model_dir, step):
+    """``(train state as {path: numpy array}, data position)`` of checkpoint ``step``."""
+    import jax
+    import orbax.checkpoint as ocp
+    from etils import epath
+    path = epath.Path(model_dir) / "checkpoints" / str(step)
+    handler = ocp.PyTreeCheckpointHandler()
+    meta = handler.metadata(path / "state")
+    meta = getattr(meta, "tree", meta)
+    args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+    state = handler.restore(path / "state", args=ocp.args.PyTreeRestore(restore_args=args))
+    flat = jax.tree_util.tree_flatten_with_path(state)[0]
+    return ({jax.tree_util.keystr(k): np.asarray(v) for k, v in flat},
+            json.loads((path / "data" / "metadata").read_text()))  # orbax's JSON item
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """``(one-process MODEL_DIR, two-process MODEL_DIR, launcher output)``."""
+    one = str(tmp_path_factory.mktemp("one"))
+    two = str(tmp_path_factory.mktemp("two"))
+    ref = subprocess.run(_train_cmd(one, STEPS, "--num_cpu_devices=8"), cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    out = _train(2, EXP, [*SMALL, f"--gin.MODEL_DIR='{two}'", f"--gin.TRAIN_STEPS={STEPS}"])
     return one, two, out
 
 
@@ -201,3 +248,60 @@ def test_killed_process_makes_the_other_exit(tmp_path):
                                       "without waiting for the other processes")), out[-3000:]
     finally:
         _kill(procs)
+
+
+def test_two_process_resume_is_bit_exact(runs, tmp_path):
+    """2 processes x 4 devices, index-based packed input: restarted from checkpoint 3, the
+    run logs the same losses and ends with the same train state, bit for bit."""
+    _, two, out = runs
+    assert "input: index-based" in out  # each process builds only its own rows
+    cut = _cut(two, tmp_path / "cut", 3)
+    resumed = _train(2, EXP, [*SMALL, f"--gin.MODEL_DIR='{cut}'", f"--gin.TRAIN_STEPS={STEPS}"])
+    assert "restored step 3" in resumed, resumed[-3000:]
+    full, again = _rows(two), _rows(cut)
+    assert sorted(again) == list(range(1, STEPS + 1))
+    for step in (4, 5):
+        assert again[step]["loss"] == full[step]["loss"], step
+    (state_a, data_a), (state_b, data_b) = _saved(two, STEPS), _saved(cut, STEPS)
+    assert data_a == data_b
+    assert sorted(state_a) == sorted(state_b) and state_a
+    for k in state_a:
+        np.testing.assert_array_equal(state_b[k], state_a[k], err_msg=k)
+
+
+# PLUG stage 2 (curriculum plug_stage2_zh_v2: plug_genae for 90% of the examples, then
+# plug_gen), tiny, unpacked: every global batch holds the same 8 examples on 1 and 2
+# processes, so the losses of a batch agree across process counts. 10 steps of 8 examples:
+# the stage switches at global batch 9 (example 72), after the step-9 checkpoint.
+CURRICULUM_EXP = "experiments/plug/shop_stage2_tiny.gin"
+CURRICULUM = ["--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}", "--gin.BATCH_SIZE=8",
+              "--gin.TRAIN_STEPS=10", "--gin.CHECKPOINT_PERIOD=9", "--gin.LOG_PERIOD=1",
+              "--gin.WARMUP_STEPS=2", "--gin.train/loop.DatasetConfig.pack=False",
+              "--gin.loop.train.eval_dataset_cfg=None"]
+
+
+def test_curriculum_resume_on_another_process_count(tmp_path):
+    """2 -> 1 and 1 -> 2 processes: the resumed run continues at the same global example
+    index (its step-10 batch is the uninterrupted runs' step-10 batch) in the same stage."""
+    full = {n: str(tmp_path / f"full{n}") for n in (1, 2)}
+    for n in (1, 2):
+        _train(n, CURRICULUM_EXP, [*CURRICULUM, f"--gin.MODEL_DIR='{full[n]}'"])
+    rows = {n: _rows(full[n]) for n in (1, 2)}
+    for n in (1, 2):
+        assert [rows[n][s]["data_stage"] for s in range(1, 11)] == [0] * 9 + [1]
+    np.testing.assert_allclose([rows[2][s]["loss"] for s in range(1, 11)],
+                               [rows[1][s]["loss"] for s in range(1, 11)], rtol=1e-5)
+    for before, after in ((2, 1), (1, 2)):
+        cut = _cut(full[before], tmp_path / f"cut{before}to{after}", 9)
+        out = _train(after, CURRICULUM_EXP, [*CURRICULUM, f"--gin.MODEL_DIR='{cut}'"])
+        assert "restored step 9" in out, out[-3000:]
+        assert "now in stage 1 (plug_gen_zh_v1)" in out, out[-3000:]
+        resumed = _rows(cut)[10]
+        print(f"{before} -> {after} processes: step-10 loss {resumed['loss']:.6f}, "
+              f"uninterrupted {rows[before][10]['loss']:.6f}")
+        assert resumed["data_stage"] == 1
+        np.testing.assert_allclose(resumed["loss"], rows[before][10]["loss"], rtol=1e-5)
+        _, data_resumed = _saved(cut, 10)
+        _, data_full = _saved(full[before], 10)
+        assert data_resumed == data_full  # global step 10 = example 80, stage 1
+        assert data_resumed["step"] == 10 and data_resumed["stage"] == 1
