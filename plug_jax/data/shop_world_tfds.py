@@ -496,7 +496,10 @@ class ShopWorldTfdsSource(seqio.TfdsDataSource):
         def read(idx):
             builder, src = self._records_source(split)
             try:
-                rows = src.__getitems__([int(i) for i in idx])
+                # One record at a time: ArrayRecordDataSource.__getitems__ starts a thread
+                # pool per call (one thread per shard touched), 30x slower here for 16
+                # records on 2 cores (7.2 ms against 0.2 ms).
+                rows = [src[int(i)] for i in idx]
             except (RuntimeError, OSError, ValueError) as e:
                 raise _corrupt_shard_error(builder, split, e) from None
             return np.array(rows, dtype=object)
