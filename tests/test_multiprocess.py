@@ -272,36 +272,42 @@ def test_two_process_resume_is_bit_exact(runs, tmp_path):
 # PLUG stage 2 (curriculum plug_stage2_zh_v2: plug_genae for 90% of the examples, then
 # plug_gen), tiny, unpacked: every global batch holds the same 8 examples on 1 and 2
 # processes, so the losses of a batch agree across process counts. 10 steps of 8 examples:
-# the stage switches at global batch 9 (example 72), after the step-9 checkpoint.
+# the stage switches at global batch 9 (example 72). A checkpoint every step; the last 3 kept.
 CURRICULUM_EXP = "experiments/plug/shop_stage2_tiny.gin"
 CURRICULUM = ["--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}", "--gin.BATCH_SIZE=8",
-              "--gin.TRAIN_STEPS=10", "--gin.CHECKPOINT_PERIOD=9", "--gin.LOG_PERIOD=1",
-              "--gin.WARMUP_STEPS=2", "--gin.train/loop.DatasetConfig.pack=False",
-              "--gin.loop.train.eval_dataset_cfg=None"]
+              "--gin.TRAIN_STEPS=10", "--gin.CHECKPOINT_PERIOD=1", "--gin.KEEP_CHECKPOINTS=3",
+              "--gin.LOG_PERIOD=1", "--gin.WARMUP_STEPS=2",
+              "--gin.train/loop.DatasetConfig.pack=False", "--gin.loop.train.eval_dataset_cfg=None"]
 
 
 def test_curriculum_resume_on_another_process_count(tmp_path):
     """2 -> 1 and 1 -> 2 processes: the resumed run continues at the same global example
-    index (its step-10 batch is the uninterrupted runs' step-10 batch) in the same stage."""
-    full = {n: str(tmp_path / f"full{n}") for n in (1, 2)}
-    for n in (1, 2):
-        _train(n, CURRICULUM_EXP, [*CURRICULUM, f"--gin.MODEL_DIR='{full[n]}'"])
-    rows = {n: _rows(full[n]) for n in (1, 2)}
-    for n in (1, 2):
-        assert [rows[n][s]["data_stage"] for s in range(1, 11)] == [0] * 9 + [1]
-    np.testing.assert_allclose([rows[2][s]["loss"] for s in range(1, 11)],
-                               [rows[1][s]["loss"] for s in range(1, 11)], rtol=1e-5)
-    for before, after in ((2, 1), (1, 2)):
-        cut = _cut(full[before], tmp_path / f"cut{before}to{after}", 9)
-        out = _train(after, CURRICULUM_EXP, [*CURRICULUM, f"--gin.MODEL_DIR='{cut}'"])
-        assert "restored step 9" in out, out[-3000:]
-        assert "now in stage 1 (plug_gen_zh_v1)" in out, out[-3000:]
-        resumed = _rows(cut)[10]
-        print(f"{before} -> {after} processes: step-10 loss {resumed['loss']:.6f}, "
-              f"uninterrupted {rows[before][10]['loss']:.6f}")
-        assert resumed["data_stage"] == 1
-        np.testing.assert_allclose(resumed["loss"], rows[before][10]["loss"], rtol=1e-5)
-        _, data_resumed = _saved(cut, 10)
-        _, data_full = _saved(full[before], 10)
-        assert data_resumed == data_full  # global step 10 = example 80, stage 1
-        assert data_resumed["step"] == 10 and data_resumed["stage"] == 1
+    index (its batches are the uninterrupted run's) in the same stage, and switches stage at
+    the same global batch."""
+    full = str(tmp_path / "full")
+    _train(2, CURRICULUM_EXP, [*CURRICULUM, f"--gin.MODEL_DIR='{full}'"])
+    ref = _rows(full)
+    assert [ref[s]["data_stage"] for s in range(1, 11)] == [0] * 9 + [1]
+    _, data_ref = _saved(full, 10)
+    assert data_ref["step"] == 10 and data_ref["stage"] == 1  # global example 80, stage 1
+
+    def resume(model_dir, processes, step, stage_name):
+        out = _train(processes, CURRICULUM_EXP, [*CURRICULUM, f"--gin.MODEL_DIR='{model_dir}'"])
+        assert f"restored step {step}" in out, out[-3000:]
+        assert f"now in stage {int(step >= 9)} ({stage_name})" in out, out[-3000:]
+        rows = _rows(model_dir)
+        for s in range(step + 1, 11):
+            print(f"{processes} process(es), resumed at step {step}: step {s} loss "
+                  f"{rows[s]['loss']:.6f} (uninterrupted, 2 processes: {ref[s]['loss']:.6f})")
+            assert rows[s]["data_stage"] == ref[s]["data_stage"], s
+            np.testing.assert_allclose(rows[s]["loss"], ref[s]["loss"], rtol=1e-5, err_msg=s)
+        assert _saved(model_dir, 10)[1] == data_ref
+        return out
+
+    # 2 -> 1: the two-process run restarted from its step-8 checkpoint on one process; the
+    # stage switches at step 10 as in the uninterrupted run
+    one = _cut(full, tmp_path / "two_to_one", 8)
+    out = resume(one, 1, 8, "plug_genae_zh_v1")
+    assert "curriculum: step 10 starts stage 1" in out, out[-3000:]
+    # 1 -> 2: the step-9 checkpoint that one process wrote, restarted on two processes
+    resume(_cut(one, tmp_path / "one_to_two", 9), 2, 9, "plug_gen_zh_v1")
