@@ -13,7 +13,8 @@ Tests load this module by its path (they run with ``--import-mode=importlib``, s
 a subprocess from the repository root on the CPU and returns the ``CompletedProcess``
 (it fails the test with the end of stderr if the command exits non-zero);
 ``rows(model_dir)`` reads ``MODEL_DIR/metrics.jsonl``; ``eval_rows(model_dir)`` keeps
-its evaluation rows.
+its evaluation rows; ``train_state(model_dir, step)`` restores the train state a checkpoint
+saved as host numpy arrays, and ``flat_arrays(tree)`` flattens it to ``{path: array}``.
 """
 import json
 import os
@@ -40,3 +41,25 @@ def rows(model_dir):
 
 def eval_rows(model_dir):
     return [r for r in rows(model_dir) if "eval/loss" in r]
+
+
+def train_state(model_dir, step):
+    """The saved train state of ``model_dir/checkpoints/<step>`` as host numpy arrays."""
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+    from etils import epath
+    path = epath.Path(model_dir) / "checkpoints" / str(step) / "state"
+    handler = ocp.PyTreeCheckpointHandler()  # the "state" item of TrainCheckpointer
+    meta = handler.metadata(path)
+    meta = getattr(meta, "tree", meta)
+    args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+    return handler.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+
+
+def flat_arrays(tree):
+    """``{path: numpy array}`` of a tree's leaves."""
+    import jax
+    import numpy as np
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in flat}

@@ -14,8 +14,10 @@
 Every subprocess has a hard timeout and is killed in ``finally``, so nothing here can
 hang CI.
 """
+import importlib.util
 import json
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -25,6 +27,11 @@ import time
 
 import numpy as np
 import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "plug_jax_tests_cli_helpers", pathlib.Path(__file__).resolve().parent / "cli_helpers.py")
+cli_helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cli_helpers)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch", "local_multiprocess.sh")
@@ -126,18 +133,10 @@ def _cut(model_dir, to, step):
 
 def _saved(model_dir, step):
     """``(train state as {path: numpy array}, data position)`` of checkpoint ``step``."""
-    import jax
-    import orbax.checkpoint as ocp
-    from etils import epath
-    path = epath.Path(model_dir) / "checkpoints" / str(step)
-    handler = ocp.PyTreeCheckpointHandler()
-    meta = handler.metadata(path / "state")
-    meta = getattr(meta, "tree", meta)
-    args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-    state = handler.restore(path / "state", args=ocp.args.PyTreeRestore(restore_args=args))
-    flat = jax.tree_util.tree_flatten_with_path(state)[0]
-    return ({jax.tree_util.keystr(k): np.asarray(v) for k, v in flat},
-            json.loads((path / "data" / "metadata").read_text()))  # orbax's JSON item
+    path = os.path.join(model_dir, "checkpoints", str(step), "data", "metadata")  # orbax JSON
+    with open(path) as f:
+        data = json.load(f)
+    return cli_helpers.flat_arrays(cli_helpers.train_state(model_dir, step)), data
 
 
 @pytest.fixture(scope="module")

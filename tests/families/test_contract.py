@@ -156,23 +156,11 @@ def _cache_env(cache):
     return {CACHE_ENV: cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 
-def _train_state(model_dir, step):
-    """The saved train state of ``model_dir/checkpoints/<step>`` as host numpy arrays."""
-    import jax
-    import orbax.checkpoint as ocp
-    from etils import epath
-    path = epath.Path(model_dir) / "checkpoints" / str(step) / "state"
-    handler = ocp.PyTreeCheckpointHandler()  # the "state" item of TrainCheckpointer
-    meta = handler.metadata(path)
-    meta = getattr(meta, "tree", meta)
-    args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-    return handler.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
-
-
-def _flat_arrays(tree):
-    import jax
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in flat}
+_spec = importlib.util.spec_from_file_location(
+    "plug_jax_tests_cli_helpers", pathlib.Path(__file__).resolve().parents[1] / "cli_helpers.py")
+cli_helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cli_helpers)
+_train_state, _flat_arrays = cli_helpers.train_state, cli_helpers.flat_arrays
 
 
 def _assert_same_leaves(got, want, what):
