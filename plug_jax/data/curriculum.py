@@ -50,7 +50,8 @@ class CurriculumIterator:
                  split: str, global_batch_size: int, *, total_examples: Optional[int] = None,
                  shuffle: bool = True, seed: int = 0, pack: bool = True,
                  process_index: int = 0, process_count: int = 1, start_step: int = 0,
-                 converter: str = "decoder", example_boundaries: Optional[Sequence[int]] = None):
+                 converter: str = "decoder", example_boundaries: Optional[Sequence[int]] = None,
+                 index_mixtures: bool = True):
         self.curriculum = (curriculum if isinstance(curriculum, Curriculum)
                            else get_curriculum(curriculum))
         if start_step < 0:
@@ -69,6 +70,9 @@ class CurriculumIterator:
         self.converter = converter
         self.process_index, self.process_count = int(process_index), int(process_count)
         self.step = int(start_step)
+        # Mixture stages read by global index (pipeline.BatchIterator's default); positions
+        # saved before mixtures could be read by index say nothing, and resume on the stream.
+        self.index_mixtures = bool(index_mixtures)
         self._inner = None
         self._inner_stage = -1
         self._open(self.stage)
@@ -86,15 +90,19 @@ class CurriculumIterator:
         return 0 if s == 0 else self.batch_boundaries[s - 1]
 
     def _open(self, s: int) -> None:
+        import seqio  # noqa: PLC0415
         from plug_jax.data.pipeline import BatchIterator  # noqa: PLC0415
         if self._inner is not None:
             self._inner.close()
+        name = self.curriculum.stages[s].mixture_or_task_name
+        stream_only = (not self.index_mixtures
+                       and name in seqio.MixtureRegistry.names())
         self._inner = BatchIterator(
-            self.curriculum.stages[s].mixture_or_task_name, self.feature_lengths, self.split,
+            name, self.feature_lengths, self.split,
             self.global_batch_size, shuffle=self.shuffle, seed=self.seed, repeat=True,
             pack=self.pack, process_index=self.process_index,
             process_count=self.process_count, start_step=self.step - self._stage_start(s),
-            converter=self.converter)
+            converter=self.converter, index_based=False if stream_only else None)
         self._inner_stage = s
 
     @property
@@ -140,6 +148,7 @@ class CurriculumIterator:
             "pack": self.pack,
             "shuffle": self.shuffle,
             "converter": self.converter,
+            "index_mixtures": self.index_mixtures,
         }
 
     @classmethod
@@ -158,7 +167,8 @@ class CurriculumIterator:
                    shuffle=state["shuffle"], seed=state["seed"], pack=state["pack"],
                    process_index=process_index, process_count=process_count,
                    start_step=state["step"], converter=state.get("converter", "decoder"),
-                   example_boundaries=state["example_boundaries"])
+                   example_boundaries=state["example_boundaries"],
+                   index_mixtures=bool(state.get("index_mixtures", False)))
 
     def __repr__(self) -> str:
         return (f"CurriculumIterator({self.curriculum.name!r}, step={self.step}, "

@@ -27,7 +27,9 @@ position** instead (docs/data.md, "Index-based input"):
   then kept in the iterator's state, so a resume uses the same ``K``.
 
 A task qualifies when its source is an ``IndexedSource`` (it can produce the examples of a
-dataset of record indices): the Shop World sources and prepared record files are.
+dataset of record indices): the Shop World sources and prepared record files are. A mixture
+qualifies when its members do: position ``g`` goes to one member by a fixed pattern of the
+mixing rates (:func:`mixture_schedule`), and that member reads it by its own position.
 """
 from __future__ import annotations
 
@@ -94,8 +96,16 @@ class IndexedFunctionSource(seqio.FunctionDataSource):
         return self._records_fn(split, indices, chunk=chunk)
 
 
-def supports_indexed(provider) -> bool:
-    """Whether ``provider`` (a seqio Task or Mixture) can be read by global position."""
+def supports_indexed(provider, split: str | None = None) -> bool:
+    """Whether ``provider`` (a seqio Task or Mixture) can be read by global position: a task
+    over an ``IndexedSource``, or a mixture whose every member (of ``split``, when given,
+    with a positive rate) is one."""
+    if isinstance(provider, seqio.Mixture):
+        try:
+            members = mixture_members(provider, split)
+        except ValueError:
+            return False
+        return all(supports_indexed(t) for t, _ in members)
     if not (isinstance(provider, seqio.Task) and isinstance(provider.source, IndexedSource)):
         return False
     available = getattr(provider.source, "indexed_available", None)
@@ -190,6 +200,127 @@ def task_examples(task: seqio.Task, split: str, positions: tf.data.Dataset,
         ds = task.preprocess_postcache(ds, sequence_length=dict(sequence_length), seed=seed)
     ds = task._validate_preprocessing(ds)  # noqa: SLF001  (seqio's own checks)
     return task._trim_output_features(ds, sequence_length=dict(sequence_length))  # noqa: SLF001
+
+
+# ----------------------------------------------------------------------------- mixtures
+# Mixing rates are rounded to integer shares of this many positions (then reduced by their
+# greatest common divisor): each share is within 1/MIXTURE_RESOLUTION of its rate.
+MIXTURE_RESOLUTION = 1000
+
+
+def mixture_members(mixture: seqio.Mixture,
+                    split: str | None = None) -> list[tuple[seqio.Task, float]]:
+    """``[(task, rate)]`` of a mixture's leaf tasks with a positive rate (sub-mixtures
+    flattened as seqio does), in seqio's order (by name); tasks without ``split`` are left
+    out, as seqio's ``Mixture.get_dataset`` leaves them out."""
+    out = []
+    for task in mixture.tasks:
+        if split is not None and split not in task.splits:
+            continue
+        rate = float(mixture.get_rate(task))
+        if not math.isfinite(rate) or rate < 0:
+            raise ValueError(f"mixture {mixture.name!r} gives task {task.name!r} the rate "
+                             f"{rate}; fix: rates must be finite and >= 0")
+        if rate > 0:
+            out.append((task, rate))
+    if not out:
+        raise ValueError(f"mixture {mixture.name!r} has no task with a positive rate"
+                         + (f" and a {split!r} split" if split else ""))
+    return out
+
+
+def mixture_schedule(rates, resolution: int = MIXTURE_RESOLUTION):
+    """The deterministic mixing order: ``(pattern, rank, counts)``.
+
+    The rates become integer ``counts`` (largest remainder over ``resolution`` slots, at
+    least 1 each, reduced by their gcd) summing to the period ``P``. ``pattern[s]`` is the
+    member at slot ``s`` of every period, spread by smooth weighted round robin (each member's
+    slots as evenly apart as possible), and ``rank[s]`` counts the earlier slots of that
+    member in the period. Global position ``g`` is then member ``pattern[g % P]``'s example
+    number ``(g // P) * counts[m] + rank[g % P]``: O(1) per position, and each member's
+    positions are exactly 0, 1, 2, ... in order.
+    """
+    w = np.asarray(rates, np.float64)
+    if w.ndim != 1 or not len(w) or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise ValueError(f"mixing rates must be finite and > 0, got {list(rates)}")
+    raw = w / w.sum() * int(resolution)
+    counts = np.maximum(np.floor(raw).astype(np.int64), 1)
+    while counts.sum() < resolution:
+        counts[int(np.argmax(raw - counts))] += 1
+    while counts.sum() > resolution and np.any(counts > 1):
+        over = np.where(counts > 1, counts - raw, -np.inf)
+        counts[int(np.argmax(over))] -= 1
+    counts //= np.gcd.reduce(counts)
+    period = int(counts.sum())
+    credit = np.zeros(len(counts), np.int64)
+    pattern = np.zeros(period, np.int64)
+    rank = np.zeros(period, np.int64)
+    seen = np.zeros(len(counts), np.int64)
+    for slot in range(period):
+        credit += counts
+        m = int(np.argmax(credit))  # ties: the first member
+        credit[m] -= period
+        pattern[slot], rank[slot] = m, seen[m]
+        seen[m] += 1
+    return pattern, rank, counts
+
+
+def _member_seed(seed: int, member: int) -> int:
+    """Each member of a mixture shuffles and seeds its preprocessors with its own key."""
+    return int((int(seed) * 1_000_003 + (int(member) + 1) * 104_729 + 7) % (1 << 31))
+
+
+def _members(provider, split: str) -> list:
+    return ([t for t, _ in mixture_members(provider, split)]
+            if isinstance(provider, seqio.Mixture) else [provider])
+
+
+def mixture_examples(mixture: seqio.Mixture, split: str, positions: tf.data.Dataset,
+                     sequence_length: Mapping, *, seed: int, shuffle: bool,
+                     chunk: int = 64) -> tf.data.Dataset:
+    """A mixture's preprocessed, trimmed examples at the global ``positions`` (in order):
+    position ``g`` is the example of member ``m`` at that member's own position ``j``
+    (:func:`mixture_schedule`), read through :func:`task_examples` with the member's seed.
+    Examples keep the mixture's output features plus the features ``sequence_length``
+    names (e.g. ``image``), as seqio's ``passthrough_features``."""
+    members = mixture_members(mixture, split)
+    pattern, rank, counts = mixture_schedule([r for _, r in members])
+    period = len(pattern)
+    pat, rk, cnt = (tf.constant(a, tf.int64) for a in (pattern, rank, counts))
+
+    def locate(g):
+        s = g % period
+        m = tf.gather(pat, s)
+        return m, (g // period) * tf.gather(cnt, m) + tf.gather(rk, s)
+
+    def located():  # a pipeline per consumer: tf.data's graph rewrites reject shared nodes
+        return positions.map(locate)
+
+    keep = set(mixture.output_features) | set(sequence_length)
+    datasets, keys = [], None
+    for i, (task, _) in enumerate(members):
+        local = located().filter(lambda m, j, i=i: tf.equal(m, i)).map(lambda m, j: j)
+        ds = task_examples(task, split, local, sequence_length, seed=_member_seed(seed, i),
+                           shuffle=shuffle, chunk=chunk)
+        ds = ds.map(lambda ex: {k: v for k, v in ex.items() if k in keep})
+        mine = sorted(ds.element_spec)
+        if keys is not None and mine != keys:
+            raise ValueError(f"mixture {mixture.name!r}: task {task.name!r} gives features "
+                             f"{mine} but {members[0][0].name!r} gives {keys}; fix: make the "
+                             f"members' preprocessors produce the same features")
+        keys = mine
+        datasets.append(ds)
+    return tf.data.Dataset.choose_from_datasets(datasets, located().map(lambda m, j: m))
+
+
+def examples_at(provider, split: str, positions: tf.data.Dataset, sequence_length: Mapping,
+                *, seed: int, shuffle: bool, chunk: int = 64) -> tf.data.Dataset:
+    """The examples of a task or mixture at the global ``positions``, in order."""
+    if isinstance(provider, seqio.Mixture):
+        return mixture_examples(provider, split, positions, sequence_length, seed=seed,
+                                shuffle=shuffle, chunk=chunk)
+    return task_examples(provider, split, positions, sequence_length, seed=seed,
+                         shuffle=shuffle, chunk=chunk)
 
 
 def _zero_rows(ds: tf.data.Dataset, count: int) -> tf.data.Dataset:
@@ -291,7 +422,7 @@ def _one_to_one(task: seqio.Task, split: str, lengths: Mapping, *, seed: int) ->
     return int(ds.cardinality()) == probe
 
 
-def process_rows(task: seqio.Task, split: str, lengths: Mapping, *, start_batch: int,
+def process_rows(task, split: str, lengths: Mapping, *, start_batch: int,
                  examples_per_batch: int, process_index: int, process_count: int,
                  local_batch_size: int, seed: int, shuffle: bool, pack: bool, converter: str,
                  convert: Callable) -> tf.data.Dataset:
@@ -306,18 +437,23 @@ def process_rows(task: seqio.Task, split: str, lengths: Mapping, *, start_batch:
     lo, hi = share(k, process_index, process_count)
     # Outside the traced function: a source's own errors (a missing or truncated shard)
     # surface as themselves, before any batch.
-    num_records = task.source.indexed_num_records(split)
+    members = _members(task, split)
+    for member in members:
+        member.source.indexed_num_records(split)
+
+    def examples_of(positions, chunk):
+        return examples_at(task, split, positions, lengths, seed=seed, shuffle=shuffle,
+                           chunk=chunk)
 
     b = int(local_batch_size)
     lm = converter == "decoder" and set(lengths) == {"targets"}
-    if (lm or not (pack and converter_packs(converter, lengths))) and _one_to_one(
-            task, split, lengths, seed=seed):
+    if (lm or not (pack and converter_packs(converter, lengths))) and all(
+            _one_to_one(m, split, lengths, seed=seed) for m in members):
         # Every preprocessor keeps one output per input: one continuous pipeline, grouped
         # into shares afterwards, gives the same rows at a fraction of the per-batch cost.
         positions = tf.data.Dataset.range(int(start_batch), _ENDLESS).flat_map(
             lambda n: tf.data.Dataset.range(n * k + lo, n * k + hi))
-        examples = task_examples(task, split, positions, lengths, seed=seed, shuffle=shuffle,
-                                 chunk=min(hi - lo, 64), num_records=num_records)
+        examples = examples_of(positions, min(hi - lo, 64))
         if lm and pack:
             return examples.map(lambda ex: {"targets": tf.cast(ex["targets"], tf.int32)}) \
                 .ragged_batch(hi - lo).map(lambda ex: _pack_lm(ex["targets"], b,
@@ -330,8 +466,7 @@ def process_rows(task: seqio.Task, split: str, lengths: Mapping, *, start_batch:
 
     def one_batch(n):
         positions = tf.data.Dataset.range(n * k + lo, n * k + hi)
-        examples = task_examples(task, split, positions, lengths, seed=seed, shuffle=shuffle,
-                                 chunk=min(hi - lo, 64), num_records=num_records)
+        examples = examples_of(positions, min(hi - lo, 64))
         return share_rows(examples, converter=converter, lengths=lengths, pack=pack,
                           local_batch_size=local_batch_size, convert=convert,
                           share_size=hi - lo)
@@ -339,16 +474,23 @@ def process_rows(task: seqio.Task, split: str, lengths: Mapping, *, start_batch:
     # Several batches are built at once; block_length = the rows of one batch and
     # deterministic order give exactly the sequence of a flat_map.
     parallel = max(1, min(4, os.cpu_count() or 1))
-    return tf.data.Dataset.range(int(start_batch), _ENDLESS).interleave(
+    rows = tf.data.Dataset.range(int(start_batch), _ENDLESS).interleave(
         one_batch, cycle_length=parallel, block_length=int(local_batch_size),
         num_parallel_calls=parallel, deterministic=True)
+    if isinstance(task, seqio.Mixture):
+        # tf.data's map_and_batch_fusion rewrite fails on a mixture's per-batch pipelines
+        # ("can't delete node(s) with retained fanouts", TF 2.x); the others are fine.
+        options = tf.data.Options()
+        options.experimental_optimization.map_and_batch_fusion = False
+        rows = rows.with_options(options)
+    return rows
 
 
 def mean_lengths(task: seqio.Task, split: str, sequence_length: Mapping, *, seed: int,
                  shuffle: bool, count: int = ESTIMATE_EXAMPLES) -> dict[str, float]:
     """Mean trimmed length of each sequence feature over the first ``count`` positions."""
-    ds = task_examples(task, split, tf.data.Dataset.range(count), sequence_length, seed=seed,
-                       shuffle=shuffle)
+    ds = examples_at(task, split, tf.data.Dataset.range(count), sequence_length, seed=seed,
+                     shuffle=shuffle)
     totals: dict[str, float] = {}
     n = 0
     for ex in ds.as_numpy_iterator():

@@ -364,15 +364,16 @@ def _raise_record_file_error(error: Exception) -> None:
         raise RecordFileError(text[at:].splitlines()[0].strip()) from None
 
 
-def _choose_index_based(name: str, provider, repeat: bool, wanted: Optional[bool]) -> bool:
-    """Index-based input for endless (training) streams of tasks that support it; ``wanted``
-    forces it on (an error if the task cannot) or off."""
-    able = indexed.supports_indexed(provider)
+def _choose_index_based(name: str, provider, repeat: bool, wanted: Optional[bool],
+                        split: Optional[str] = None) -> bool:
+    """Index-based input for endless (training) streams of tasks and mixtures that support
+    it; ``wanted`` forces it on (an error if the task cannot) or off."""
+    able = indexed.supports_indexed(provider, split)
     if wanted is None:
         return bool(repeat and able)
     if wanted and not able:
-        raise ValueError(f"{name!r} cannot be read by global example index (its source is not "
-                         f"an IndexedSource, or it is a mixture); fix: set index_based=False "
+        raise ValueError(f"{name!r} cannot be read by global example index (its source, or a "
+                         f"mixture member's, is not an IndexedSource); fix: set index_based=False "
                          f"(gin: --gin.INDEX_BASED_INPUT=False) or give it an indexed source")
     if wanted and not repeat:
         raise ValueError("index-based input is for endless training streams (repeat=True); "
@@ -380,7 +381,7 @@ def _choose_index_based(name: str, provider, repeat: bool, wanted: Optional[bool
     return bool(wanted)
 
 
-def process_dataset(task: seqio.Task, task_feature_lengths: Mapping[str, int], split: str,
+def process_dataset(task, task_feature_lengths: Mapping[str, int], split: str,
                     global_batch_size: int, *, shuffle: bool, seed: int, pack: bool,
                     converter: str, examples_per_batch: int, process_index: int,
                     process_count: int, start_step: int) -> tf.data.Dataset:
@@ -432,7 +433,7 @@ class BatchIterator:
         self.step = int(start_step)
         self._specs = features.feature_spec(converter, self.feature_lengths, self.pack)
         self.index_based = _choose_index_based(mixture_or_task_name, provider, self.repeat,
-                                               index_based)
+                                               index_based, split)
         self.examples_per_batch = None
         if self.index_based:
             # Only this process's rows are built, starting at global batch `step`.

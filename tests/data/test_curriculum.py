@@ -123,3 +123,27 @@ def test_a_curriculum_has_its_first_stages_vocabulary(cur):
     from plug_jax.data.vocab import vocab_fingerprint
     assert vocab_fingerprint(pipeline.task_vocabulary("test_zh_then_en_v1")) == \
         vocab_fingerprint(pipeline.task_vocabulary(ZH))
+
+
+def test_a_mixture_stage_reads_by_index_and_old_positions_resume_on_the_stream(cur):
+    """PALM 2.0's curriculum: stage 1 is a mixture. It is read by index now; a position saved
+    before mixtures could be (no ``index_mixtures``) resumes that stage on the stream it was
+    written on."""
+    lengths = {"inputs": 48, "targets": 32}
+    kw = dict(seed=2, converter="encdec", pack=False, example_boundaries=(8, 16))
+    it = cur.CurriculumIterator("palm2_pretrain_zh_v1", lengths, "train", B, **kw)
+    _rows(it, 3)
+    assert it.stage == 1 and it.stage_name == "palm2_denoise_zh_v1"
+    rows = _rows(it, 1)
+    assert it._inner.index_based
+    state = json.loads(json.dumps(it.state()))
+    assert state["index_mixtures"] is True and state["step"] == 3 + 1
+    again = cur.CurriculumIterator.from_state({**state, "step": 3})
+    np.testing.assert_array_equal(_rows(again, 1)[0], rows[0])
+    assert again._inner.index_based
+    old = {k: v for k, v in state.items() if k != "index_mixtures"}
+    legacy = cur.CurriculumIterator.from_state({**old, "step": 3})
+    assert legacy.stage == 1 and not legacy._inner.index_based
+    stream = _rows(cur.CurriculumIterator("palm2_pretrain_zh_v1", lengths, "train", B,
+                                          index_mixtures=False, **kw), 4)[3]
+    np.testing.assert_array_equal(_rows(legacy, 1)[0], stream)
