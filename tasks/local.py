@@ -141,13 +141,16 @@ def local_task(name: str = "local_lm_zh_v1", train: str = None, validation: Opti
                  seqio.preprocessors.append_eos_after_trim]
         features = {"targets": tokens}
     sizes = {k: len(v) for k, v in records.items()}
+    return _register(name, spec, lambda: seqio.FunctionDataSource(
+        functools.partial(_dataset_fn, records=records, kind=kind, image_size=int(image_size)),
+        splits=tuple(records), num_input_examples=sizes), steps, features)
 
+
+def _register(name: str, spec: dict, make_source, steps, features) -> str:
+    """Register (once) the task ``name`` over ``make_source()``; a different task already
+    under that name is one ``LocalDataError`` line. Returns ``name``."""
     def build():
-        source = seqio.FunctionDataSource(
-            functools.partial(_dataset_fn, records=records, kind=kind,
-                              image_size=int(image_size)),
-            splits=tuple(records), num_input_examples=sizes)
-        return seqio.TaskRegistry.add(name, source=source, preprocessors=steps,
+        return seqio.TaskRegistry.add(name, source=make_source(), preprocessors=steps,
                                       output_features=features, shuffle_buffer_size=1024)
 
     try:
@@ -200,14 +203,5 @@ def _prepared_task(name: str, directory: str, *, kind: str, lang: str,
     spec = {"kind": f"local_records_{kind}", "directory": os.path.abspath(directory),
             "index_bytes": os.path.getsize(index), "lang": lang, "vocabulary": vocabulary,
             "keys": dict(key_map)}
-
-    def build():
-        source = RecordFilesSource(os.path.abspath(directory), features, splits)
-        return seqio.TaskRegistry.add(name, source=source, preprocessors=steps,
-                                      output_features=out, shuffle_buffer_size=1024)
-
-    try:
-        registry.register_task(name, spec, build)
-    except ValueError as e:
-        raise local_files.LocalDataError(str(e)) from None
-    return name
+    return _register(name, spec, lambda: RecordFilesSource(os.path.abspath(directory),
+                                                           features, splits), steps, out)
