@@ -11,7 +11,8 @@ Tests load this module by its path (they run with ``--import-mode=importlib``, s
 
 ``cli(mode, gin_file, model_dir, *flags)`` runs ``python -m plug_jax.main --mode=...`` in
 a subprocess from the repository root on the CPU and returns the ``CompletedProcess``
-(it fails the test with the end of stderr if the command exits non-zero);
+(it fails the test with the end of stderr if the command exits non-zero, unless
+``check=False``); ``run_module(module, ...)`` does the same for another module;
 ``rows(model_dir)`` reads ``MODEL_DIR/metrics.jsonl``; ``eval_rows(model_dir)`` keeps
 its evaluation rows; ``train_state(model_dir, step)`` restores the train state a checkpoint
 saved as host numpy arrays, and ``flat_arrays(tree)`` flattens it to ``{path: array}``.
@@ -24,14 +25,23 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cli(mode, gin_file, model_dir, *flags, timeout=600):
+def run_module(module, gin_file, model_dir, *flags, timeout=600, check=True):
+    """``python -m module --gin_file=... --gin.MODEL_DIR=... *flags`` (plug_jax.main or a
+    family's control script) from the repository root on the CPU; with ``check`` a non-zero
+    exit fails the test with the end of stderr."""
     out = subprocess.run(
-        [sys.executable, "-m", "plug_jax.main", f"--mode={mode}", f"--gin_file={gin_file}",
-         f"--gin.MODEL_DIR={model_dir}", *flags],
+        [sys.executable, "-m", module, f"--gin_file={gin_file}", f"--gin.MODEL_DIR={model_dir}",
+         *flags],
         capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=ROOT,
         timeout=timeout)
-    assert out.returncode == 0, out.stderr[-2000:]
+    if check:
+        assert out.returncode == 0, out.stderr[-2000:]
     return out
+
+
+def cli(mode, gin_file, model_dir, *flags, timeout=600, check=True):
+    return run_module("plug_jax.main", gin_file, model_dir, f"--mode={mode}", *flags,
+                      timeout=timeout, check=check)
 
 
 def rows(model_dir):

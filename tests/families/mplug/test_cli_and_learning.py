@@ -10,10 +10,7 @@ to its controls (blank image, answer prior) with ``plug_jax.families.mplug.contr
 0.80 target is not reached yet (the README's "Results").
 """
 import importlib.util
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -29,10 +26,7 @@ SHORT = ["--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4", "--gin.EVAL_STEPS=6",
 
 
 def _run(mode, model_dir, *flags, gin_file=VQA):
-    return subprocess.run(
-        [sys.executable, "-m", "plug_jax.main", f"--mode={mode}", f"--gin_file={gin_file}",
-         f"--gin.MODEL_DIR={model_dir}", *flags], capture_output=True, text=True,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=cli_helpers.ROOT, timeout=600)
+    return cli_helpers.cli(mode, gin_file, model_dir, *flags, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -126,11 +120,8 @@ def test_vqa_learns_and_uses_the_image(tmp_path):
     ft = "experiments/mplug/shop_vqa_from_captions_tiny.gin"
     init = f"--gin.INIT_CHECKPOINT='{cap}'"
     cli_helpers.cli("train", ft, tmp_path / "vqa", init, timeout=3600)
-    out = subprocess.run(
-        [sys.executable, "-m", "plug_jax.families.mplug.controls", f"--gin_file={ft}",
-         f"--gin.MODEL_DIR={tmp_path / 'vqa'}", init], capture_output=True, text=True,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=cli_helpers.ROOT, timeout=1200)
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = cli_helpers.run_module("plug_jax.families.mplug.controls", ft, tmp_path / "vqa", init,
+                                 timeout=1200)
     print(out.stdout)
     head = next(ln for ln in out.stdout.splitlines() if ln.startswith("VQA accuracy"))
     model, blank, prior = (float(head.split(k)[1].split()[0])

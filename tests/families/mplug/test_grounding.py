@@ -7,11 +7,8 @@ with ``plug_jax.families.mplug.grounding_eval``.
 """
 import dataclasses
 import importlib.util
-import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -198,10 +195,7 @@ def test_loc_offset_is_required_and_must_fit_the_vocabulary():
 
 # ------------------------------------------------------------------ plug-infer
 def _run(mode, model_dir, *flags):
-    return subprocess.run(
-        [sys.executable, "-m", "plug_jax.main", f"--mode={mode}", f"--gin_file={GIN}",
-         f"--gin.MODEL_DIR={model_dir}", *flags], capture_output=True, text=True,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=cli_helpers.ROOT, timeout=600)
+    return cli_helpers.cli(mode, GIN, model_dir, *flags, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -274,11 +268,8 @@ def test_grounding_learns_and_uses_the_image(tmp_path):
     """The experiment as configured (~5 min on one core), then its blank-image control."""
     run = tmp_path / "grd"
     cli_helpers.cli("train", GIN, run, timeout=3600)
-    out = subprocess.run(
-        [sys.executable, "-m", "plug_jax.families.mplug.grounding_eval", f"--gin_file={GIN}",
-         f"--gin.MODEL_DIR={run}"], capture_output=True, text=True,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=cli_helpers.ROOT, timeout=1200)
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = cli_helpers.run_module("plug_jax.families.mplug.grounding_eval", GIN, run,
+                                 timeout=1200)
     print(out.stdout)
     head = next(ln for ln in out.stdout.splitlines() if ln.startswith("grounding accuracy"))
     model, blank = (float(head.split(k)[1].split()[0]) for k in ("model ", "blank image "))
