@@ -277,12 +277,14 @@ def _members(provider, split: str) -> list:
 
 def mixture_examples(mixture: seqio.Mixture, split: str, positions: tf.data.Dataset,
                      sequence_length: Mapping, *, seed: int, shuffle: bool,
-                     chunk: int = 64) -> tf.data.Dataset:
+                     chunk: int = 64,
+                     num_records: Mapping[str, int] | None = None) -> tf.data.Dataset:
     """A mixture's preprocessed, trimmed examples at the global ``positions`` (in order):
     position ``g`` is the example of member ``m`` at that member's own position ``j``
     (:func:`mixture_schedule`), read through :func:`task_examples` with the member's seed.
     Examples keep the mixture's output features plus the features ``sequence_length``
-    names (e.g. ``image``), as seqio's ``passthrough_features``."""
+    names (e.g. ``image``), as seqio's ``passthrough_features``. ``num_records``: each
+    member's record count by task name, when the caller has read it already."""
     members = mixture_members(mixture, split)
     pattern, rank, counts = mixture_schedule([r for _, r in members])
     period = len(pattern)
@@ -301,7 +303,8 @@ def mixture_examples(mixture: seqio.Mixture, split: str, positions: tf.data.Data
     for i, (task, _) in enumerate(members):
         local = located().filter(lambda m, j, i=i: tf.equal(m, i)).map(lambda m, j: j)
         ds = task_examples(task, split, local, sequence_length, seed=_member_seed(seed, i),
-                           shuffle=shuffle, chunk=chunk)
+                           shuffle=shuffle, chunk=chunk,
+                           num_records=(num_records or {}).get(task.name))
         ds = ds.map(lambda ex: {k: v for k, v in ex.items() if k in keep})
         mine = sorted(ds.element_spec)
         if keys is not None and mine != keys:
@@ -314,13 +317,16 @@ def mixture_examples(mixture: seqio.Mixture, split: str, positions: tf.data.Data
 
 
 def examples_at(provider, split: str, positions: tf.data.Dataset, sequence_length: Mapping,
-                *, seed: int, shuffle: bool, chunk: int = 64) -> tf.data.Dataset:
-    """The examples of a task or mixture at the global ``positions``, in order."""
+                *, seed: int, shuffle: bool, chunk: int = 64,
+                num_records: Mapping[str, int] | None = None) -> tf.data.Dataset:
+    """The examples of a task or mixture at the global ``positions``, in order
+    (``num_records``: record counts by task name, read once by the caller)."""
     if isinstance(provider, seqio.Mixture):
         return mixture_examples(provider, split, positions, sequence_length, seed=seed,
-                                shuffle=shuffle, chunk=chunk)
+                                shuffle=shuffle, chunk=chunk, num_records=num_records)
     return task_examples(provider, split, positions, sequence_length, seed=seed,
-                         shuffle=shuffle, chunk=chunk)
+                         shuffle=shuffle, chunk=chunk,
+                         num_records=(num_records or {}).get(provider.name))
 
 
 def _zero_rows(ds: tf.data.Dataset, count: int) -> tf.data.Dataset:
@@ -438,12 +444,11 @@ def process_rows(task, split: str, lengths: Mapping, *, start_batch: int,
     # Outside the traced function: a source's own errors (a missing or truncated shard)
     # surface as themselves, before any batch.
     members = _members(task, split)
-    for member in members:
-        member.source.indexed_num_records(split)
+    num_records = {m.name: m.source.indexed_num_records(split) for m in members}
 
     def examples_of(positions, chunk):
         return examples_at(task, split, positions, lengths, seed=seed, shuffle=shuffle,
-                           chunk=chunk)
+                           chunk=chunk, num_records=num_records)
 
     b = int(local_batch_size)
     lm = converter == "decoder" and set(lengths) == {"targets"}
