@@ -125,23 +125,30 @@ def test_a_resume_at_a_huge_step_reads_only_that_batch(task):
                                   first["decoder_target_tokens"])
 
 
+def _one_and_two_processes(name, lengths, kw, batches=3):
+    """``(iterator, its first batches)`` of one index-based process; the rows two processes
+    build for the same batches must be its rows, split in halves."""
+    it = pipeline.get_batch_iterator(name, lengths, "train", 4, **kw)
+    assert it.index_based
+    whole = [next(it) for _ in range(batches)]
+    parts = [[next(i) for _ in range(batches)] for i in (
+        pipeline.get_batch_iterator(name, lengths, "train", 4, process_index=p,
+                                    process_count=2, **kw) for p in range(2))]
+    for n in range(batches):
+        for k in whole[n]:
+            np.testing.assert_array_equal(np.concatenate([parts[0][n][k], parts[1][n][k]]),
+                                          whole[n][k])
+    return it, whole
+
+
 def test_masks_follow_the_example_not_the_process_count():
     """StructBERT's masked-LM task draws its noise in a seeded map: with index-based input the
     seeds come from each example's global position, so 1 and 2 processes, and a resume,
     see the same masks."""
     name, lengths = "structbert_pretrain_zh_v2", {"inputs": 48}
-    kw = dict(seed=3, converter="encoder", pack=False)
-    it = pipeline.get_batch_iterator(name, lengths, "train", 4, **kw)
-    assert it.index_based
-    whole = [next(it) for _ in range(3)]
+    it, whole = _one_and_two_processes(name, lengths, dict(seed=3, converter="encoder",
+                                                           pack=False))
     assert any(int(b["mlm_weights"].sum()) > 0 for b in whole)
-    parts = [[next(i) for _ in range(3)] for i in (
-        pipeline.get_batch_iterator(name, lengths, "train", 4, process_index=p,
-                                    process_count=2, **kw) for p in range(2))]
-    for n in range(3):
-        for k in whole[n]:
-            np.testing.assert_array_equal(np.concatenate([parts[0][n][k], parts[1][n][k]]),
-                                          whole[n][k])
     resumed = pipeline.BatchIterator.from_state({**it.state(), "step": 1})
     rows = [next(resumed) for _ in range(2)]
     for n in (1, 2):
@@ -329,16 +336,7 @@ def test_a_shop_world_mixture_gives_the_same_rows_on_any_process_count():
     by index resumes on the stream."""
     name, lengths = "palm2_denoise_zh_v1", {"inputs": 48, "targets": 32}
     kw = dict(seed=1, converter="encdec", pack=False)
-    it = pipeline.get_batch_iterator(name, lengths, "train", 4, **kw)
-    assert it.index_based
-    whole = [next(it) for _ in range(3)]
-    parts = [[next(i) for _ in range(3)] for i in (
-        pipeline.get_batch_iterator(name, lengths, "train", 4, process_index=p,
-                                    process_count=2, **kw) for p in range(2))]
-    for n in range(3):
-        for k in whole[n]:
-            np.testing.assert_array_equal(np.concatenate([parts[0][n][k], parts[1][n][k]]),
-                                          whole[n][k])
+    it, whole = _one_and_two_processes(name, lengths, kw)
     resumed = pipeline.BatchIterator.from_state({**it.state(), "step": 2})
     for k, v in next(resumed).items():
         np.testing.assert_array_equal(v, whole[2][k])
