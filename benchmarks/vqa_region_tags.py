@@ -67,7 +67,8 @@ def data(split, n):
         c = np.zeros((G, G), np.int32)
         m = np.zeros((G, G), np.int32)
         k = np.zeros((G, G), np.int32)
-        for (x0, y0, x1, y1), cat, mat, col in zip(ex["boxes"], ex["categories"], ex["materials"], ex["colours"]):
+        for (x0, y0, x1, y1), cat, mat, col in zip(ex["boxes"], ex["categories"],
+                                                   ex["materials"], ex["colours"]):
             inside = ((centres[None, :] >= x0) & (centres[None, :] < x1)
                       & (centres[:, None] >= y0) & (centres[:, None] < y1))
             c[inside] = CATS.index(cat) + 1
@@ -118,7 +119,8 @@ def batch_of(d, idx):
     X, C, M, Q, T, I, TY = d
     dec_in = np.concatenate([np.zeros((len(idx), 1), np.int32), T[idx, :-1]], 1)
     return {"image": X[I[idx]], "encoder_input_tokens": Q[idx], "decoder_input_tokens": dec_in,
-            "decoder_target_tokens": T[idx], "decoder_loss_weights": (T[idx] > 0).astype(np.float32)}
+            "decoder_target_tokens": T[idx],
+            "decoder_loss_weights": (T[idx] > 0).astype(np.float32)}
 
 
 b0 = batch_of(tr, np.arange(2))
