@@ -51,7 +51,7 @@ class CurriculumIterator:
                  shuffle: bool = True, seed: int = 0, pack: bool = True,
                  process_index: int = 0, process_count: int = 1, start_step: int = 0,
                  converter: str = "decoder", example_boundaries: Optional[Sequence[int]] = None,
-                 index_mixtures: bool = True):
+                 index_mixtures: bool = True, index_based: Optional[bool] = None):
         self.curriculum = (curriculum if isinstance(curriculum, Curriculum)
                            else get_curriculum(curriculum))
         if start_step < 0:
@@ -73,6 +73,10 @@ class CurriculumIterator:
         # Mixture stages read by global index (pipeline.BatchIterator's default); positions
         # saved before mixtures could be read by index say nothing, and resume on the stream.
         self.index_mixtures = bool(index_mixtures)
+        # Every stage's index_based (pipeline.BatchIterator): None reads each stage by index
+        # where it can; False keeps every stage on the stream (gin INDEX_BASED_INPUT=False);
+        # True requires every stage to be readable by index.
+        self.index_based = None if index_based is None else bool(index_based)
         self._inner = None
         self._inner_stage = -1
         self._open(self.stage)
@@ -95,14 +99,15 @@ class CurriculumIterator:
         if self._inner is not None:
             self._inner.close()
         name = self.curriculum.stages[s].mixture_or_task_name
-        stream_only = (not self.index_mixtures
-                       and name in seqio.MixtureRegistry.names())
+        stream_only = self.index_based is False or (
+            not self.index_mixtures and name in seqio.MixtureRegistry.names())
         self._inner = BatchIterator(
             name, self.feature_lengths, self.split,
             self.global_batch_size, shuffle=self.shuffle, seed=self.seed, repeat=True,
             pack=self.pack, process_index=self.process_index,
             process_count=self.process_count, start_step=self.step - self._stage_start(s),
-            converter=self.converter, index_based=False if stream_only else None)
+            converter=self.converter,
+            index_based=False if stream_only else self.index_based)
         self._inner_stage = s
 
     @property
@@ -149,6 +154,7 @@ class CurriculumIterator:
             "shuffle": self.shuffle,
             "converter": self.converter,
             "index_mixtures": self.index_mixtures,
+            "index_based": self.index_based,
         }
 
     @classmethod
@@ -168,7 +174,8 @@ class CurriculumIterator:
                    process_index=process_index, process_count=process_count,
                    start_step=state["step"], converter=state.get("converter", "decoder"),
                    example_boundaries=state["example_boundaries"],
-                   index_mixtures=bool(state.get("index_mixtures", False)))
+                   index_mixtures=bool(state.get("index_mixtures", False)),
+                   index_based=state.get("index_based"))
 
     def __repr__(self) -> str:
         return (f"CurriculumIterator({self.curriculum.name!r}, step={self.step}, "

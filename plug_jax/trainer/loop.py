@@ -119,7 +119,7 @@ def _batch_iterator(cfg: DatasetConfig, *, repeat: bool, start_step: int = 0,
             cfg.batch_size, total_examples=total_examples,
             shuffle=cfg.shuffle if shuffle is None else shuffle, seed=cfg.seed, pack=cfg.pack,
             process_index=jax.process_index(), process_count=jax.process_count(),
-            start_step=start_step, converter=cfg.converter)
+            start_step=start_step, converter=cfg.converter, index_based=cfg.index_based)
     name = cfg.mixture_or_task_name
     if curriculum.is_curriculum(name):  # evaluation of a curriculum: its final stage's data
         name = curriculum.get_curriculum(name).stages[-1].mixture_or_task_name

@@ -147,3 +147,32 @@ def test_a_mixture_stage_reads_by_index_and_old_positions_resume_on_the_stream(c
     stream = _rows(cur.CurriculumIterator("palm2_pretrain_zh_v1", lengths, "train", B,
                                           index_mixtures=False, **kw), 4)[3]
     np.testing.assert_array_equal(_rows(legacy, 1)[0], stream)
+
+
+def test_index_based_false_keeps_every_stage_on_the_stream(cur):
+    """The trainer's ``index_based`` (gin INDEX_BASED_INPUT) reaches a curriculum: False reads
+    every stage on the stream, is kept in the position, and a resume stays on the stream."""
+    from plug_jax.data import pipeline
+    from plug_jax.trainer import loop
+    cfg = loop.DatasetConfig("test_zh_then_en_v1", LENGTHS, batch_size=B, index_based=False,
+                             seed=1)
+    it = loop._batch_iterator(cfg, repeat=True)
+    assert isinstance(it, cur.CurriculumIterator) and it.index_based is False
+    rows = _rows(it, 4)  # stage 0: batches 0..2, stage 1: batch 3
+    assert it.stage == 1 and not it._inner.index_based
+    state = json.loads(json.dumps(it.state()))
+    assert state["index_based"] is False
+    again = cur.CurriculumIterator.from_state({**state, "step": 3})
+    assert not again._inner.index_based
+    np.testing.assert_array_equal(_rows(again, 1)[0], rows[3])
+    # Stage 1's rows are the stage task's own stream batch 0, not its batch 0 by index.
+    stream = pipeline.get_batch_iterator(EN, LENGTHS, "train", B, seed=1, index_based=False)
+    np.testing.assert_array_equal(rows[3], next(stream)["decoder_target_tokens"])
+    assert not np.array_equal(rows[3], next(pipeline.get_batch_iterator(
+        EN, LENGTHS, "train", B, seed=1))["decoder_target_tokens"])
+    # The default reads the stages by index; a position saved without the key keeps it.
+    default = loop._batch_iterator(loop.DatasetConfig("test_zh_then_en_v1", LENGTHS,
+                                                      batch_size=B, seed=1), repeat=True)
+    assert default.index_based is None and default._inner.index_based
+    old = {k: v for k, v in default.state().items() if k != "index_based"}
+    assert cur.CurriculumIterator.from_state(old)._inner.index_based
