@@ -28,7 +28,7 @@ tf = configure_tensorflow()
 
 import seqio  # noqa: E402
 
-from plug_jax.data import multimodal, registry  # noqa: E402
+from plug_jax.data import indexed, multimodal, registry  # noqa: E402
 from plug_jax.data.shop_world_tfds import VERSION, ShopWorldTfdsSource  # noqa: E402
 from plug_jax.data.vocab import ShopWorldVocabulary  # noqa: E402
 
@@ -68,7 +68,9 @@ def register_image_task(name: str, what: str, lang: str = "en", config: str = "i
             source=ShopWorldTfdsSource(config, features=_SOURCE_FEATURES[
                 "caption" if what in _PAIRS else what](lang)),
             preprocessors=[
-                functools.partial(_format, what=what, lang=lang),
+                # VQA makes one example per question of an image (read by index per example)
+                (indexed.per_record if what == "vqa" else lambda f: f)(
+                    functools.partial(_format, what=what, lang=lang)),
                 functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
                 seqio.preprocessors.append_eos_after_trim,
             ],

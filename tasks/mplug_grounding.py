@@ -36,7 +36,7 @@ tf = configure_tensorflow()
 
 import seqio  # noqa: E402
 
-from plug_jax.data import multimodal, registry  # noqa: E402
+from plug_jax.data import indexed, multimodal, registry  # noqa: E402
 from plug_jax.data.shop_world_tfds import VERSION, ShopWorldTfdsSource  # noqa: E402
 from plug_jax.data.vocab import ShopWorldVocabulary  # noqa: E402
 
@@ -103,7 +103,8 @@ def register_grounding_task(name: str, lang: str = "en", config: str = "images_6
             source=ShopWorldTfdsSource(config, features=[
                 "image", "product_id", f"referring_phrase_{lang}", "referring_box"]),
             preprocessors=[
-                functools.partial(_format, lang=lang),
+                # one example per referring phrase of an image (read by index per example)
+                indexed.per_record(functools.partial(_format, lang=lang)),
                 functools.partial(location_ids, vocab=vocab),
                 _tokenize_inputs,
                 seqio.preprocessors.append_eos_after_trim,

@@ -26,8 +26,13 @@ position** instead (docs/data.md, "Index-based input"):
   examples (``estimate_examples_per_batch``, filling rows to ``PACK_FILL`` on average) and
   then kept in the iterator's state, so a resume uses the same ``K``.
 
+A task whose preprocessing makes several examples from one record marks that preprocessor
+:func:`per_record`; its positions then count examples (item ``j`` of record ``r``), not
+records (:func:`record_counts`, :func:`example_records`).
+
 A task qualifies when its source is an ``IndexedSource`` (it can produce the examples of a
-dataset of record indices): the Shop World sources and prepared record files are. A mixture
+dataset of record indices): the Shop World sources (images and videos included) and
+prepared record files are. A mixture
 qualifies when its members do: position ``g`` goes to one member by a fixed pattern of the
 mixing rates (:func:`mixture_schedule`), and that member reads it by its own position.
 """
@@ -177,11 +182,159 @@ def seeds_from_positions(positions: tf.data.Dataset, seed: int):
 
 
 # ----------------------------------------------------------------------------- examples
+# ----------------------------------------------------------------------------- per record
+PER_RECORD_ATTR = "plug_jax_per_record"
+
+
+def per_record(fn: Callable) -> Callable:
+    """Mark a preprocessor that makes any number of examples from each record (a
+    ``flat_map``: one VQA example per question of an image), each from that record alone.
+
+    A task with a marked preprocessor is read by index **per example**: global position
+    ``g`` is one preprocessed example, not one record (:func:`record_counts`). By marking it
+    the task's author also says that the task's other preprocessors treat records
+    independently (no ``scan`` across records) and that the number of examples of a record
+    does not depend on the seed.
+    """
+    setattr(fn, PER_RECORD_ATTR, True)
+    return fn
+
+
+def expands_per_record(task) -> bool:
+    """Whether ``task`` has a :func:`per_record` preprocessor (through ``functools.partial``)."""
+    if not isinstance(task, seqio.Task):
+        return False
+    for p in task.preprocessors:
+        while hasattr(p, "func") and not getattr(p, PER_RECORD_ATTR, False):
+            p = p.func
+        if getattr(p, PER_RECORD_ATTR, False):
+            return True
+    return False
+
+
+def _record_preprocessor(task: seqio.Task, sequence_length: Mapping, seed: int) -> Callable:
+    """``fn(record, position)``: the dataset of the examples the task makes from one record,
+    its seeded maps seeded by ``position``."""
+    def fn(record, position):
+        ds = tf.data.Dataset.from_tensors(record)
+        with seeds_from_positions(tf.data.Dataset.from_tensors(position).repeat(), seed):
+            ds = task.preprocess_precache(ds, seed=seed)
+            return task.preprocess_postcache(ds, sequence_length=dict(sequence_length),
+                                             seed=seed)
+    return fn
+
+
+_COUNTS: dict[tuple, np.ndarray] = {}
+_COUNTS_LOCK = threading.Lock()
+
+
+def _counts_file(task: seqio.Task, split: str, n: int) -> str | None:
+    spec = getattr(task, "plug_jax_spec", None)
+    if spec is None:
+        return None
+    import hashlib  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from plug_jax.data.vocab import default_cache_dir  # noqa: PLC0415
+    key = hashlib.sha256(json.dumps([spec, split, int(n)], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    return os.path.join(default_cache_dir(), "indexed_counts", f"{task.name}-{split}-{key}.npy")
+
+
+def record_counts(task: seqio.Task, split: str, *, num_records: int | None = None,
+                  sequence_length: Mapping | None = None) -> np.ndarray:
+    """int64 ``[N]``: how many examples the task's preprocessing makes from each record of
+    ``split``.
+
+    One pass over the split, once: kept in memory and, for tasks registered with a spec
+    (``registry.register_task``), in ``$PLUG_JAX_CACHE/indexed_counts/`` keyed by the spec,
+    the split and ``N`` (written whole or not at all), so every later run and process reads
+    ``N`` integers instead.
+    """
+    source = task.source
+    n = source.indexed_num_records(split) if num_records is None else int(num_records)
+    key = (task.name, split, n)
+    with _COUNTS_LOCK:
+        if key in _COUNTS:
+            return _COUNTS[key]
+        path = _counts_file(task, split, n)
+        counts = None
+        if path and os.path.exists(path):
+            try:
+                counts = np.load(path, allow_pickle=False)
+            except (OSError, ValueError):
+                counts = None  # unreadable: count again and rewrite it
+            if counts is not None and (counts.shape != (n,) or counts.dtype != np.int64):
+                counts = None
+        if counts is None:
+            lengths = dict(sequence_length or {})
+            fn = _record_preprocessor(task, lengths, 0)
+            records = source.indexed_dataset(split, tf.data.Dataset.range(n), chunk=64)
+            # Each output is tagged with its record's index; the tags are then counted.
+            ds = tf.data.Dataset.zip((records, tf.data.Dataset.range(n))).interleave(
+                lambda r, i: fn(r, i).map(lambda _: i), cycle_length=1,
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            counts = np.zeros([n], np.int64)
+            for tags in ds.batch(4096).as_numpy_iterator():
+                counts += np.bincount(tags, minlength=n)
+            if path:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = f"{path}.tmp{os.getpid()}"
+                with open(tmp, "wb") as f:
+                    np.save(f, counts, allow_pickle=False)
+                os.replace(tmp, path)
+        if int(counts.sum()) <= 0:
+            raise ValueError(f"task {task.name!r} split {split!r} makes no examples from its "
+                             f"{n} records")
+        _COUNTS[key] = counts
+        return counts
+
+
+def example_records(positions: np.ndarray, counts: np.ndarray, seed: int,
+                    shuffle: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(record, item)`` of each global position of a per-record task: position ``g`` is
+    example ``shuffle_e(g mod M)`` of the ``M = sum(counts)`` examples (record by record,
+    in record order), and that is item ``item`` of record ``record``."""
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    e = record_indices(positions, int(starts[-1]), seed, shuffle)
+    r = np.searchsorted(starts, e, side="right") - 1
+    return r.astype(np.int64), (e - starts[r]).astype(np.int64)
+
+
+def per_record_examples(task: seqio.Task, split: str, positions: tf.data.Dataset,
+                        sequence_length: Mapping, *, seed: int, shuffle: bool,
+                        chunk: int = 64, num_records: int | None = None) -> tf.data.Dataset:
+    """:func:`task_examples` for a :func:`per_record` task: exactly one example per
+    position. The position's record is read and preprocessed on its own (seeded by the
+    position), and the one example the position names is kept."""
+    counts = record_counts(task, split, num_records=num_records,
+                           sequence_length=sequence_length)
+
+    def locate(pos):
+        r, j = example_records(pos, counts, seed, shuffle)
+        return r, j
+
+    located = (positions.batch(max(int(chunk), 1))
+               .map(lambda p: tuple(tf.ensure_shape(t, [None]) for t in tf.numpy_function(
+                   locate, [p], (tf.int64, tf.int64), stateful=False)))
+               .unbatch())
+    records = task.source.indexed_dataset(split, located.map(lambda r, j: r), chunk=chunk)
+    fn = _record_preprocessor(task, sequence_length, seed)
+    ds = tf.data.Dataset.zip((records, located, positions)).interleave(
+        lambda rec, rj, g: fn(rec, g).skip(rj[1]).take(1), cycle_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = task._validate_preprocessing(ds)  # noqa: SLF001
+    return task._trim_output_features(ds, sequence_length=dict(sequence_length))  # noqa: SLF001
+
+
 def task_examples(task: seqio.Task, split: str, positions: tf.data.Dataset,
                   sequence_length: Mapping, *, seed: int, shuffle: bool,
                   chunk: int = 64, num_records: int | None = None) -> tf.data.Dataset:
     """The task's preprocessed, trimmed examples at the global ``positions`` (in order),
     their records read ``chunk`` at a time."""
+    if expands_per_record(task):
+        return per_record_examples(task, split, positions, sequence_length, seed=seed,
+                                   shuffle=shuffle, chunk=chunk, num_records=num_records)
     source = task.source
     n = source.indexed_num_records(split) if num_records is None else int(num_records)
     if n <= 0:
@@ -453,7 +606,8 @@ def process_rows(task, split: str, lengths: Mapping, *, start_batch: int,
     b = int(local_batch_size)
     lm = converter == "decoder" and set(lengths) == {"targets"}
     if (lm or not (pack and converter_packs(converter, lengths))) and all(
-            _one_to_one(m, split, lengths, seed=seed) for m in members):
+            expands_per_record(m) or _one_to_one(m, split, lengths, seed=seed)
+            for m in members):
         # Every preprocessor keeps one output per input: one continuous pipeline, grouped
         # into shares afterwards, gives the same rows at a fraction of the per-batch cost.
         positions = tf.data.Dataset.range(int(start_batch), _ENDLESS).flat_map(

@@ -17,6 +17,7 @@ is created (this module's bottom), which keeps every config's version and exampl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import os
@@ -316,10 +317,35 @@ def _check_config(config: str) -> None:
                          f"{sorted(CONFIG_SPECS)}")
 
 
+@contextlib.contextmanager
+def _preparing(d: str, name: str):
+    """One process at a time prepares ``name`` under ``d`` (an exclusive ``flock``): TFDS
+    renames its finished directory into place, which fails if another process (a pytest
+    worker, a second host process) finished the same config first."""
+    import fcntl  # noqa: PLC0415
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f".prepare-{name}.lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def prepare(config: str, path: Optional[str] = None, *, verbose: bool = False) -> str:
     """Generate and write ``shop_world/<config>`` once; returns the data directory."""
     _check_config(config)
     d = data_dir(path)
+    builder = tfds.builder(f"shop_world/{config}:{VERSION}", data_dir=d)
+    if not builder.is_prepared():
+        with _preparing(d, config):
+            return _prepare_locked(config, d, verbose)
+    if verbose:
+        print(f"shop_world/{config} is already prepared under {d}", flush=True)
+    return d
+
+
+def _prepare_locked(config: str, d: str, verbose: bool) -> str:
     builder = tfds.builder(f"shop_world/{config}:{VERSION}", data_dir=d)
     if not builder.is_prepared():
         t0 = time.time()
@@ -339,8 +365,7 @@ def prepare_defaults(path: Optional[str] = None, *, verbose: bool = False) -> li
     names = [n for n, s in CONFIG_SPECS.items() if s.default]
     for n in names:
         prepare(n, path, verbose=verbose)
-        if _text_only(n):
-            prepare_records(n, path, verbose=verbose)
+        prepare_records(n, path, verbose=verbose)
     return names
 
 
@@ -354,8 +379,8 @@ def records_dir(path: Optional[str] = None) -> str:
 
 
 def _text_only(config: str, features: Optional[Sequence[str]] = None) -> bool:
-    """Whether the config's (selected) features are all text or scalars: what the
-    random-access reader hands to tf.data."""
+    """Whether the config's (selected) features are all text or scalars: the random-access
+    reader parses those in batches in the graph, the others with TFDS's decoding."""
     feats = CONFIG_SPECS[config].features()
     names = list(features) if features is not None else list(feats.keys())
     return all(isinstance(feats[n], (tfds.features.Text, tfds.features.Scalar))
@@ -364,21 +389,26 @@ def _text_only(config: str, features: Optional[Sequence[str]] = None) -> bool:
 
 def prepare_records(config: str, path: Optional[str] = None, *, verbose: bool = False) -> str:
     """Write ``shop_world/<config>`` once in the random-access layout: ``RECORDS_SHARDS``
-    ArrayRecord shards per split (``tfds`` ``file_format="array_record"``), read with
-    ``builder.as_data_source``. Returns the data directory."""
+    ArrayRecord shards per split (``tfds`` ``file_format="array_record"``), read by index
+    (``ShopWorldTfdsSource.indexed_dataset``). Returns the data directory."""
     _check_config(config)
     d = records_dir(path)
     builder = tfds.builder(f"shop_world/{config}:{VERSION}", data_dir=d,
                            file_format="array_record")
-    if not builder.is_prepared():
-        t0 = time.time()
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(
-                download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
-                num_shards=RECORDS_SHARDS))
-        if verbose:
-            print(f"prepared shop_world/{config} as ArrayRecord ({RECORDS_SHARDS} shards per "
-                  f"split) in {time.time() - t0:.1f}s under {d}", flush=True)
+    if builder.is_prepared():
+        return d
+    with _preparing(d, config):
+        builder = tfds.builder(f"shop_world/{config}:{VERSION}", data_dir=d,
+                               file_format="array_record")
+        if not builder.is_prepared():  # (another process may have prepared it meanwhile)
+            t0 = time.time()
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(
+                    download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
+                    num_shards=RECORDS_SHARDS))
+            if verbose:
+                print(f"prepared shop_world/{config} as ArrayRecord ({RECORDS_SHARDS} shards "
+                      f"per split) in {time.time() - t0:.1f}s under {d}", flush=True)
     return d
 
 
@@ -452,9 +482,11 @@ class ShopWorldTfdsSource(seqio.TfdsDataSource):
         self._ensure()
         return super().list_shards(split)
 
-    # Random access (plug_jax.data.indexed.IndexedSource), for text and scalar features.
+    # Random access (plug_jax.data.indexed.IndexedSource): every config. Text and scalar
+    # features are parsed in the graph in batches; images, videos and tensors go through
+    # TFDS's own decoding of each record (FeaturesDict.deserialize_example).
     def indexed_available(self) -> bool:
-        return _text_only(self._shop_config, self._shop_features)
+        return True
 
     def _records_source(self, split: str):
         key = ("_records", split)
@@ -489,9 +521,6 @@ class ShopWorldTfdsSource(seqio.TfdsDataSource):
     def indexed_dataset(self, split: str, indices, *, chunk: int = 64):
         feats = CONFIG_SPECS[self._shop_config].features()
         names = list(self._shop_features or feats.keys())
-        spec = {n: tf.io.FixedLenFeature([], tf.string if isinstance(feats[n], tfds.features.Text)
-                                         else tf.as_dtype(feats[n].np_dtype))
-                for n in names}
 
         def read(idx):
             builder, src = self._records_source(split)
@@ -504,12 +533,21 @@ class ShopWorldTfdsSource(seqio.TfdsDataSource):
                 raise _corrupt_shard_error(builder, split, e) from None
             return np.array(rows, dtype=object)
 
-        def to_example(idx):
+        def serialized(idx):
             raw = tf.numpy_function(read, [idx], tf.string, stateful=False)
             raw.set_shape(idx.shape)
-            return tf.io.parse_example(raw, spec)
+            return raw
 
-        return indices.batch(max(int(chunk), 1)).map(to_example).unbatch()
+        raws = indices.batch(max(int(chunk), 1)).map(serialized)
+        if _text_only(self._shop_config, names):
+            spec = {n: tf.io.FixedLenFeature(
+                [], tf.string if isinstance(feats[n], tfds.features.Text)
+                else tf.as_dtype(feats[n].np_dtype)) for n in names}
+            return raws.map(lambda raw: tf.io.parse_example(raw, spec)).unbatch()
+        selected = tfds.decode.PartialDecoding({n: True for n in names}).extract_features(
+            feats)
+        return raws.unbatch().map(selected.deserialize_example,
+                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -352,3 +352,162 @@ def test_a_shop_world_mixture_gives_the_same_rows_on_any_process_count():
     again = pipeline.BatchIterator.from_state({**packed.state(), "step": 1})
     for k, v in next(again).items():
         np.testing.assert_array_equal(v, rows[1][k])
+
+
+# ----------------------------------------------------------------------------- per record
+PER_RECORD_TASK = "test_indexed_per_record_zh"
+ITEMS = (0, 1, 2, 1)  # examples made from record i: ITEMS[i % 4] (40 from the N = 40 records)
+
+
+@indexed.per_record
+def _items(dataset):
+    """Record i makes ``ITEMS[i % 4]`` examples, example k the text ``"i i i k"``."""
+    import tensorflow as tf
+    items = tf.constant(ITEMS, tf.int64)
+    return dataset.flat_map(lambda ex: tf.data.Dataset.range(items[ex["index"] % 4]).map(
+        lambda k: {"text": ex["text"] + " " + tf.strings.as_string(k)}))
+
+
+@pytest.fixture(scope="module")
+def per_record_task():
+    import seqio
+    import tensorflow as tf
+    from plug_jax.data.vocab import ShopWorldVocabulary
+
+    def stream(split, shuffle_files, seed=None):
+        return _records(split, tf.data.Dataset.range(N), chunk=8, log=[])
+
+    if PER_RECORD_TASK not in seqio.TaskRegistry.names():
+        source = indexed.IndexedFunctionSource(
+            stream, functools.partial(_records, log=LOG), splits=("train",),
+            num_input_examples={"train": N})
+        vocab = ShopWorldVocabulary(None, seed=0, lang="zh")
+        seqio.TaskRegistry.add(
+            PER_RECORD_TASK, source=source,
+            preprocessors=[_items,
+                           functools.partial(seqio.preprocessors.rekey,
+                                             key_map={"targets": "text"}),
+                           functools.partial(seqio.preprocessors.tokenize,
+                                             copy_pretokenized=False),
+                           seqio.preprocessors.append_eos_after_trim],
+            output_features={"targets": seqio.Feature(vocabulary=vocab, add_eos=True,
+                                                      dtype=tf.int32)})
+    return PER_RECORD_TASK
+
+
+def test_a_task_that_expands_records_is_read_one_example_per_position(task, per_record_task):
+    """Position g is one *example* (record r's item j), not one record: unshuffled, the
+    index path gives the stream's examples in order; each process reads only the records
+    of its own positions; a huge step reads only that batch's records."""
+    import seqio
+    expanding = seqio.get_mixture_or_task(per_record_task)
+    assert indexed.expands_per_record(expanding) and not indexed.expands_per_record(
+        seqio.get_mixture_or_task(task))
+    counts = indexed.record_counts(expanding, "train")
+    np.testing.assert_array_equal(counts, np.array(ITEMS)[np.arange(N) % 4])
+    # The examples in record order: record r's items 0 .. ITEMS[r % 4] - 1.
+    pairs = [(r, j) for r in range(N) for j in range(ITEMS[r % 4])]
+    m = len(pairs)
+    assert m % 4 == 0  # so process p's positions mod m are always the same half
+    r, j = indexed.example_records(np.arange(2 * m), counts, seed=0, shuffle=False)
+    assert list(zip(r.tolist(), j.tolist())) == pairs + pairs
+    shuffled = indexed.example_records(np.arange(m, 2 * m), counts, seed=4, shuffle=True)
+    assert sorted(zip(*(a.tolist() for a in shuffled))) == pairs  # an epoch: each once
+    # Unshuffled rows equal seqio's own stream of the task (record order, flat_map).
+    stream = _iter(per_record_task, index_based=False)
+    want = [next(stream)["decoder_target_tokens"] for _ in range(m // 4 + 1)]
+    _close(stream)
+    it = _iter(per_record_task)
+    assert it.index_based and it.examples_per_batch == 4
+    got = [next(it)["decoder_target_tokens"] for _ in range(6)]
+    _close(it)
+    for n in range(6):
+        np.testing.assert_array_equal(got[n], want[n])
+    # Two processes: process p's rows are its half, and it reads only its positions' records.
+    for p in range(2):
+        LOG.clear()
+        part = _iter(per_record_task, process_index=p, process_count=2)
+        rows = [next(part)["decoder_target_tokens"] for _ in range(3)]
+        _close(part)
+        mine = {pairs[(4 * n + 2 * p + k) % m][0] for n in range(m) for k in (0, 1)}
+        assert len(mine) < N - N // 4  # records with examples that process p never reads
+        assert LOG and set(LOG) <= mine, sorted(set(LOG) - mine)
+        for n in range(3):
+            np.testing.assert_array_equal(rows[n], got[n][2 * p:2 * p + 2])
+    step = 10 ** 12
+    LOG.clear()
+    far = _iter(per_record_task, start_step=step)
+    first = next(far)["decoder_target_tokens"]
+    _close(far)
+    assert set(LOG) <= {pairs[(step * 4 + g) % m][0] for g in range(4 * 64)}
+    assert {pairs[(step * 4 + g) % m][0] for g in range(4)} <= set(LOG)
+    # Row g is example (4 step + g) mod M of the stream (whose first M rows hold each once).
+    flat = np.concatenate(want)
+    np.testing.assert_array_equal(first, flat[[(step * 4 + g) % m for g in range(4)]])
+
+
+def test_mplug_vqa_is_read_by_index_one_example_per_question():
+    """mPLUG's VQA task (one example per question of an image) reads Shop World images by
+    index from the ArrayRecord layout: record counts are the images' question counts, and
+    example g is question j of image r with TFDS's own pixels and text; 1 and 2 processes
+    build the same rows."""
+    import seqio
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from plug_jax.data import multimodal
+    from plug_jax.data import shop_world_tfds as sw
+    name = "mplug_shop_vqa_en_v1"
+    task = seqio.get_mixture_or_task(name)
+    assert indexed.expands_per_record(task) and indexed.supports_indexed(task, "validation")
+    counts = indexed.record_counts(task, "validation")  # prepares the layout if needed
+    ref = tfds.builder(f"shop_world/images_64:{sw.VERSION}", data_dir=sw.records_dir(),
+                       file_format="array_record").as_data_source(split="validation")
+    np.testing.assert_array_equal(counts, [len(ref[i]["vqa_question_en"])
+                                           for i in range(len(ref))])
+    lengths = {"image": (64, 64, 3), "inputs": 24, "targets": 8}
+    picks = [0, 1, 2, 700, int(counts.sum()) - 1]
+    got = list(indexed.examples_at(task, "validation", tf.data.Dataset.from_tensor_slices(
+        np.array(picks, np.int64)), lengths, seed=0, shuffle=False).as_numpy_iterator())
+    vocab = task.output_features["inputs"].vocabulary
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    for g, ex in zip(picks, got):
+        r = int(np.searchsorted(starts, g, side="right") - 1)
+        j = g - int(starts[r])
+        rec = ref[r]
+        q, a = rec["vqa_question_en"][j].decode(), rec["vqa_answer_en"][j].decode()
+        assert ex["inputs"].tolist() == vocab.encode(q)[:23] + [1]
+        assert ex["targets"].tolist() == vocab.encode(a)[:7] + [1]
+        assert ex["question_type"] == multimodal.VQA_TYPES.index(rec["vqa_type"][j].decode())
+        pixels = (rec["image"] / 255.0 - np.array(multimodal.CLIP_MEAN)) / np.array(
+            multimodal.CLIP_STD)
+        np.testing.assert_allclose(ex["image"], pixels, atol=1e-5)
+    lengths = {**lengths, "question_type": 1}
+    it, _ = _one_and_two_processes(name, lengths, dict(seed=0, converter="image_text"),
+                                   batches=2)
+    assert it.examples_per_batch == 4
+
+
+def test_shop_world_videos_are_read_by_index():
+    """CLIP's video captions (one example per video) read ``videos_8`` by index: frames and
+    caption equal TFDS's own decoding of the ArrayRecord layout."""
+    import seqio
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from plug_jax.data import multimodal
+    from plug_jax.data import shop_world_tfds as sw
+    task = seqio.get_mixture_or_task("clip_shop_video_captions_en_v1")
+    assert indexed.supports_indexed(task, "validation") and not indexed.expands_per_record(task)
+    lengths = {"frames": (8, 64, 64, 3), "targets": 32}
+    picks = [3, 99]
+    got = list(indexed.examples_at(task, "validation", tf.data.Dataset.from_tensor_slices(
+        np.array(picks, np.int64)), lengths, seed=0, shuffle=False).as_numpy_iterator())
+    ref = tfds.builder(f"shop_world/videos_8:{sw.VERSION}", data_dir=sw.records_dir(),
+                       file_format="array_record").as_data_source(split="validation")
+    vocab = task.output_features["targets"].vocabulary
+    for i, ex in zip(picks, got):
+        want = (np.asarray(ref[i]["frames"]) / 255.0 - np.array(multimodal.CLIP_MEAN)) / np.array(
+            multimodal.CLIP_STD)
+        np.testing.assert_allclose(ex["frames"], want, atol=1e-5)
+        assert ex["targets"].tolist() == vocab.encode(ref[i]["caption_en"].decode())[:31] + [1]
