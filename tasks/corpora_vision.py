@@ -40,7 +40,7 @@ tf = configure_tensorflow()
 
 import seqio  # noqa: E402
 
-from plug_jax.data import corpora_vision, registry  # noqa: E402
+from plug_jax.data import corpora_vision, indexed, registry  # noqa: E402
 
 # Readers for families whose folders come later (mPLUG, HiTeA); their own tasks modules
 # will declare the same prefixes.
@@ -72,8 +72,12 @@ def register_vision_task(name: str, corpus: str, *, data_dir: Optional[str] = No
             "data_dir": None if data_dir is None else str(data_dir), **kwargs}
 
     def build():
-        source = seqio.FunctionDataSource(
-            corpora_vision.vision_dataset_fn(corpus, data_dir, **kwargs), splits=splits)
+        # Read by index for training (each process decodes only its own examples' media),
+        # or as a stream.
+        media = corpora_vision.VisionCorpusSource(corpus, data_dir, **kwargs)
+        source = indexed.IndexedFunctionSource(
+            corpora_vision.vision_dataset_fn(corpus, data_dir, **kwargs), media.records,
+            splits=splits, num_records_fn=media.num_records)
         return seqio.TaskRegistry.add(name, source=source, preprocessors=[],
                                       output_features={},
                                       shuffle_buffer_size=SHUFFLE_BUFFER_SIZE)

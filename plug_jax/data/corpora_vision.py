@@ -310,16 +310,12 @@ def _as_spec(dtype, shape, image_size: int, num_frames: int) -> tf.TensorSpec:
     return tf.TensorSpec([sizes.get(d, d) for d in shape], dtype)
 
 
-def vision_dataset(corpus: str, data_dir, split: str, *, per_caption: bool = False,
-                   image_size: int = DEFAULT_IMAGE_SIZE, num_frames: int = DEFAULT_NUM_FRAMES,
-                   shuffle: bool = False, seed: Optional[int] = None) -> tf.data.Dataset:
-    """``corpus`` (a key of ``CORPORA``) as a ``tf.data.Dataset`` of decoded examples.
-
-    The annotation records are read now, so a missing or malformed annotation file (or the
-    first image) fails here with a one-line ``ValueError``. ``shuffle`` permutes the records
-    (a fresh permutation each pass, from ``seed``) before any image is decoded, so a large
-    shuffle buffer of decoded images is not needed.
-    """
+def _split_records(corpus: str, data_dir, split: str, *, per_caption: bool, image_size: int,
+                   num_frames: int):
+    """``(records, signature, decode)``: the split's annotation records (read now: a
+    missing or malformed annotation file, or the first image, fails here with one line),
+    the ``tf.data`` signature of one record with its media as paths, and the map that
+    decodes the paths."""
     if corpus not in CORPORA:
         raise ValueError(f"unknown vision corpus {corpus!r}; pass one of {sorted(CORPORA)}")
     records_fn, features_fn, _ = CORPORA[corpus]
@@ -337,16 +333,13 @@ def vision_dataset(corpus: str, data_dir, split: str, *, per_caption: bool = Fal
     signature = {k: _as_spec(d, s, image_size, num_frames) for k, (d, s) in features.items()
                  if k != media}
     signature[path_key] = tf.TensorSpec([num_frames] if media == "frames" else [], tf.string)
-    rng = np.random.default_rng(seed)
 
-    def gen():
-        order = rng.permutation(len(records)) if shuffle else range(len(records))
-        for i in order:
-            rec = records[i]
-            if media == "image":
-                _need_image(Path(rec["image_path"]), what)
-            yield {k: (np.array(rec[k], dtype=object) if isinstance(rec[k], list) else rec[k])
-                   for k in signature}
+    def row(i):
+        rec = records[int(i)]
+        if media == "image":
+            _need_image(Path(rec["image_path"]), what)
+        return {k: (np.array(rec[k], dtype=object) if isinstance(rec[k], list) else rec[k])
+                for k in signature}
 
     def decode(ex):
         ex = dict(ex)
@@ -355,8 +348,63 @@ def vision_dataset(corpus: str, data_dir, split: str, *, per_caption: bool = Fal
                      else decode_image(paths, image_size))
         return ex
 
+    return records, signature, row, decode
+
+
+def vision_dataset(corpus: str, data_dir, split: str, *, per_caption: bool = False,
+                   image_size: int = DEFAULT_IMAGE_SIZE, num_frames: int = DEFAULT_NUM_FRAMES,
+                   shuffle: bool = False, seed: Optional[int] = None) -> tf.data.Dataset:
+    """``corpus`` (a key of ``CORPORA``) as a ``tf.data.Dataset`` of decoded examples.
+
+    The annotation records are read now, so a missing or malformed annotation file (or the
+    first image) fails here with a one-line ``ValueError``. ``shuffle`` permutes the records
+    (a fresh permutation each pass, from ``seed``) before any image is decoded, so a large
+    shuffle buffer of decoded images is not needed.
+    """
+    records, signature, row, decode = _split_records(
+        corpus, data_dir, split, per_caption=per_caption, image_size=image_size,
+        num_frames=num_frames)
+    rng = np.random.default_rng(seed)
+
+    def gen():
+        order = rng.permutation(len(records)) if shuffle else range(len(records))
+        for i in order:
+            yield row(i)
+
     ds = tf.data.Dataset.from_generator(gen, output_signature=signature)
     return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+class VisionCorpusSource:
+    """Random access to a vision corpus (``plug_jax.data.indexed.IndexedSource``): the
+    annotation records of a split are read once per process and kept; record ``i``'s image
+    or frames are decoded from their files when ``i`` is read, so a process decodes only
+    the media of its own examples."""
+
+    def __init__(self, corpus: str, data_dir=None, **kwargs):
+        self.corpus, self.data_dir, self.kwargs = corpus, data_dir, dict(kwargs)
+        self._splits: dict = {}
+
+    def _split(self, split: str):
+        if split not in self._splits:
+            root = default_data_dir(self.corpus) if self.data_dir is None else self.data_dir
+            self._splits[split] = _split_records(self.corpus, root, split, **{
+                "per_caption": False, "image_size": DEFAULT_IMAGE_SIZE,
+                "num_frames": DEFAULT_NUM_FRAMES, **self.kwargs})
+        return self._splits[split]
+
+    def num_records(self, split: str) -> int:
+        return len(self._split(split)[0])
+
+    def records(self, split: str, indices: tf.data.Dataset, *, chunk: int = 64):
+        _, signature, row, decode = self._split(split)
+
+        def one(i):
+            yield row(i)
+
+        ds = indices.flat_map(lambda i: tf.data.Dataset.from_generator(
+            one, args=(i,), output_signature=signature))
+        return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def vision_dataset_fn(corpus: str, data_dir=None, **kwargs):

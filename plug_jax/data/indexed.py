@@ -85,15 +85,23 @@ class IndexedFunctionSource(seqio.FunctionDataSource):
     """
 
     def __init__(self, dataset_fn: Callable, records_fn: Callable, splits, *,
-                 num_input_examples: Mapping[str, int], **kwargs):
+                 num_input_examples: Mapping[str, int] | None = None,
+                 num_records_fn: Callable[[str], int] | None = None, **kwargs):
+        if (num_input_examples is None) == (num_records_fn is None):
+            raise ValueError("pass exactly one of num_input_examples (sizes known now) and "
+                             "num_records_fn (split -> size, asked when first read)")
         super().__init__(dataset_fn, splits=splits, num_input_examples=num_input_examples,
                          **kwargs)
         self._records_fn = records_fn
-        self._sizes = {k: int(v) for k, v in num_input_examples.items()}
+        self._num_records_fn = num_records_fn
+        self._sizes = {k: int(v) for k, v in (num_input_examples or {}).items()}
 
     def indexed_num_records(self, split: str) -> int:
+        if self._num_records_fn is not None and split in self.splits:
+            return int(self._num_records_fn(split))
         if split not in self._sizes:
-            raise ValueError(f"split {split!r} is not one of {sorted(self._sizes)}")
+            raise ValueError(f"split {split!r} is not one of "
+                             f"{sorted(self._sizes or self.splits)}")
         return self._sizes[split]
 
     def indexed_dataset(self, split: str, indices: tf.data.Dataset, *,
@@ -204,23 +212,52 @@ def expands_per_record(task) -> bool:
     """Whether ``task`` has a :func:`per_record` preprocessor (through ``functools.partial``)."""
     if not isinstance(task, seqio.Task):
         return False
+    return any(_marked(p) for p in task.preprocessors)
+
+
+def _chain(task: seqio.Task) -> list[tuple[Callable, bool]]:
+    """The task's preprocessors without the cache placeholder, each with whether seqio
+    gives it the sequence lengths (only those after the placeholder get them)."""
+    out, after = [], not task.supports_caching
     for p in task.preprocessors:
-        while hasattr(p, "func") and not getattr(p, PER_RECORD_ATTR, False):
-            p = p.func
-        if getattr(p, PER_RECORD_ATTR, False):
-            return True
-    return False
+        if isinstance(p, seqio.CacheDatasetPlaceholder):
+            after = True
+            continue
+        out.append((p, after))
+    return out
 
 
-def _record_preprocessor(task: seqio.Task, sequence_length: Mapping, seed: int) -> Callable:
-    """``fn(record, position)``: the dataset of the examples the task makes from one record,
+def _marked(p) -> bool:
+    while hasattr(p, "func") and not getattr(p, PER_RECORD_ATTR, False):
+        p = p.func
+    return bool(getattr(p, PER_RECORD_ATTR, False))
+
+
+def _split_chain(task: seqio.Task):
+    """``(head, tail)``: the preprocessors up to the last :func:`per_record` one, and the
+    rest (one output per input, run on the selected examples)."""
+    chain = _chain(task)
+    last = max(i for i, (p, _) in enumerate(chain) if _marked(p))
+    return chain[:last + 1], chain[last + 1:]
+
+
+def _apply(task: seqio.Task, chain, ds: tf.data.Dataset, sequence_length: Mapping,
+           seed: int) -> tf.data.Dataset:
+    with seqio.utils.map_seed_manager(seed):
+        for p, lengths in chain:
+            ds = task._preprocess_dataset(  # noqa: SLF001  (seqio's own calling convention)
+                ds, [p], dict(sequence_length) if lengths else None)
+    return ds
+
+
+def _record_preprocessor(task: seqio.Task, head, sequence_length: Mapping,
+                         seed: int) -> Callable:
+    """``fn(record, position)``: the dataset of the examples ``head`` makes from one record,
     its seeded maps seeded by ``position``."""
     def fn(record, position):
         ds = tf.data.Dataset.from_tensors(record)
         with seeds_from_positions(tf.data.Dataset.from_tensors(position).repeat(), seed):
-            ds = task.preprocess_precache(ds, seed=seed)
-            return task.preprocess_postcache(ds, sequence_length=dict(sequence_length),
-                                             seed=seed)
+            return _apply(task, head, ds, sequence_length, seed)
     return fn
 
 
@@ -268,7 +305,7 @@ def record_counts(task: seqio.Task, split: str, *, num_records: int | None = Non
                 counts = None
         if counts is None:
             lengths = dict(sequence_length or {})
-            fn = _record_preprocessor(task, lengths, 0)
+            fn = _record_preprocessor(task, _split_chain(task)[0], lengths, 0)
             records = source.indexed_dataset(split, tf.data.Dataset.range(n), chunk=64)
             # Each output is tagged with its record's index; the tags are then counted.
             ds = tf.data.Dataset.zip((records, tf.data.Dataset.range(n))).interleave(
@@ -305,26 +342,36 @@ def per_record_examples(task: seqio.Task, split: str, positions: tf.data.Dataset
                         sequence_length: Mapping, *, seed: int, shuffle: bool,
                         chunk: int = 64, num_records: int | None = None) -> tf.data.Dataset:
     """:func:`task_examples` for a :func:`per_record` task: exactly one example per
-    position. The position's record is read and preprocessed on its own (seeded by the
-    position), and the one example the position names is kept."""
+    position. The position's record is read and run on its own through the preprocessors
+    up to the marked one (seeded by the position), the one example the position names is
+    kept, and the preprocessors after it run on the kept examples only."""
+    head, tail = _split_chain(task)
     counts = record_counts(task, split, num_records=num_records,
                            sequence_length=sequence_length)
 
     def locate(pos):
-        r, j = example_records(pos, counts, seed, shuffle)
-        return r, j
+        return example_records(pos, counts, seed, shuffle)
 
     located = (positions.batch(max(int(chunk), 1))
                .map(lambda p: tuple(tf.ensure_shape(t, [None]) for t in tf.numpy_function(
                    locate, [p], (tf.int64, tf.int64), stateful=False)))
                .unbatch())
     records = task.source.indexed_dataset(split, located.map(lambda r, j: r), chunk=chunk)
-    fn = _record_preprocessor(task, sequence_length, seed)
+    fn = _record_preprocessor(task, head, sequence_length, seed)
     ds = tf.data.Dataset.zip((records, located, positions)).interleave(
         lambda rec, rj, g: fn(rec, g).skip(rj[1]).take(1), cycle_length=1,
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = task._validate_preprocessing(ds)  # noqa: SLF001
-    return task._trim_output_features(ds, sequence_length=dict(sequence_length))  # noqa: SLF001
+    with seeds_from_positions(positions, seed):
+        out = _apply(task, tail, ds, sequence_length, seed)
+    fake = tf.data.Dataset.range(8).map(lambda i: tf.nest.map_structure(
+        lambda sp: tf.zeros([d if d is not None else 1 for d in sp.shape], sp.dtype),
+        ds.element_spec))
+    if int(_apply(task, tail, fake, sequence_length, seed).cardinality()) != 8:
+        raise ValueError(f"task {task.name!r}: a preprocessor after its @indexed.per_record "
+                         f"one changes the number of examples (a filter or flat_map); fix: "
+                         f"mark the last expanding preprocessor, or move the filter before it")
+    out = task._validate_preprocessing(out)  # noqa: SLF001
+    return task._trim_output_features(out, sequence_length=dict(sequence_length))  # noqa: SLF001
 
 
 def task_examples(task: seqio.Task, split: str, positions: tf.data.Dataset,

@@ -232,3 +232,37 @@ def test_tasks_with_explicit_data_dir(tmp_path):
     assert rows[0]["frames"].shape == (4, 6, 6, 3) and rows[0]["frames"].dtype == np.uint8
     for t, idx in enumerate([1, 3, 6, 8]):
         assert _close(rows[0]["frames"][t], [_frame_grey(0, idx)] * 3)
+
+
+def test_vision_corpus_tasks_are_read_by_index(tmp_path):
+    """A vision corpus task reads any record by index (each process decodes only the media
+    of its own examples): record i by index equals row i of the unshuffled stream."""
+    import tensorflow as tf
+
+    from plug_jax.data import indexed
+    coco = _coco_dir(tmp_path / "coco")
+    msrvtt = _msrvtt_dir(tmp_path / "msrvtt")
+    for name, corpus, root, split, kw in (
+            ("test_mplug_coco_pairs_indexed", "coco", coco, "train",
+             dict(per_caption=True, image_size=8)),
+            ("test_hitea_msrvtt_indexed", "msrvtt", msrvtt, "train",
+             dict(num_frames=4, image_size=6))):
+        task = vision_tasks.register_vision_task(name, corpus, data_dir=str(root), **kw)
+        try:
+            assert indexed.supports_indexed(task, split)
+            stream = list(task.get_dataset(sequence_length=None, split=split,
+                                           shuffle=False).as_numpy_iterator())
+            n = task.source.indexed_num_records(split)
+            assert n == len(stream) >= 2
+            picks = [n - 1, 0, n - 1]
+            got = list(task.source.indexed_dataset(split, tf.data.Dataset.from_tensor_slices(
+                np.array(picks, np.int64))).as_numpy_iterator())
+            assert len(got) == len(picks)
+            for i, row in zip(picks, got):
+                assert sorted(row) == sorted(stream[i])
+                for k in row:
+                    np.testing.assert_array_equal(row[k], stream[i][k])
+        finally:
+            seqio.TaskRegistry.remove(name)
+    with pytest.raises(ValueError, match="exactly one of num_input_examples"):
+        indexed.IndexedFunctionSource(lambda *a: None, lambda *a: None, splits=("train",))

@@ -511,3 +511,20 @@ def test_shop_world_videos_are_read_by_index():
             multimodal.CLIP_STD)
         np.testing.assert_allclose(ex["frames"], want, atol=1e-5)
         assert ex["targets"].tolist() == vocab.encode(ref[i]["caption_en"].decode())[:31] + [1]
+
+
+def test_a_filter_after_the_per_record_preprocessor_is_one_line(task, per_record_task):
+    """After the marked preprocessor every example must stay one example (positions count
+    them); a filter there is refused when the iterator is built, naming the fix."""
+    import seqio
+    name = "test_indexed_per_record_filtered_zh"
+    if name not in seqio.TaskRegistry.names():
+        base = seqio.get_mixture_or_task(per_record_task)
+        seqio.TaskRegistry.add(
+            name, source=base.source,
+            preprocessors=[*base.preprocessors, lambda dataset: dataset.filter(
+                lambda ex: ex["targets"][0] > 0)],
+            output_features=base.output_features)
+    with pytest.raises(ValueError, match="after its @indexed.per_record one changes the "
+                                         "number of examples.*fix:"):
+        _iter(name)
