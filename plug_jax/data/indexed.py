@@ -155,18 +155,18 @@ _SEED_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def seeds_from_positions(positions: tf.data.Dataset, seed: int):
+def seeds_from_positions(positions: tf.data.Dataset, seed: int, first_map: int = 0):
     """Inside this context, seqio's seeded maps (``map_over_dataset(num_seeds=k)``) take each
     example's seeds from its global position instead of from a per-stream random dataset.
 
     ``positions`` must be aligned with the examples the maps see (the preprocessors before a
     seeded map keep one output per input, as every Shop World task's do). Map ``j`` of the
     task gets ``fold_in((seed, j), position)``, split into ``k`` seeds as seqio's own
-    per-element path (``random_map``) does.
+    per-element path (``random_map``) does; ``j`` counts from ``first_map``.
     """
     cls = seqio.utils._GrainRandomMapFn
     original = cls.__call__
-    counter = itertools.count()
+    counter = itertools.count(int(first_map))
 
     def call(self, dataset, *args, **kwargs):
         base = tf.constant([int(seed), 1000 + next(counter)], tf.int64)
@@ -189,7 +189,6 @@ def seeds_from_positions(positions: tf.data.Dataset, seed: int):
             cls.__call__ = original
 
 
-# ----------------------------------------------------------------------------- examples
 # ----------------------------------------------------------------------------- per record
 PER_RECORD_ATTR = "plug_jax_per_record"
 
@@ -200,9 +199,10 @@ def per_record(fn: Callable) -> Callable:
 
     A task with a marked preprocessor is read by index **per example**: global position
     ``g`` is one preprocessed example, not one record (:func:`record_counts`). By marking it
-    the task's author also says that the task's other preprocessors treat records
-    independently (no ``scan`` across records) and that the number of examples of a record
-    does not depend on the seed.
+    the task's author also says that the preprocessors up to it treat records independently
+    (no ``scan`` across records) and that the number of examples of a record does not
+    depend on the seed. The preprocessors after it must keep one output per input (checked
+    when the pipeline is built).
     """
     setattr(fn, PER_RECORD_ATTR, True)
     return fn
@@ -361,7 +361,8 @@ def per_record_examples(task: seqio.Task, split: str, positions: tf.data.Dataset
     ds = tf.data.Dataset.zip((records, located, positions)).interleave(
         lambda rec, rj, g: fn(rec, g).skip(rj[1]).take(1), cycle_length=1,
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    with seeds_from_positions(positions, seed):
+    # The head's seeded maps are numbered from 0, the tail's from 1000: no two share a seed.
+    with seeds_from_positions(positions, seed, first_map=1000):
         out = _apply(task, tail, ds, sequence_length, seed)
     fake = tf.data.Dataset.range(8).map(lambda i: tf.nest.map_structure(
         lambda sp: tf.zeros([d if d is not None else 1 for d in sp.shape], sp.dtype),
@@ -374,6 +375,7 @@ def per_record_examples(task: seqio.Task, split: str, positions: tf.data.Dataset
     return task._trim_output_features(out, sequence_length=dict(sequence_length))  # noqa: SLF001
 
 
+# ----------------------------------------------------------------------------- examples
 def task_examples(task: seqio.Task, split: str, positions: tf.data.Dataset,
                   sequence_length: Mapping, *, seed: int, shuffle: bool,
                   chunk: int = 64, num_records: int | None = None) -> tf.data.Dataset:
