@@ -119,10 +119,7 @@ def supports_indexed(provider, split: str | None = None) -> bool:
         except ValueError:
             return False
         return all(supports_indexed(t) for t, _ in members)
-    if not (isinstance(provider, seqio.Task) and isinstance(provider.source, IndexedSource)):
-        return False
-    available = getattr(provider.source, "indexed_available", None)
-    return bool(available()) if callable(available) else True
+    return isinstance(provider, seqio.Task) and isinstance(provider.source, IndexedSource)
 
 
 # ----------------------------------------------------------------------------- global order

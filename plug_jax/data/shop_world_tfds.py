@@ -485,9 +485,6 @@ class ShopWorldTfdsSource(seqio.TfdsDataSource):
     # Random access (plug_jax.data.indexed.IndexedSource): every config. Text and scalar
     # features are parsed in the graph in batches; images, videos and tensors go through
     # TFDS's own decoding of each record (FeaturesDict.deserialize_example).
-    def indexed_available(self) -> bool:
-        return True
-
     def _records_source(self, split: str):
         key = ("_records", split)
         cache = self.__dict__.setdefault("_shop_records", {})

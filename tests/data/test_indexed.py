@@ -33,19 +33,25 @@ def _records(split, indices, *, chunk, log):
 LOG: list[int] = []
 
 
-@pytest.fixture(scope="module")
-def task():
-    import seqio
+def _counting_source():
+    """The N counting records, by index (reads logged in LOG) or as a stream (not logged)."""
     import tensorflow as tf
-    from plug_jax.data.vocab import ShopWorldVocabulary
 
     def stream(split, shuffle_files, seed=None):
         return _records(split, tf.data.Dataset.range(N), chunk=8, log=[])
 
+    return indexed.IndexedFunctionSource(
+        stream, functools.partial(_records, log=LOG), splits=("train",),
+        num_input_examples={"train": N})
+
+
+@pytest.fixture(scope="module")
+def task():
+    import seqio
+    from plug_jax.data.vocab import ShopWorldVocabulary
+
     if TASK not in seqio.TaskRegistry.names():
-        source = indexed.IndexedFunctionSource(
-            stream, functools.partial(_records, log=LOG), splits=("train",),
-            num_input_examples={"train": N})
+        source = _counting_source()
         plug_jax.tasks.gpt3.add_lm_task(TASK, source, "text",
                                         ShopWorldVocabulary(None, seed=0, lang="zh"))
     return TASK
@@ -374,13 +380,8 @@ def per_record_task():
     import tensorflow as tf
     from plug_jax.data.vocab import ShopWorldVocabulary
 
-    def stream(split, shuffle_files, seed=None):
-        return _records(split, tf.data.Dataset.range(N), chunk=8, log=[])
-
     if PER_RECORD_TASK not in seqio.TaskRegistry.names():
-        source = indexed.IndexedFunctionSource(
-            stream, functools.partial(_records, log=LOG), splits=("train",),
-            num_input_examples={"train": N})
+        source = _counting_source()
         vocab = ShopWorldVocabulary(None, seed=0, lang="zh")
         seqio.TaskRegistry.add(
             PER_RECORD_TASK, source=source,
