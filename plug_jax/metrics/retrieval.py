@@ -7,6 +7,11 @@ query are allowed: two images with one caption). Ties count against the query (a
 tied with a negative ranks after it), so a constant score matrix gives R@1 = 0 unless every
 candidate is a positive.
 
+``rank_summary(scores, positives)``: the median and mean 1-based rank of each query's best
+positive (MdR / MnR, lower is better). ``dual_softmax(scores, axis, temperature)``: the
+dual-softmax re-weighting of inference (DSL, Cheng et al. 2021), a score times the softmax
+of the scores over the *other* side.
+
 ``pair_positives(keys_q, keys_c)`` builds ``positives`` from per-item keys (equal keys =
 a positive pair), e.g. the token rows of the captions: identical captions match each other's
 images.
@@ -61,3 +66,19 @@ def two_way_recall(scores, positives, ks: Sequence[int] = (1, 5, 10),
     out["mean_recall"] = float(np.mean(list(out.values())))
     out["retrieval_candidates"] = float(s.shape[1])
     return out
+
+
+def rank_summary(scores, positives) -> dict[str, float]:
+    """``{'median_rank', 'mean_rank'}``: 1-based ranks of each query's best positive."""
+    ranks = ranks_of_best_positive(scores, positives) + 1
+    return {"median_rank": float(np.median(ranks)), "mean_rank": float(np.mean(ranks))}
+
+
+def dual_softmax(scores, axis: int, temperature: float = 1.0) -> np.ndarray:
+    """``scores * softmax(scores / temperature, axis)``: for ranking the candidates of each
+    query row of ``scores`` ``[Q, C]``, pass ``axis=0`` (each candidate's distribution over
+    the queries, the prior DSL multiplies in)."""
+    s = np.asarray(scores, np.float64)
+    z = s / float(temperature)
+    z = np.exp(z - z.max(axis=axis, keepdims=True))
+    return s * (z / z.sum(axis=axis, keepdims=True))

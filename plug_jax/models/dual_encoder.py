@@ -41,6 +41,14 @@ class DualEncoder:
     config: Any
     family: str = "clip"
     recall_ks: tuple[int, ...] = (1, 5, 10)
+    # Whole-set eval extras: median / mean rank both ways; dual-softmax inference (DSL),
+    # reported separately under dsl_*; the similarity is computed over at most
+    # ``eval_chunk`` columns at a time (X-CLIP's fine-grained similarity holds
+    # rows x chunk x words x frames floats).
+    report_ranks: bool = False
+    dual_softmax: bool = False
+    dsl_temperature: float = 1.0
+    eval_chunk: int = 256
 
     kind = "dual_encoder"
     objective = "global"  # the loss couples the examples of the batch (trainer.step)
@@ -107,12 +115,29 @@ class DualEncoder:
         valid = np.asarray(outputs["valid"]) > 0
         pick = lambda t: jax.tree_util.tree_map(lambda x: np.asarray(x)[valid], t)  # noqa: E731
         rows, cols = pick(outputs["rows"]), pick(outputs["cols"])
-        sim = similarity_fn or self.similarity
-        scores = np.asarray(jax.device_get(sim(params, rows, cols)), np.float64)
+        sim = jax.jit(similarity_fn or self.similarity)
+        n = len(jax.tree_util.tree_leaves(cols)[0])
+        step = max(int(self.eval_chunk), 1)
+        scores = np.concatenate(
+            [np.asarray(jax.device_get(sim(params, rows, jax.tree_util.tree_map(
+                lambda x: x[j:j + step], cols))), np.float64) for j in range(0, n, step)],
+            axis=1)
         keys = np.asarray(outputs["match_key"])[valid]
         a, b = self.side_names
-        return retrieval.two_way_recall(scores, retrieval.pair_positives(keys, keys),
-                                        self.recall_ks, names=(f"{a}2{b}", f"{b}2{a}"))
+        names = (f"{a}2{b}", f"{b}2{a}")
+        positives = retrieval.pair_positives(keys, keys)
+        out = retrieval.two_way_recall(scores, positives, self.recall_ks, names=names)
+        if self.report_ranks:
+            for name, (s, p) in zip(names, ((scores, positives), (scores.T, positives.T))):
+                out.update({f"{name}_{k}": v
+                            for k, v in retrieval.rank_summary(s, p).items()})
+        if self.dual_softmax:  # each direction ranks with the prior over the other side
+            t = self.dsl_temperature
+            for name, (s, p) in zip(names, ((scores, positives), (scores.T, positives.T))):
+                s = retrieval.dual_softmax(s, axis=0, temperature=t)
+                out.update({f"dsl_{name}_r@{k}": v
+                            for k, v in retrieval.recall_at_k(s, p, self.recall_ks).items()})
+        return out
 
     # ------------------------------------------------------------------- flops
     def flops_per_step(self, batch: int, lengths) -> float:

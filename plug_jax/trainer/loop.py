@@ -876,6 +876,9 @@ def _eval_summary(model, res: Mapping) -> str:
         extra += "  |  whole set ({} candidates): {}  mean recall {:.4f}".format(
             int(res.get("retrieval_candidates", 0)),
             " ".join(f"{k} {res[k]:.3f}" for k in recall), res["mean_recall"])
+        ranks = [k for k in res if k.endswith(("_median_rank", "_mean_rank"))]
+        if ranks:
+            extra += "  " + " ".join(f"{k} {res[k]:.1f}" for k in ranks)
     return (f"loss {res['loss']:.4f}  {name} {res['accuracy']:.4f}  "
             f"({int(res['tokens'])} examples){extra}")
 

@@ -56,3 +56,50 @@ def test_every_permutation_of_a_small_case():
         for k in (1, 2, 3):
             assert retrieval.recall_at_k(s, pos, (k,))[k] == pytest.approx(
                 _brute_recall(s, pos, k))
+
+
+def test_rank_summary_and_dual_softmax_on_a_worked_case():
+    # query 0's positive ranks 1st, query 1's 3rd, query 2's 2nd (1-based)
+    scores = np.array([[0.9, 0.1, 0.2], [0.8, 0.7, 0.1], [0.1, 0.5, 0.9]])
+    positives = np.array([[1, 0, 0], [0, 0, 1], [0, 1, 0]], bool)
+    assert retrieval.rank_summary(scores, positives) == {"median_rank": 2.0, "mean_rank": 2.0}
+    # DSL: each candidate's column softmax over the queries, times the score
+    col = np.exp(scores[:, 0] / 0.5) / np.exp(scores[:, 0] / 0.5).sum()
+    got = retrieval.dual_softmax(scores, axis=0, temperature=0.5)
+    np.testing.assert_allclose(got[:, 0], scores[:, 0] * col)
+    # a candidate that scores high for every query (a hub) is demoted: candidate 0 wins
+    # query 1 on raw scores, but its prior there is split with query 0
+    hub = np.array([[0.9, 0.1], [0.8, 0.75]])
+    assert hub[1].argmax() == 0
+    assert retrieval.dual_softmax(hub, axis=0, temperature=0.05)[1].argmax() == 1
+
+
+def test_dual_encoder_whole_set_chunks_ranks_and_dsl():
+    """Chunked columns give the unchunked scores; ranks and DSL recalls are reported."""
+    import jax
+
+    from plug_jax.families.clip.config import ClipConfig
+    from plug_jax.models import DualEncoder
+    rs = np.random.RandomState(0)
+    emb = rs.randn(7, 5).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    noisy = emb + 0.3 * rs.randn(7, 5).astype(np.float32)
+    outputs = {"rows": noisy, "cols": emb, "valid": np.ones(7, np.float32),
+               "match_key": np.arange(7)}
+    cfg = ClipConfig.from_preset("tiny")
+    sim = lambda p, r, c: jax.numpy.asarray(r) @ jax.numpy.asarray(c).T  # noqa: E731
+    whole = DualEncoder(cfg, report_ranks=True, dual_softmax=True).whole_set_metrics(
+        None, outputs, similarity_fn=sim)
+    chunked = DualEncoder(cfg, report_ranks=True, dual_softmax=True,
+                          eval_chunk=3).whole_set_metrics(None, outputs, similarity_fn=sim)
+    assert whole == chunked
+    scores = noisy.astype(np.float64) @ emb.T.astype(np.float64)
+    pos = np.eye(7, dtype=bool)
+    assert whole["image2text_median_rank"] == retrieval.rank_summary(scores, pos)[
+        "median_rank"]
+    assert whole["text2image_mean_rank"] == retrieval.rank_summary(scores.T, pos.T)[
+        "mean_rank"]
+    dsl = retrieval.recall_at_k(retrieval.dual_softmax(scores.T, axis=0), pos, (1, 5, 10))
+    assert whole["dsl_text2image_r@1"] == dsl[1]
+    plain = DualEncoder(cfg).whole_set_metrics(None, outputs, similarity_fn=sim)
+    assert not any("rank" in k or k.startswith("dsl") for k in plain)

@@ -48,6 +48,38 @@ def _export_hf(config, params, out, options):
     return f"config.json + model.safetensors ({len(sd)} tensors, CLIPModel)"
 
 
+def _import_openai(path, options):
+    from plug_jax.families.clip import convert_openai as oa
+    sd = oa.read_state_dict(path)
+    base = ClipConfig.from_preset(options["preset"]) if options.get("preset") else None
+    over = {"scan_layers": options["scan_layers"]}
+    config = oa.openai_clip_config(sd, **over)
+    if base is not None:  # what the layout does not store (pooling, end-of-text id)
+        config = config.replace(text=config.text.replace(eos_token_id=base.clip.text.eos_token_id,
+                                                         pooling=base.clip.text.pooling),
+                                logit_scale_init=base.clip.logit_scale_init)
+    config, params = oa.clip_from_openai(sd, config)
+    return ClipConfig(config, preset=options.get("preset") or "custom"), params
+
+
+def _export_openai(config, params, out, options):
+    import os
+
+    import torch
+
+    from plug_jax.families.clip import convert_openai as oa
+    sd = oa.clip_to_openai(params, config.clip)
+    torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, os.path.join(out, "model.pt"))
+    return f"model.pt ({len(sd)} tensors, the OpenAI CLIP state dict layout)"
+
+
+def _openai_round_trip(c):
+    """The OpenAI layout stores no head count (readers take width // 64)."""
+    v, t = c.clip.vision, c.clip.text
+    return c.replace(clip=c.clip.replace(vision=v.replace(heads=max(v.width // 64, 1)),
+                                         text=t.replace(heads=max(t.width // 64, 1))))
+
+
 def _describe(c) -> str:
     v, t = c.clip.vision, c.clip.text
     return (f"vision: {v.image_size}px patch {v.patch_size} width {v.width} layers {v.layers} "
@@ -69,6 +101,12 @@ FAMILY = FamilySpec(
                   describe=_describe),
         Converter("hf", "export", _export_hf, "transformers CLIPModel folder (config.json + "
                   "model.safetensors)"),
+        Converter("openai", "import", _import_openai, "OpenAI CLIP state dict file (.pt / .bin "
+                  "/ .safetensors: visual.conv1.weight, transformer.resblocks.N.*); heads = "
+                  "width // 64", uses=("preset",), describe=_describe,
+                  round_trip_config=_openai_round_trip),
+        Converter("openai", "export", _export_openai, "OpenAI CLIP state dict (model.pt)",
+                  round_trip_config=_openai_round_trip),
     ),
     feature_converters=("image_text",),
     experiments=(Experiment("experiments/clip/shop_tiny.gin", _SHORT),),
