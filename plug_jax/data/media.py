@@ -8,8 +8,9 @@ No TensorFlow: numpy and Pillow only, so reading a prompt's media costs no TF st
   (uint8 ``[T, H, W, 3]`` or float in ``[0, 1]``, read with ``allow_pickle=False``) ->
   float32 ``[T, H, W, 3]``, ``T`` frames sampled uniformly.
 * :func:`parse_prompt` / :func:`load_prompts` -- the prompt syntax
-  ``image:PATH|text``, ``video:PATH|text`` (and the ``--prompts_jsonl`` file) -> one dict
-  per prompt with ``text`` and, when named, ``image`` / ``frames``.
+  ``image:PATH|text``, ``video:PATH|text``, ``videos:DIR`` (a folder of videos: one prompt
+  per frame folder or ``.npy`` in it) and the ``--prompts_jsonl`` file -> one dict per
+  prompt with ``text`` and, when named, ``image`` / ``frames``.
 
 Every bad input raises :class:`MediaError` (a ``ValueError``) whose message is one line
 naming the path and the fix; ``plug_jax.cli.user_errors`` turns it into ``error:`` + exit 2.
@@ -32,7 +33,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Files of a frame folder that count as frames (compared lower-case).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                     ".ppm", ".pgm")
-MEDIA_KINDS = ("image", "video")
+MEDIA_KINDS = ("image", "video", "videos")
 # Prefixes that look like an attempt at naming media: refused rather than sent as text.
 _MEDIA_LIKE = frozenset({"image", "images", "img", "picture", "photo", "pic", "video",
                          "videos", "vid", "frames", "frame", "clip", "movie", "audio"})
@@ -53,6 +54,7 @@ class Prompt:
     text: str = ""
     image_path: str | None = None
     video_path: str | None = None
+    videos_path: str | None = None  # videos:DIR, a folder of videos (one item per video)
 
 
 def _q(path) -> str:
@@ -167,9 +169,49 @@ def _video_from_folder(path, num_frames, hw, mean, std) -> np.ndarray:
                          f"({', '.join(IMAGE_EXTENSIONS[:3])}, ...); {_FRAMES_FIX}")
     if len(files) < num_frames:
         raise _too_few(path, len(files), num_frames)
+    _check_one_frame_size(path, files)
     frames = [np.asarray(_resized(_open_rgb(files[k], "frame"), hw), dtype=np.uint8)
               for k in sample_indices(len(files), num_frames)]
     return _pixels_u8(np.stack(frames), mean, std)
+
+
+def _check_one_frame_size(path: str, files: list[str]) -> None:
+    """Every frame of a video has one size (read from the headers only): a frame of another
+    size means frames of different videos or extractions were mixed in one folder."""
+    from PIL import Image
+    first = None
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                size = im.size
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise MediaError(f"frame {_q(f)} of video {_q(path)} cannot be read "
+                             f"({_one_line(e)}); fix: re-extract the frames") from None
+        if first is None:
+            first = (f, size)
+        elif size != first[1]:
+            raise MediaError(
+                f"video folder {_q(path)} mixes frame sizes: {_q(os.path.basename(f))} is "
+                f"{size[0]}x{size[1]} but {_q(os.path.basename(first[0]))} is "
+                f"{first[1][0]}x{first[1][1]}; fix: give every frame of a video one size "
+                f"(extract them again, e.g. `ffmpeg -i clip.mp4 -vf scale=W:H DIR/frame_%04d.png`)")
+
+
+def video_folders(path: str | os.PathLike) -> list[str]:
+    """The videos of a folder of videos (``videos:DIR``): its sub-folders and ``.npy`` files,
+    in natural name order (hidden entries skipped)."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise MediaError(f"videos folder {_q(path)} "
+                         f"{'is a file' if os.path.exists(path) else 'does not exist'}; fix: "
+                         f"name a folder holding one frame folder (or .npy file) per video")
+    names = sorted((n for n in os.listdir(path) if not n.startswith(".")), key=_natural_key)
+    found = [os.path.join(path, n) for n in names
+             if os.path.isdir(os.path.join(path, n)) or n.lower().endswith(".npy")]
+    if not found:
+        raise MediaError(f"videos folder {_q(path)} holds no frame folders or .npy videos; "
+                         f"fix: put one folder of frames per video in it ({_FRAMES_FIX})")
+    return found
 
 
 def _resize_float(frame: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -303,7 +345,11 @@ def parse_prompt(text: str) -> Prompt:
                              f"fix: use image:PATH or video:PATH, or begin the prompt with "
                              f"'|' to send it as plain text")
         break
-    return Prompt(text=rest, image_path=media.get("image"), video_path=media.get("video"))
+    if "videos" in media and (rest.strip() or len(media) > 1):
+        raise MediaError(f"prompt {text!r}: videos:DIR stands alone (each of its videos is "
+                         f"a prompt); fix: give the texts to rank as separate prompts")
+    return Prompt(text=rest, image_path=media.get("image"), video_path=media.get("video"),
+                  videos_path=media.get("videos"))
 
 
 def _load_media(out: dict, image_path, video_path, image_size, num_frames, mean, std):
@@ -383,6 +429,9 @@ def load_prompts(prompts: Sequence[str] | None, jsonl: str | os.PathLike | None,
     results = []
     for text in prompts or ():
         p = parse_prompt(text)
+        if p.videos_path is not None:  # one prompt per video of the folder
+            results.extend(load({"text": ""}, None, v) for v in video_folders(p.videos_path))
+            continue
         results.append(load({"text": p.text}, p.image_path, p.video_path))
     if jsonl is not None:
         jsonl = os.fspath(jsonl)

@@ -1271,7 +1271,9 @@ def _infer_ranking(model, params, dataset_cfg: DatasetConfig, items: list[dict],
     from plain prompts and from the text after ``|``. With no image prompt, the first four
     examples of ``dataset_cfg``'s split are used, and with no text their captions (so a
     bare ``plug-infer`` shows the model matching held-out images to their captions). Prints,
-    for each image, the texts by score; returns ``[{'image', 'ranking': [(text, score)]}]``.
+    for each image, the texts by score, and with several images (``videos:DIR``: every video
+    of a folder), for each text its top five images / videos; returns
+    ``[{'image', 'ranking': [(text, score)]}]`` then ``[{'text', 'ranking': [(image, score)]}]``.
     """
     media_key = "frames" if "frames" in dict(dataset_cfg.task_feature_lengths) else "image"
     rows = [(it.get("source", f"prompt {i}"), it[media_key])
@@ -1303,13 +1305,24 @@ def _infer_ranking(model, params, dataset_cfg: DatasetConfig, items: list[dict],
     for (name, _), row in zip(rows, scores):
         order = np.argsort(-row, kind="stable")
         results.append({"image": name, "ranking": [(texts[j], float(row[j])) for j in order]})
+    # With several images / videos (e.g. videos:DIR), each text is also a query over them.
+    queries = []
+    if len(rows) > 1:
+        for j, text in enumerate(texts):
+            order = np.argsort(-scores[:, j], kind="stable")
+            queries.append({"text": text, "ranking": [(rows[i][0], float(scores[i, j]))
+                                                      for i in order]})
     if jax.process_index() == 0:
         print(f"rankings from {model_dir}" + (f" @ step {step}" if step is not None else ""))
         for res in results:
             best, score = res["ranking"][0]
             print(f"[{media_key}] {res['image']} ▸ {best!r} (score {score:.2f}; "
                   f"{len(texts)} texts)", flush=True)
-    return results
+        for q in queries:
+            top = ", ".join(f"{name} ({score:.2f})" for name, score in q["ranking"][:5])
+            print(f"[text] {q['text']!r} ▸ {top} (top {min(5, len(rows))} of {len(rows)} "
+                  f"{'videos' if media_key == 'frames' else 'images'})", flush=True)
+    return results + queries
 
 
 __all__ = ["DatasetConfig", "MeshConfig", "TrainError", "train", "evaluate", "infer",

@@ -406,3 +406,30 @@ def test_prompts_jsonl_not_a_train_flag():
 def test_media_error_is_a_user_error():
     from plug_jax.cli import user_errors
     assert MediaError in user_errors()
+
+
+def test_videos_folder_gives_one_prompt_per_video_in_natural_order(tmp_path):
+    root = tmp_path / "vids"
+    root.mkdir()
+    for name in ("clip_10", "clip_2"):
+        _frame_folder(root / name, 4, hw=(8, 8))
+    np.save(root / "clip_3.npy", _rand_u8((4, 8, 8, 3), seed=3))
+    (root / "notes.txt").write_text("not a video")
+    (root / ".hidden").mkdir()
+    got = media.load_prompts([f"videos:{root}", "a hat"], None, image_size=8, num_frames=4)
+    assert [g.get("source") for g in got] == [str(root / "clip_2"), str(root / "clip_3.npy"),
+                                              str(root / "clip_10"), None]
+    assert all(g["frames"].shape == (4, 8, 8, 3) for g in got[:3]) and got[3]["text"] == "a hat"
+    with pytest.raises(MediaError, match="holds no frame folders"):
+        media.video_folders(root / "clip_2")
+    with pytest.raises(MediaError, match="does not exist"):
+        media.video_folders(tmp_path / "nope")
+
+
+def test_frames_of_one_video_must_share_a_size(tmp_path):
+    folder = _frame_folder(tmp_path / "v", 4, hw=(8, 8))
+    _save(folder / "frame_9.png", _rand_u8((8, 6, 3), seed=1))
+    with pytest.raises(MediaError) as e:
+        media.load_video(folder, 4, 8)
+    msg = str(e.value)
+    assert "\n" not in msg and "mixes frame sizes" in msg and "6x8" in msg
