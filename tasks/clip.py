@@ -35,14 +35,19 @@ def _format(dataset, *, fmt, lang: str):
     return fmt(dataset, task="caption", lang=lang)
 
 
-def register_caption_task(name: str, lang: str = "en", config: str = "images_64"):
+def register_caption_task(name: str, lang: str = "en", config: str = "images_64", *,
+                          media_preprocessors=(), media_spec=None):
     """Register (once) a caption task over ``shop_world/<config>`` (an ``images_*`` or a
-    ``videos_*`` config): the pixels (``image`` or ``frames``) and the tokenized caption."""
+    ``videos_*`` config): the pixels (``image`` or ``frames``) and the tokenized caption.
+    ``media_preprocessors`` run on the formatted pixels before tokenizing (X-CLIP's frame
+    sampling); ``media_spec`` describes them in the task's registered spec."""
     media, fmt, buffer = _MEDIA[config.split("_")[0]]
     vocab = ShopWorldVocabulary(None, seed=WORLD_SEED, lang=lang)
     kind = "clip_shop_captions" if media == "image" else "clip_shop_video_captions"
     spec = {"kind": kind, "config": config, "version": VERSION, "lang": lang,
             "vocab": {k: v for k, v in vocab.spec.items() if k != "cache_dir"}}
+    if media_spec is not None:
+        spec["media"] = media_spec
 
     def build():
         return seqio.TaskRegistry.add(
@@ -51,6 +56,7 @@ def register_caption_task(name: str, lang: str = "en", config: str = "images_64"
                                                          f"caption_{lang}"]),
             preprocessors=[
                 functools.partial(_format, fmt=fmt, lang=lang),
+                *media_preprocessors,
                 functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
                 seqio.preprocessors.append_eos_after_trim,
             ],

@@ -261,6 +261,11 @@ add_config(ConfigSpec("videos_8", "8-frame 64x64 product videos with events, cap
 add_config(ConfigSpec("videos_16", "16-frame 64x64 product videos (as videos_8).",
                       functools.partial(_video_features, 16, 64), _video_example(16, 64),
                       {"train": 1_500, "validation": 150, "test": 150}, default=False))
+add_config(ConfigSpec("videos_8_xl", "8-frame 64x64 product videos (as videos_8; the same "
+                      "examples at the same indices) with 4000 training and 600 test videos: "
+                      "whole-set video-text retrieval over 500+ held-out videos.",
+                      functools.partial(_video_features, 8, 64), _video_example(8, 64),
+                      {"train": 4_000, "validation": 100, "test": 600}, default=False))
 add_config(ConfigSpec("queries", "Shopping-intent queries in " + ", ".join(
     shop_world.QUERY_LANGS) + " with intent and category labels.", _query_features,
     _query_example, {"train": 12_000, "validation": 600, "test": 600}))

@@ -144,5 +144,9 @@ class XClipConfig:
     def param_dtype(self) -> str:
         return self.clip.vision.param_dtype
 
+    @property
+    def remat_policy(self) -> str:
+        return self.clip.vision.remat_policy
+
     def replace(self, **kw):
         return dataclasses.replace(self, **kw)

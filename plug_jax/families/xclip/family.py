@@ -8,7 +8,7 @@ converts the release's checkpoints both ways (``--source xclip`` /
 """
 from __future__ import annotations
 
-from plug_jax.families.spec import Converter, Experiment, FamilySpec
+from plug_jax.families.spec import Converter, Experiment, FamilySpec, PlanRow
 from plug_jax.families.xclip.config import XClipConfig
 
 
@@ -61,6 +61,18 @@ def _describe(c) -> str:
             f"layers {c.temporal_layers}")
 
 
+def plan_rows() -> tuple[PlanRow, ...]:
+    """docs/scaling.md: ViT-B/16 X-CLIP trained on MSR-VTT as released (batch 80, 12 frames
+    x 32 words at 224 px) on one 8xH100 host, bf16 compute, the towers rematerialised."""
+    return (
+        PlanRow("xclip ViT-B/16 MSR-VTT / 8xH100", "models/xclip/vit_b16_msrvtt.gin", "data:8",
+                "h100_80gb", "162.8M (CLIP 149.6M [V-code] + X-CLIP heads)",
+                "1 host x 8 H100",
+                ("ACTIVATION_DTYPE='bfloat16'", "BATCH_SIZE=80", "REMAT_POLICY='full'",
+                 "TASK_FEATURE_LENGTHS={'frames': (12, 224, 224, 3), 'targets': 32}")),
+    )
+
+
 _SHORT = ("TRAIN_STEPS=2", "BATCH_SIZE=4", "EVAL_STEPS=1", "LOG_PERIOD=1", "EVAL_PERIOD=2",
           "CHECKPOINT_PERIOD=2")
 
@@ -79,6 +91,7 @@ FAMILY = FamilySpec(
                   "as the release does", uses=("preset",), describe=_describe,
                   checked_by="tests/convert/test_xclip_checkpoints.py"),
     ),
+    plan_rows=plan_rows,
     feature_converters=("video_text",),
     experiments=(Experiment("experiments/xclip/shop_tiny.gin", _SHORT),),
 )

@@ -85,3 +85,44 @@ def test_a_video_with_mixed_frame_sizes_is_one_line_and_exit_2(trained, videos):
     res = cli_helpers.cli("infer", EXP, d / "run", f"--prompt=videos:{root}|a hat",
                           check=False)
     assert res.returncode == 2 and "videos:DIR stands alone" in res.stderr
+
+
+def test_controls_script_scores_every_control_and_blank_is_chance(trained):
+    d, _ = trained
+    out = cli_helpers.run_module("plug_jax.families.xclip.controls", EXP, d / "run",
+                                 "--split=validation").stdout
+    lines = out.splitlines()
+    head = next(l for l in lines if l.startswith("X-CLIP retrieval on validation"))
+    assert "100 videos x 100 captions" in head
+    n_sensitive = int(head.rsplit(":", 1)[1])
+    assert 0 < n_sensitive < 100
+    rows = {l.split()[0]: l for l in lines if l.startswith("  ")}
+    for name in ("model", "shuffled", "one", "blank", "chance"):
+        assert name in rows, name
+    blank, chance = (float(rows[k].split()[-7]) for k in ("blank", "chance"))  # t2v R@1
+    blank_r10, chance_r10 = (float(rows[k].split()[-5]) for k in ("blank", "chance"))
+    assert chance == pytest.approx(0.01, abs=0.003)
+    assert blank <= 2 * chance + 0.01 and chance_r10 / 2 <= blank_r10 <= 2 * chance_r10
+    assert "duplicate ceiling" in out
+
+
+def test_order_sensitive_captions_and_chance():
+    from plug_jax.families.xclip import controls
+    caps = ["In the video, the red hat first moved to the left and then rotated ninety "
+            "degrees.",
+            "In the video, the red hat first rotated ninety degrees and then moved to the "
+            "left.",
+            "In the video, the blue hat first rotated ninety degrees and then moved to the "
+            "left.",
+            "In the video, the red hat first moved to the left, then rotated ninety degrees, "
+            "and finally moved to the right.",
+            "not a caption"]
+    assert controls.caption_events(caps[3]) == (
+        "the red hat", ("moved to the left", "rotated ninety degrees", "moved to the right"))
+    assert controls.caption_events(caps[4]) is None
+    assert controls.order_sensitive(caps).tolist() == [True, True, False, False, False]
+    # one positive among 4 candidates: R@1 1/4, R@2 1/2; two positives: R@1 1/2
+    pos = np.array([[1, 0, 0, 0], [1, 1, 0, 0]], bool)
+    assert controls.chance_recall(pos[:1], 1) == pytest.approx(0.25)
+    assert controls.chance_recall(pos[:1], 2) == pytest.approx(0.5)
+    assert controls.chance_recall(pos[1:], 1) == pytest.approx(0.5)
