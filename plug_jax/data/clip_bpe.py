@@ -41,13 +41,13 @@ import os
 import threading
 from typing import Callable, Optional, Sequence, Union
 
-import numpy as np
-
 from plug_jax.data import configure_tensorflow
 
 tf = configure_tensorflow()
 
 import seqio  # noqa: E402
+
+from plug_jax.data.wordpiece import PythonTokenizerTF, _as_text  # noqa: E402
 
 VOCAB_FILES = ("vocab.json", "merges.txt")
 TOKENIZER_FILE = "tokenizer.json"
@@ -69,13 +69,7 @@ def _sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
-def _as_text(s) -> str:
-    if isinstance(s, np.ndarray):
-        s = s.item()
-    return s.decode("utf-8") if isinstance(s, bytes) else str(s)
-
-
-class ClipBpeVocabulary(seqio.Vocabulary):
+class ClipBpeVocabulary(PythonTokenizerTF, seqio.Vocabulary):
     """CLIP's BPE from a tokenizer folder (module docstring).
 
     Args:
@@ -254,47 +248,8 @@ class ClipBpeVocabulary(seqio.Vocabulary):
             return tok.decode(clean, skip_special_tokens=True)
 
     # ----------------------------------------------------------------- TensorFlow
-    def _encode_np(self, s) -> np.ndarray:
-        return np.asarray(self._encode(_as_text(s)), dtype=np.int32)
-
-    def _encode_batch_np(self, strings) -> tuple[np.ndarray, np.ndarray]:
-        rows = [self._encode(_as_text(s)) for s in np.asarray(strings).reshape(-1)]
-        flat = np.asarray([i for r in rows for i in r], dtype=np.int32)
-        return flat, np.asarray([len(r) for r in rows], dtype=np.int64)
-
-    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
-        """Scalar string -> int32 ``[n]``; rank-1 strings -> ``tf.RaggedTensor``."""
+    def _prepare_tf(self) -> None:
         self.load()  # a missing folder fails here, in python, not inside the graph
-        s = tf.convert_to_tensor(s, dtype=tf.string)
-        if s.shape.rank == 0:
-            ids = tf.numpy_function(self._encode_np, [s], tf.int32, stateful=False)
-            ids.set_shape([None])
-            return ids
-        if s.shape.rank == 1:
-            flat, lengths = tf.numpy_function(self._encode_batch_np, [s],
-                                              [tf.int32, tf.int64], stateful=False)
-            flat.set_shape([None])
-            lengths.set_shape(s.shape)
-            return tf.RaggedTensor.from_row_lengths(flat, lengths)
-        raise ValueError(f"ClipBpeVocabulary.encode_tf takes a scalar or rank-1 string tensor, "
-                         f"got rank {s.shape.rank}; reshape it first")
-
-    def _decode_np(self, ids: np.ndarray) -> np.ndarray:
-        flat = ids.reshape(-1, ids.shape[-1]) if ids.ndim else ids.reshape(1, 1)
-        out = np.array([self._decode(row.tolist()).encode("utf-8") for row in flat],
-                       dtype=object)
-        return out.reshape(ids.shape[:-1]) if ids.ndim else out.reshape(())
-
-    def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
-        """int ``[..., n]`` -> string ``[...]``."""
-        self.load()
-        if isinstance(ids, tf.RaggedTensor):
-            ids = ids.to_tensor(default_value=self.pad_id)
-        ids = tf.convert_to_tensor(ids)
-        out = tf.numpy_function(self._decode_np, [ids], tf.string, stateful=False)
-        if ids.shape.rank is not None:
-            out.set_shape(ids.shape[:-1])
-        return out
 
     # ----------------------------------------------------------------- identity
     def __eq__(self, other):

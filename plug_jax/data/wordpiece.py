@@ -136,7 +136,61 @@ def _read_vocab_file(vocab_file: str) -> list[str]:
     return tokens
 
 
-class WordPieceVocabulary(seqio.Vocabulary):
+class PythonTokenizerTF:
+    """The TensorFlow half of a seqio Vocabulary whose tokenizer is Python code: ``encode_tf`` /
+    ``decode_tf`` run the class's ``_encode(str) -> ids`` / ``_decode(ids) -> str`` through
+    ``tf.numpy_function`` (a scalar string gives int32 ``[n]``, rank-1 strings a
+    ``tf.RaggedTensor``; ids ``[..., n]`` decode to strings ``[...]``). ``_prepare_tf()`` runs
+    in Python before the graph op is built (a vocabulary read lazily loads its files there, so
+    a missing file fails as one line, not inside the graph)."""
+
+    def _prepare_tf(self) -> None:
+        pass
+
+    def _encode_np(self, s) -> np.ndarray:
+        return np.asarray(self._encode(_as_text(s)), dtype=np.int32)
+
+    def _encode_batch_np(self, strings) -> tuple[np.ndarray, np.ndarray]:
+        rows = [self._encode(_as_text(s)) for s in np.asarray(strings).reshape(-1)]
+        flat = np.asarray([i for r in rows for i in r], dtype=np.int32)
+        return flat, np.asarray([len(r) for r in rows], dtype=np.int64)
+
+    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+        """Scalar string -> int32 ``[n]``; rank-1 strings -> ``tf.RaggedTensor``."""
+        self._prepare_tf()
+        s = tf.convert_to_tensor(s, dtype=tf.string)
+        if s.shape.rank == 0:
+            ids = tf.numpy_function(self._encode_np, [s], tf.int32, stateful=False)
+            ids.set_shape([None])
+            return ids
+        if s.shape.rank == 1:
+            flat, lengths = tf.numpy_function(self._encode_batch_np, [s],
+                                              [tf.int32, tf.int64], stateful=False)
+            flat.set_shape([None])
+            lengths.set_shape(s.shape)
+            return tf.RaggedTensor.from_row_lengths(flat, lengths)
+        raise ValueError(f"{type(self).__name__}.encode_tf takes a scalar or rank-1 string "
+                         f"tensor, got rank {s.shape.rank}; reshape it first")
+
+    def _decode_np(self, ids: np.ndarray) -> np.ndarray:
+        flat = ids.reshape(-1, ids.shape[-1]) if ids.ndim else ids.reshape(1, 1)
+        out = np.array([self._decode(row.tolist()).encode("utf-8") for row in flat],
+                       dtype=object)
+        return out.reshape(ids.shape[:-1]) if ids.ndim else out.reshape(())
+
+    def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+        """int ``[..., n]`` -> string ``[...]``."""
+        self._prepare_tf()
+        if isinstance(ids, tf.RaggedTensor):
+            ids = ids.to_tensor(default_value=self.pad_id)
+        ids = tf.convert_to_tensor(ids)
+        out = tf.numpy_function(self._decode_np, [ids], tf.string, stateful=False)
+        if ids.shape.rank is not None:
+            out.set_shape(ids.shape[:-1])
+        return out
+
+
+class WordPieceVocabulary(PythonTokenizerTF, seqio.Vocabulary):
     """A BERT ``vocab.txt`` WordPiece vocabulary usable in seqio tasks and feature converters.
 
     Args:
@@ -321,47 +375,6 @@ class WordPieceVocabulary(seqio.Vocabulary):
                 continue
             pieces.append(self.id_to_token(i))
         return detokenize(pieces)
-
-    # ----------------------------------------------------------------- TensorFlow
-    def _encode_np(self, s) -> np.ndarray:
-        return np.asarray(self._encode(_as_text(s)), dtype=np.int32)
-
-    def _encode_batch_np(self, strings) -> tuple[np.ndarray, np.ndarray]:
-        rows = [self._encode(_as_text(s)) for s in np.asarray(strings).reshape(-1)]
-        flat = np.asarray([i for r in rows for i in r], dtype=np.int32)
-        return flat, np.asarray([len(r) for r in rows], dtype=np.int64)
-
-    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
-        """Scalar string -> int32 ``[n]``; rank-1 strings -> ``tf.RaggedTensor``."""
-        s = tf.convert_to_tensor(s, dtype=tf.string)
-        if s.shape.rank == 0:
-            ids = tf.numpy_function(self._encode_np, [s], tf.int32, stateful=False)
-            ids.set_shape([None])
-            return ids
-        if s.shape.rank == 1:
-            flat, lengths = tf.numpy_function(self._encode_batch_np, [s],
-                                              [tf.int32, tf.int64], stateful=False)
-            flat.set_shape([None])
-            lengths.set_shape(s.shape)
-            return tf.RaggedTensor.from_row_lengths(flat, lengths)
-        raise ValueError(f"WordPieceVocabulary.encode_tf takes a scalar or rank-1 string "
-                         f"tensor, got rank {s.shape.rank}; reshape it first")
-
-    def _decode_np(self, ids: np.ndarray) -> np.ndarray:
-        flat = ids.reshape(-1, ids.shape[-1]) if ids.ndim else ids.reshape(1, 1)
-        out = np.array([self._decode(row.tolist()).encode("utf-8") for row in flat],
-                       dtype=object)
-        return out.reshape(ids.shape[:-1]) if ids.ndim else out.reshape(())
-
-    def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
-        """int ``[..., n]`` -> string ``[...]``."""
-        if isinstance(ids, tf.RaggedTensor):
-            ids = ids.to_tensor(default_value=self.pad_id)
-        ids = tf.convert_to_tensor(ids)
-        out = tf.numpy_function(self._decode_np, [ids], tf.string, stateful=False)
-        if ids.shape.rank is not None:
-            out.set_shape(ids.shape[:-1])
-        return out
 
     # ----------------------------------------------------------------- identity
     def __eq__(self, other):
