@@ -18,8 +18,47 @@ TINY = (dict(image_size=64, patch_size=8, width=64, layers=2, heads=4, mlp_dim=2
 PRESETS = ("tiny",) + tuple(_PRESETS)
 
 
+def apply_tower_overrides(vision: dict, text: dict, overrides) -> None:
+    """``vision_<field>`` / ``text_<field>`` set one tower's field, any other key both."""
+    for key, value in overrides.items():
+        for prefix, d in (("vision_", vision), ("text_", text)):
+            if key.startswith(prefix):
+                d[key[len(prefix):]] = value
+                break
+        else:
+            vision[key] = text[key] = value
+
+
+class ClipTowersProperties:
+    """What a family config nesting ``clip: CLIPConfig`` answers for the trainer, plug-plan
+    and plug-convert (CLIP, X-CLIP)."""
+
+    @property
+    def vocab_size(self) -> int:
+        return self.clip.text.vocab_size
+
+    @property
+    def scan_layers(self) -> bool:
+        return self.clip.vision.scan_layers
+
+    @property
+    def dtype(self) -> str:
+        return self.clip.vision.dtype
+
+    @property
+    def param_dtype(self) -> str:
+        return self.clip.vision.param_dtype
+
+    @property
+    def remat_policy(self) -> str:
+        return self.clip.vision.remat_policy
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)
+
+
 @dataclasses.dataclass(frozen=True)
-class ClipConfig:
+class ClipConfig(ClipTowersProperties):
     """``clip``: the towers (nested :class:`CLIPConfig`); ``preset``: its name, for metadata."""
 
     clip: CLIPConfig = dataclasses.field(default_factory=CLIPConfig)
@@ -50,34 +89,9 @@ class ClipConfig:
             raise ValueError(f"unknown CLIP preset {name!r}; choose one of {list(PRESETS)}")
         v, t, p = TINY if name == "tiny" else _PRESETS[name]
         v, t = dict(v), dict(t)
-        for key, value in overrides.items():
-            for prefix, d in (("vision_", v), ("text_", t)):
-                if key.startswith(prefix):
-                    d[key[len(prefix):]] = value
-                    break
-            else:
-                v[key] = t[key] = value
+        apply_tower_overrides(v, t, overrides)
         try:
             return cls(CLIPConfig(vision=CLIPVisionConfig(**v, projection_dim=p),
                                   text=CLIPTextConfig(**t, projection_dim=p)), preset=name)
         except TypeError as e:
             raise ValueError(f"ClipConfig.from_preset({name!r}): {e}") from None
-
-    @property
-    def vocab_size(self) -> int:
-        return self.clip.text.vocab_size
-
-    @property
-    def scan_layers(self) -> bool:
-        return self.clip.vision.scan_layers
-
-    @property
-    def dtype(self) -> str:
-        return self.clip.vision.dtype
-
-    @property
-    def param_dtype(self) -> str:
-        return self.clip.vision.param_dtype
-
-    def replace(self, **kw):
-        return dataclasses.replace(self, **kw)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from plug_jax.families.clip.config import ClipTowersProperties, apply_tower_overrides
 from plug_jax.layers.clip import _PRESETS, CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
 # tiny: 64x64 frames in 8x8 patches, two 64-wide one-head layers per tower, 64-d embeddings,
@@ -44,7 +45,7 @@ XCLIP_FIELDS = ("num_frames", "num_words", "temporal_layers", "temporal_heads",
 
 
 @dataclasses.dataclass(frozen=True)
-class XClipConfig:
+class XClipConfig(ClipTowersProperties):
     """``clip``: the towers; the rest: see the module docstring."""
 
     clip: CLIPConfig = dataclasses.field(default_factory=CLIPConfig)
@@ -109,16 +110,9 @@ class XClipConfig:
             x = dict(_PUBLISHED[data], temporal_layers=4, temporal_heads=t["width"] // 64,
                      frame_positions=77)
         v, t, x = dict(v), dict(t), dict(x)
-        for key, value in overrides.items():
-            if key in XCLIP_FIELDS:
-                x[key] = value
-                continue
-            for prefix, d in (("vision_", v), ("text_", t)):
-                if key.startswith(prefix):
-                    d[key[len(prefix):]] = value
-                    break
-            else:
-                v[key] = t[key] = value
+        x.update({k: val for k, val in overrides.items() if k in XCLIP_FIELDS})
+        apply_tower_overrides(v, t, {k: val for k, val in overrides.items()
+                                     if k not in XCLIP_FIELDS})
         if name != "tiny":  # the OpenAI text tower pools at the largest id
             t.setdefault("pooling", "argmax")
         try:
@@ -127,26 +121,3 @@ class XClipConfig:
             return cls(towers, preset=name, **x)
         except TypeError as e:
             raise ValueError(f"XClipConfig.from_preset({name!r}): {e}") from None
-
-    @property
-    def vocab_size(self) -> int:
-        return self.clip.text.vocab_size
-
-    @property
-    def scan_layers(self) -> bool:
-        return self.clip.vision.scan_layers
-
-    @property
-    def dtype(self) -> str:
-        return self.clip.vision.dtype
-
-    @property
-    def param_dtype(self) -> str:
-        return self.clip.vision.param_dtype
-
-    @property
-    def remat_policy(self) -> str:
-        return self.clip.vision.remat_policy
-
-    def replace(self, **kw):
-        return dataclasses.replace(self, **kw)
