@@ -1,16 +1,20 @@
 """X-CLIP learns Shop World video-text retrieval, next to its controls (marked ``slow``:
-``make test-slow``; about 12 minutes on 2 cores, then a minute of controls).
+``make test-slow``; about 15 minutes on 2 cores, then a minute of controls).
 
-``experiments/xclip/shop_xl.gin`` (1000 steps x 32 of the 4000 training videos), scored by
-``python -m plug_jax.families.xclip.controls --split=test`` over the 600 held-out videos:
-the model must beat its controls on the same test set, each by a margin below what the
-recorded run showed (docs/performance.md: text->video R@10 0.412; shuffled frames 0.257;
-the middle frame repeated 0.103; blank videos 0.017 = chance 0.019). The issue's target
-(text->video R@1 >= 0.5) is not met yet, and neither is a loss of the shuffled-frame control
-on the order-sensitive captions; this test does not claim either.
+``python -m plug_jax.families.xclip.recipe``: CLIP tiny on the Shop World images
+(``experiments/xclip/clip_stage.gin``), exported to the OpenAI layout, converted into X-CLIP
+as the release initialises it, then ``experiments/xclip/shop_xl.gin`` (900 steps x 32 of the
+4000 training videos), scored by ``controls --split=test`` over the 600 held-out videos. The
+model must beat its controls on the same test set, each by a margin below what the recorded
+run showed (docs/performance.md). The issue's target (text->video R@1 >= 0.5) is not met
+yet, and neither is a loss of the shuffled-frame control on the order-sensitive captions;
+this test does not claim either.
 """
 import importlib.util
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -18,8 +22,6 @@ _spec = importlib.util.spec_from_file_location(
     "plug_jax_tests_cli_helpers", pathlib.Path(__file__).resolve().parents[2] / "cli_helpers.py")
 cli_helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cli_helpers)
-
-EXP = "experiments/xclip/shop_xl.gin"
 
 
 def _table(out: str) -> dict:
@@ -35,17 +37,23 @@ def _table(out: str) -> dict:
 
 @pytest.mark.slow
 def test_xclip_beats_shuffled_frames_one_frame_and_blank_videos(tmp_path, report_result):
-    cli_helpers.cli("train", EXP, tmp_path / "run", "--gin.EVAL_PERIOD=0", timeout=3000)
-    out = cli_helpers.run_module("plug_jax.families.xclip.controls", EXP, tmp_path / "run",
-                                 "--split=test", timeout=900).stdout
+    out = subprocess.run([sys.executable, "-m", "plug_jax.families.xclip.recipe",
+                          "--workdir", str(tmp_path / "work")], capture_output=True, text=True,
+                         timeout=3600, cwd=cli_helpers.ROOT,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    out = out.stdout
     t = _table(out)
     assert "600 videos x 600 captions" in out
     model, shuffled, one, blank, chance = (t[k] for k in ("model", "shuffled", "one", "blank",
                                                           "chance"))
-    report_result("xclip tiny (shop_xl) text->video R@10 over 600 test videos", model[2],
+    report_result("xclip tiny (recipe: CLIP, then shop_xl) text->video R@10 over 600 test "
+                  "videos", model[2],
                   control=f"shuffled {shuffled[2]:.3f}, one frame {one[2]:.3f}, "
                           f"blank {blank[2]:.3f}, chance {chance[2]:.3f}")
-    assert model[2] >= 0.3 and model[0] >= 10 * chance[0]
+    # Recorded run (docs/performance.md): t2v R@1 0.230, R@10 0.822; shuffled frames R@10
+    # 0.653; one frame 0.163; blank 0.017 = chance 0.019.
+    assert model[2] >= 0.6 and model[0] >= 0.15
     assert model[2] - shuffled[2] >= 0.08
-    assert model[2] - one[2] >= 0.15
+    assert model[2] - one[2] >= 0.4
     assert blank[2] <= 2 * chance[2] and blank[0] <= 2 * chance[0] + 0.002
