@@ -73,5 +73,8 @@ CAPTIONS_EN = "clip_shop_captions_en_v1"
 CAPTIONS_ZH = "clip_shop_captions_zh_v1"
 register_caption_task(CAPTIONS_EN, "en")
 register_caption_task(CAPTIONS_ZH, "zh")
+# on shop_world/images_64_xl (20,000 training images; tasks/mplug.py says why)
+CAPTIONS_XL_EN = "clip_shop_captions_xl_en_v1"
+register_caption_task(CAPTIONS_XL_EN, "en", "images_64_xl")
 VIDEO_CAPTIONS_EN = "clip_shop_video_captions_en_v1"
 register_caption_task(VIDEO_CAPTIONS_EN, "en", "videos_8")

@@ -118,3 +118,6 @@ def register_grounding_task(name: str, lang: str = "en", config: str = "images_6
 
 register_grounding_task(GROUNDING_EN, "en")
 register_grounding_task(GROUNDING_ZH, "zh")
+# the same task on shop_world/images_64_xl (20,000 training images; tasks/mplug.py)
+GROUNDING_XL_EN = "mplug_shop_grounding_xl_en_v1"
+register_grounding_task(GROUNDING_XL_EN, "en", config="images_64_xl")

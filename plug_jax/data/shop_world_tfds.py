@@ -251,6 +251,12 @@ def _dialogue_example(lang: str):
 add_config(ConfigSpec("images_64", "64x64 product images with boxes, captions, VQA and "
                       "referring phrases (zh, en).", functools.partial(_image_features, 64),
                       _image_example(64), {"train": 2_000, "validation": 200, "test": 200}))
+add_config(ConfigSpec("images_64_xl", "64x64 product images (as images_64; the same "
+                      "examples at the same indices) with 20000 training and 1000 test "
+                      "images: enough distinct pictures for a ViT trained from scratch to "
+                      "generalise to unseen attribute combinations.",
+                      functools.partial(_image_features, 64), _image_example(64),
+                      {"train": 20_000, "validation": 200, "test": 1_000}, default=False))
 add_config(ConfigSpec("images_224", "224x224 product images (as images_64).",
                       functools.partial(_image_features, 224), _image_example(224),
                       {"train": 4_000, "validation": 400, "test": 400}, default=False))

@@ -99,3 +99,22 @@ def test_queries_config_prepares_and_reads_back(tfds_env):
     from plug_jax.data import shop_world as sw
     assert {r["lang"].decode() for r in rows} == set(sw.QUERY_LANGS)
     assert {int(r["intent_label"]) for r in rows} == set(range(len(sw.INTENTS)))
+
+
+def test_xl_configs_extend_their_base_at_the_same_indices(tfds_env):
+    """``images_64_xl`` / ``videos_8_xl`` hold more pictures, and at the indices their base
+    config has, the same ones; the learning experiments' tasks read them (no files built)."""
+    import seqio
+    mod, _ = tfds_env
+    for xl, base, media in (("images_64_xl", "images_64", "image"),
+                            ("videos_8_xl", "videos_8", "frames")):
+        big, small = mod.CONFIG_SPECS[xl], mod.CONFIG_SPECS[base]
+        assert big.split_sizes["train"] >= 5 * small.split_sizes["train"]
+        assert big.split_sizes["test"] >= 500
+        for split, i in (("train", 11), ("validation", 4), ("test", 7)):
+            a, b = big.example(0, split, i), small.example(0, split, i)
+            assert np.array_equal(a[media], b[media]) and a["caption_en"] == b["caption_en"]
+    assert mod.CONFIG_SPECS["images_64_xl"].split_sizes["train"] == 20_000
+    for name in ("mplug_shop_vqa_xl_en_v1", "mplug_shop_captions_xl_en_v1",
+                 "mplug_shop_grounding_xl_en_v1", "clip_shop_captions_xl_en_v1"):
+        assert seqio.get_mixture_or_task(name).source._shop_config == "images_64_xl", name
