@@ -7,7 +7,8 @@ output is complete, so a crashed or interrupted recipe picks up where it stopped
 interrupted ``plug-train`` resumes from its last checkpoint):
 
 1. ``clip``: ``plug-train`` of ``experiments/xclip/clip_stage.gin``, CLIP tiny with X-CLIP's
-   tower shapes on the Shop World product images and captions -> ``WORKDIR/clip``;
+   tower shapes (16 px patches) on the Shop World product images and captions
+   (``images_64_xl``) -> ``WORKDIR/clip``;
 2. ``export``: ``plug-export --to openai`` of that run -> ``WORKDIR/clip_openai/model.pt``
    (the OpenAI CLIP state dict layout) and its vocabulary;
 3. ``init``: ``plug-convert --family xclip --source openai --preset tiny`` -> X-CLIP
