@@ -26,6 +26,11 @@ import venv
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 REQUIREMENTS = os.path.join(HERE, "requirements.txt")
+# Installed after REQUIREMENTS with ``--no-deps``: packages whose declared dependencies are
+# heavy and unused by the modules the scripts import (taming-transformers-rom1504 declares
+# pytorch-lightning, torchvision and omegaconf; its Encoder / Decoder / VectorQuantizer2 need
+# torch, numpy and einops only).
+REQUIREMENTS_NO_DEPS = os.path.join(HERE, "requirements-nodeps.txt")
 
 
 def env_dir() -> str:
@@ -37,8 +42,11 @@ def _python(path: str) -> str:
 
 
 def _digest() -> str:
-    with open(REQUIREMENTS, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    h = hashlib.sha256()
+    for path in (REQUIREMENTS, REQUIREMENTS_NO_DEPS):
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
 
 
 def ensure(log=print) -> str:
@@ -58,6 +66,9 @@ def ensure(log=print) -> str:
         cmd = [_python(path), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                "--no-input", "-r", REQUIREMENTS]
         out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode == 0:
+            out = subprocess.run(cmd[:-2] + ["--no-deps", "-r", REQUIREMENTS_NO_DEPS],
+                                 capture_output=True, text=True)
         if out.returncode != 0:
             tail = " | ".join(out.stderr.strip().splitlines()[-3:])
             raise RuntimeError(
