@@ -35,6 +35,7 @@ import seqio  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from plug_jax.data import shop_world  # noqa: E402
+from plug_jax.data.shop_world import spans  # noqa: E402
 from plug_jax.data.vocab import default_cache_dir  # noqa: E402
 
 WORLD_SEED = 0
@@ -225,6 +226,34 @@ def _knowledge_example(lang: str):
     return example
 
 
+def _product_image_features(size: int):
+    f = tfds.features
+    d = {"image": f.Image(shape=(size, size, 3)), "product_id": f.Text(),
+         "category": f.Text(), "colour": f.Text(), "material": f.Text()}
+    for lang in ("zh", "en"):
+        for k in ("title", "description", "caption"):
+            d[f"{k}_{lang}"] = f.Text()
+    return f.FeaturesDict(d)
+
+
+def _product_image_example(size: int):
+    """One product alone in the picture, with its own title and description: the pairs that
+    image-to-title / description and text-to-image (M6) learn from."""
+    def example(seed: int, split: str, index: int) -> dict:
+        p = shop_world.world.product(seed, split, index)
+        out = {"product_id": p.product_id, "category": p.category, "colour": p.colour,
+               "material": p.material}
+        for lang in ("zh", "en"):
+            ex = shop_world.image_example(seed, split, index, size=size, lang=lang,
+                                          num_objects=1)
+            out["image"] = ex["image"]
+            out[f"caption_{lang}"] = ex["caption"]
+            out[f"title_{lang}"] = spans.title_of(p, lang)
+            out[f"description_{lang}"] = spans.description_of(p, lang)["description"]
+        return out
+    return example
+
+
 def _dialogue_features():
     f = tfds.features
     return f.FeaturesDict({
@@ -260,6 +289,11 @@ add_config(ConfigSpec("images_64_xl", "64x64 product images (as images_64; the s
 add_config(ConfigSpec("images_224", "224x224 product images (as images_64).",
                       functools.partial(_image_features, 224), _image_example(224),
                       {"train": 4_000, "validation": 400, "test": 400}, default=False))
+add_config(ConfigSpec("products_64", "64x64 pictures of one product each, with its title, "
+                      "description and caption (zh, en) and its category, colour and "
+                      "material.", functools.partial(_product_image_features, 64),
+                      _product_image_example(64),
+                      {"train": 4_000, "validation": 200, "test": 400}, default=False))
 add_config(ConfigSpec("videos_8", "8-frame 64x64 product videos with events, captions, "
                       "moments and temporal QA (zh, en).",
                       functools.partial(_video_features, 8, 64), _video_example(8, 64),

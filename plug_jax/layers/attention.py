@@ -178,7 +178,7 @@ class MultiHeadAttention(nn.Module):
     @nn.compact
     def __call__(self, inputs_q, inputs_kv=None, mask=None, *, decode: bool = False,
                  token_mask=None, deterministic: bool = True, static_kv: bool = False,
-                 cache_length: int | None = None):
+                 cache_length: int | None = None, prefill: bool = False):
         """Attends ``inputs_q`` to ``inputs_kv`` (``inputs_q`` when None).
 
         Args:
@@ -192,6 +192,10 @@ class MultiHeadAttention(nn.Module):
             from the cache afterwards (``inputs_kv`` may be None then).
           cache_length: with ``decode``, the number of self-attention cache slots when
             this call creates the cache (default: this input's length).
+          prefill: with ``decode``, a call that creates the cache also writes this input's
+            keys and values into its first slots (valid where ``token_mask``) and attends
+            with ``mask`` as given (a prefix LM's bidirectional prefix); later calls append
+            after them. Without it the creating call writes nothing.
         """
         kv_heads = self.num_kv_heads or self.num_heads
         features = inputs_q.shape[-1]
@@ -222,8 +226,9 @@ class MultiHeadAttention(nn.Module):
         else:
             key, value = project("key", inputs_kv), project("value", inputs_kv)
             if decode:
-                key, value, mask, heads_first = self._update_cache(key, value, token_mask,
-                                                                   cache_length)
+                key, value, new_mask, heads_first = self._update_cache(
+                    key, value, token_mask, cache_length, prefill)
+                mask = mask if prefill and new_mask is None else new_mask
 
         dropout_rng = None
         if not deterministic and self.dropout_rate > 0.0:
@@ -259,7 +264,7 @@ class MultiHeadAttention(nn.Module):
         self.variable("cache", "cached_value", lambda: value)
         return key, value, heads_first
 
-    def _update_cache(self, key, value, token_mask, cache_length=None):
+    def _update_cache(self, key, value, token_mask, cache_length=None, prefill=False):
         b, n_new = key.shape[:2]
         initialized = self.has_variable("cache", "cached_key")
         slots = n_new if cache_length is None else int(cache_length)
@@ -272,6 +277,25 @@ class MultiHeadAttention(nn.Module):
         cached_mask = self.variable("cache", "cached_mask", jnp.zeros, (b, slots), jnp.bool_)
         cache_index = self.variable("cache", "cache_index", jnp.zeros, (b,), jnp.int32)
         if not initialized:
+            if prefill:
+                # Creating the cache and writing this input (a prefix) into its first slots;
+                # the caller's mask applies to this call (returned as None).
+                if n_new > slots:
+                    raise ValueError(f"prefill of {n_new} tokens into a cache of {slots} slots; "
+                                     f"fix: cache_length >= prefix + new tokens")
+                valid = (jnp.ones((b, n_new), jnp.bool_) if token_mask is None
+                         else jnp.asarray(token_mask, jnp.bool_))
+                if heads_first:
+                    k_in, v_in, start = _heads_first(key), _heads_first(value), (0, 0, 0, 0)
+                else:
+                    k_in, v_in, start = key, value, (0, 0, 0, 0)
+                cached_key.value = jax.lax.dynamic_update_slice(
+                    cached_key.value, k_in.astype(cached_key.value.dtype), start)
+                cached_value.value = jax.lax.dynamic_update_slice(
+                    cached_value.value, v_in.astype(cached_value.value.dtype), start)
+                cached_mask.value = jax.lax.dynamic_update_slice(cached_mask.value, valid, (0, 0))
+                cache_index.value = cache_index.value + n_new
+                return key, value, None, False
             # Creating the cache (``cache_length`` slots, default this input's length); the
             # tokens of this call are not written into it.
             return key, value, causal_mask(b, n_new), False

@@ -152,3 +152,44 @@ def test_decode_rejects_cross_attention():
     mha = _mha()
     with pytest.raises(ValueError, match="self-attention"):
         mha.init(RNG, jnp.ones((1, 2, 16)), jnp.ones((1, 3, 16)), decode=True)
+
+
+@pytest.mark.parametrize("b", [1, 2])  # both cache layouts (attention.cache_heads_first)
+def test_prefill_writes_a_bidirectional_prefix_then_decodes_causally(b):
+    """``prefill=True`` (a prefix LM's prompt, M6): the call that creates the cache attends
+    with the caller's mask (bidirectional over the prefix, padding slot excluded) and writes
+    the prefix into the first slots; later tokens see every valid prefix slot and earlier
+    tokens. Reference: one full pass with the prefix-LM mask."""
+    p, t, slots = 5, 3, 10
+    x = jax.random.normal(RNG, (b, p + t, 16))
+    valid = np.ones((b, p + t), bool)
+    valid[:, 1] = False  # a padded prefix slot
+    mha = _mha(4, 2)
+    params = mha.init(RNG, x)["params"]
+    is_prefix = jnp.arange(p + t)[None, :] < p
+    full_mask = prefix_mask(jnp.broadcast_to(is_prefix, (b, p + t))) & valid[:, None, None, :]
+    full = mha.apply({"params": params}, x, mask=full_mask)
+    pre_mask = jnp.broadcast_to(jnp.asarray(valid[:, None, None, :p]), (b, 1, p, p))
+    out, mut = mha.apply({"params": params}, x[:, :p], mask=pre_mask, decode=True,
+                         prefill=True, token_mask=jnp.asarray(valid[:, :p]), cache_length=slots,
+                         mutable=["cache"])
+    cache = mut["cache"]
+    assert int(cache["cache_index"][0]) == p
+    np.testing.assert_array_equal(np.asarray(cache["cached_mask"])[:, :p], valid[:, :p])
+    outs = [out]
+    for i in range(p, p + t):
+        out, mut = mha.apply({"params": params, "cache": cache}, x[:, i:i + 1], decode=True,
+                             mutable=["cache"])
+        cache = mut["cache"]
+        outs.append(out)
+    got = jnp.concatenate(outs, 1)
+    keep = valid[0]  # padded rows' outputs are not compared
+    np.testing.assert_allclose(np.asarray(got)[:, keep], np.asarray(full)[:, keep],
+                               rtol=1e-5, atol=1e-5)
+    # without prefill the creating call writes nothing: the prefix would be lost
+    _, mut = mha.apply({"params": params}, x[:, :p], decode=True, cache_length=slots,
+                       mutable=["cache"])
+    assert int(mut["cache"]["cache_index"][0]) == 0
+    with pytest.raises(ValueError, match="cache_length >= prefix"):
+        mha.apply({"params": params}, x[:, :p], mask=pre_mask, decode=True, prefill=True,
+                  cache_length=p - 1, mutable=["cache"])

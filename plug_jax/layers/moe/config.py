@@ -41,7 +41,12 @@ class MoeFields:
                 raise ValueError(
                     f"{owner}: {name} {n} is not a multiple of moe_every_n {self.moe_every_n}; "
                     f"fix: choose moe_every_n dividing the layer count")
-        if self.moe_top_k not in (1, 2) or self.moe_top_k > self.num_experts:
+        if self.moe_router == "prototype":
+            if self.moe_top_k < 1 or self.num_experts % self.moe_top_k:
+                raise ValueError(f"{owner}: the prototype router splits num_experts "
+                                 f"{self.num_experts} into moe_top_k {self.moe_top_k} groups; "
+                                 f"fix: choose moe_top_k dividing num_experts")
+        elif self.moe_top_k not in (1, 2) or self.moe_top_k > self.num_experts:
             raise ValueError(f"{owner}: moe_top_k must be 1 or 2 (and <= num_experts), got "
                              f"{self.moe_top_k}")
         if self.moe_router not in ("topk", "prototype"):

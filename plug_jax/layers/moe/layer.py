@@ -55,7 +55,8 @@ class MoeLayer(nn.Module):
 
     Attributes:
       num_experts, hidden_dim: number of experts and each expert's FFN width.
-      top_k: experts per token (1 or 2).
+      top_k: experts per token (1 or 2; with ``'prototype'`` the number of groups, any
+        divisor of ``num_experts``).
       router: ``'topk'`` or ``'prototype'`` (M6-T expert prototyping: ``top_k``
         equal expert groups, top-1 in each).
       impl: ``'capacity'`` (GShard/Switch dispatch, drops past capacity) or
@@ -95,7 +96,13 @@ class MoeLayer(nn.Module):
     out_kernel_init: Any = None
 
     def _check(self):
-        if self.top_k not in (1, 2) or self.top_k > self.num_experts:
+        if self.router == "prototype":
+            # M6-T expert prototyping: top_k groups of experts, top-1 in each (M6-T used k up
+            # to 4 and more); the groups must split the experts evenly.
+            if self.top_k < 1 or self.num_experts % self.top_k:
+                raise ValueError(f"MoeLayer: prototype router with top_k={self.top_k} groups "
+                                 f"needs top_k >= 1 dividing num_experts={self.num_experts}")
+        elif self.top_k not in (1, 2) or self.top_k > self.num_experts:
             raise ValueError(f"MoeLayer: top_k={self.top_k} must be 1 or 2 and <= num_experts")
         if self.impl not in IMPLS:
             raise ValueError(f"MoeLayer: unknown impl {self.impl!r}; choose one of {IMPLS}")

@@ -323,6 +323,41 @@ def test_prototype_router_one_expert_per_group():
     assert counts[:4].sum() == B * L and counts[4:].sum() == B * L
 
 
+@pytest.mark.parametrize("impl", ["capacity", "dropless"])
+def test_prototype_router_with_four_groups_combines_four_top1_experts(impl):
+    """M6-T's k top-1 with k = 4 prototypes of 3 experts: every token meets exactly one expert
+    per group, and the output is the gate-weighted sum of those four experts' FFNs (a numpy
+    reference over the layer's own weights). top_k = 4 is refused for the 'topk' router and a
+    group count that does not divide the experts is refused for 'prototype'."""
+    B, L, E, k = 2, 8, 12, 4
+    layer = MoeLayer(num_experts=E, hidden_dim=H, top_k=k, router="prototype", impl=impl,
+                     train_capacity_factor=float(E), eval_capacity_factor=float(E),
+                     activation="relu")
+    x = inputs((B, L, D), seed=11)
+    params = init_params(layer, x)
+    y, sown = apply(layer, params, x)
+    counts = np.asarray(sown["tokens_per_expert"])
+    for g in range(k):
+        assert counts[3 * g:3 * g + 3].sum() == B * L
+    p = jax.tree_util.tree_map(np.asarray, nn.unbox(params))
+    flat = np.asarray(x, np.float64).reshape(-1, D)
+    gate_logits = flat @ p["gate"]["kernel"]
+    want = np.zeros_like(flat)
+    for g in range(k):
+        z = gate_logits[:, 3 * g:3 * g + 3]
+        pr = np.exp(z - z.max(-1, keepdims=True))
+        pr /= pr.sum(-1, keepdims=True)
+        e = 3 * g + pr.argmax(-1)
+        for t in range(flat.shape[0]):
+            h = np.maximum(flat[t] @ p["wi"]["kernel"][e[t]] + p["wi"]["bias"][e[t]], 0.0)
+            want[t] += pr[t].max() * (h @ p["wo"]["kernel"][e[t]] + p["wo"]["bias"][e[t]])
+    np.testing.assert_allclose(np.asarray(y).reshape(-1, D), want, rtol=2e-4, atol=2e-5)
+    with pytest.raises(ValueError, match="must be 1 or 2"):
+        init_params(MoeLayer(num_experts=E, hidden_dim=H, top_k=4, router="topk"), x)
+    with pytest.raises(ValueError, match="dividing num_experts"):
+        init_params(MoeLayer(num_experts=E, hidden_dim=H, top_k=5, router="prototype"), x)
+
+
 # --------------------------------------------------------------------- gradients
 
 
