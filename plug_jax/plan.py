@@ -596,7 +596,13 @@ def render_table(results: Sequence[tuple[Row, dict]]) -> str:
         "*batch x length* is the decoder length, with 336 x 336 images and 40 question "
         "tokens (VQA) or 256 x 256 images (pre-training: ITC + ITM + MLM + prefix LM, the "
         "text encoder run three times and the fusion five times per pair; no momentum "
-        "distillation).",
+        "distillation)."
+        " M6 (section 6: only the totals are published, 10B and 100B, and M6-T passed 1T): "
+        "the shapes are defined in plug_jax/families/m6/README.md; its *batch x length* is "
+        "the target length, after 256 image patches (256 x 256 px) and 64 source tokens. The "
+        "MoE rows put the experts on the `expert` axis (`ep_fsdp_tp` rules); their involuntary "
+        "full rematerializations are in the backward of the embedding tables and the patch "
+        "stem (tensors under 1 MB each); the fsdp rows have none.",
         "* GB = 10^9 bytes, GiB = 2^30 bytes.",
         "* *params / opt GB/dev*: exact bytes of one device's shard of the float32 "
         "parameters and of the AdamW state (mu and nu, float32, plus step counters).",

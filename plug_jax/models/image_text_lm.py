@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from plug_jax import decoding, losses
-from plug_jax.models.base import family_spec, model_metadata
+from plug_jax.models.base import (SOWN_COLLECTIONS, add_moe_sums, family_spec,
+                                  model_metadata)
 
 
 def _media_features(batch: dict) -> dict:
@@ -76,11 +77,11 @@ class ImageTextLM:
         dec = jnp.zeros(batch["decoder_input_tokens"].shape, jnp.int32)
         return self.module.init(rng, image, enc, None, dec)["params"]
 
-    def logits(self, params, batch: dict, rng=None, deterministic: bool = True):
+    def logits(self, params, batch: dict, rng=None, deterministic: bool = True, **apply_kw):
         rngs = None if deterministic or rng is None else {"dropout": rng}
         return self.module.apply({"params": params}, _media_features(batch),
                                  batch["decoder_input_tokens"], deterministic=deterministic,
-                                 rngs=rngs, method="lm_logits")
+                                 rngs=rngs, method="lm_logits", **apply_kw)
 
     @staticmethod
     def _per_example(logits, batch: dict):
@@ -98,14 +99,19 @@ class ImageTextLM:
     def loss_sums(self, params, batch: dict, rng=None, deterministic: bool = False) -> dict:
         """Decoder token cross-entropy sums, plus the ``answer`` group (per example: the
         sequence NLL, and 1 when every target token is the argmax)."""
-        logits = self.logits(params, batch, rng, deterministic)
+        moe = bool(getattr(self.config, "num_experts", 0))  # M6-T: the router's aux losses
+        if moe:
+            logits, sown = self.logits(params, batch, rng, deterministic,
+                                       mutable=list(SOWN_COLLECTIONS))
+        else:
+            logits = self.logits(params, batch, rng, deterministic)
         targets = jnp.asarray(batch["decoder_target_tokens"], jnp.int32)
         w, nll, exact, has = self._per_example(logits, batch)
         sums = losses.cross_entropy_sums(logits, targets, w, self.z_loss)
         sums["answer_loss"] = jnp.sum(nll)
         sums["answer_correct"] = jnp.sum(exact)
         sums["answer_weight"] = jnp.sum(has)
-        return sums
+        return add_moe_sums(sums, sown) if moe else sums
 
     # ---------------------------------------------------------------- whole-set eval
     def eval_outputs(self, params, batch: dict) -> dict:

@@ -1,8 +1,8 @@
 """Learning results with their controls: does a trained mPLUG use the image?
 
-Captioning models (``encoder_text=False``) are scored with ``captions_with_controls``: greedy
-captions of the split's images and of blank images, corpus CIDEr-D and BLEU-4 against the
-references (:mod:`plug_jax.metrics.captions`).
+Captioning models (``encoder_text=False``) are scored with ``captions_with_controls``
+(:mod:`plug_jax.metrics.controls`, shared with M6): greedy captions of the split's images and
+of blank images, corpus CIDEr-D and BLEU-4 against the references.
 
 ``vqa_with_controls`` scores one checkpoint on an eval split three ways, over the same
 questions and the same pipeline the trainer uses (the task's seqio examples through the
@@ -41,8 +41,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from plug_jax.families.mplug.eval_io import batches as _batches
-from plug_jax.families.mplug.eval_io import load_checkpoint
+from plug_jax.metrics.controls import batches as _batches
+from plug_jax.metrics.controls import (captions_with_controls, format_caption_controls,  # noqa: F401
+                                       load_checkpoint)
 
 
 def _key(row) -> tuple:
@@ -128,68 +129,6 @@ def vqa_with_controls(model, params, dataset_cfg, *, split: str = "validation",
         out["answer_list"] = means[3]
         out["answer_list_size"] = int(len(answers))
     return out
-
-
-def _decode_captions(model, params, images, vocabulary, max_new_tokens: int,
-                     batch: int = 50) -> list[str]:
-    from plug_jax import decoding
-    step_fn, init_cache = model.decode_fns()
-    eos = getattr(vocabulary, "eos_id", 1)
-    out = []
-    for s in range(0, len(images), batch):
-        chunk = images[s:s + batch]
-        n = len(chunk)
-        if n < batch:  # one shape: one compilation
-            chunk = np.concatenate([chunk, np.zeros((batch - n,) + chunk.shape[1:],
-                                                    chunk.dtype)])
-        toks = np.asarray(decoding.generate(
-            step_fn, init_cache, {"model": params, "encoder_features": {"image": chunk}},
-            np.zeros((batch, 1), np.int32), np.ones((batch, 1), np.int32), max_new_tokens,
-            eos_id=eos).tokens)[:n]
-        for row in toks:
-            ids = [int(t) for t in row]
-            ids = ids[:ids.index(eos)] if eos in ids else ids
-            out.append(vocabulary.decode([t for t in ids if t > 0]))
-    return out
-
-
-def captions_with_controls(model, params, dataset_cfg, *, split: str = "validation",
-                           max_examples: int | None = None, max_new_tokens: int = 48,
-                           lang: str = "en") -> dict[str, Any]:
-    """Greedy captions (encoded once, KV-cached decoding) of ``split``'s images and of the
-    same number of blank images, scored against the references with corpus CIDEr-D and
-    BLEU-4 (:mod:`plug_jax.metrics.captions`): ``{'model': {...}, 'blank_image': {...},
-    'examples': n, 'samples': [(prediction, reference)]}``."""
-    from plug_jax.data.pipeline import task_vocabulary
-    from plug_jax.metrics.captions import caption_scores
-    vocab = task_vocabulary(dataset_cfg.mixture_or_task_name)
-    images, refs = [], []
-    for b in _batches(dataset_cfg, split, max_examples):
-        for img, tgt in zip(b["image"], b["decoder_target_tokens"]):
-            if not (tgt > 0).any():
-                continue
-            images.append(img)
-            refs.append(vocab.decode([t for t in _key(tgt) if t != getattr(vocab, "eos_id", 1)]))
-    if max_examples is not None:
-        images, refs = images[:max_examples], refs[:max_examples]
-    images = np.stack(images).astype(np.float32)
-    preds = _decode_captions(model, params, images, vocab, max_new_tokens)
-    blank = _decode_captions(model, params, np.zeros_like(images), vocab, max_new_tokens)
-    refs_l = [[r] for r in refs]
-    return {"model": caption_scores(preds, refs_l, lang),
-            "blank_image": caption_scores(blank, refs_l, lang), "examples": len(refs),
-            "samples": list(zip(preds[:3], refs[:3])), "blank_sample": blank[0]}
-
-
-def format_caption_controls(res: dict, split: str) -> str:
-    m, b = res["model"], res["blank_image"]
-    lines = [f"captions on {split} ({res['examples']} images, greedy): CIDEr {m['cider']:.3f} "
-             f"BLEU-4 {m['bleu4']:.3f} | blank image CIDEr {b['cider']:.3f} BLEU-4 "
-             f"{b['bleu4']:.3f}"]
-    for p, r in res["samples"]:
-        lines.append(f"  model: {p}\n  truth: {r}")
-    lines.append(f"  blank image: {res['blank_sample']}")
-    return "\n".join(lines)
 
 
 def retrieval_with_controls(model, params, dataset_cfg, *, split: str = "validation",

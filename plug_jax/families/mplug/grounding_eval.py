@@ -27,8 +27,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from plug_jax.families.mplug.eval_io import batches as _batches
-from plug_jax.families.mplug.eval_io import load_checkpoint
+from plug_jax.metrics.controls import batches as _batches
+from plug_jax.metrics.controls import load_checkpoint
 from plug_jax.metrics import boxes as box_metrics
 
 

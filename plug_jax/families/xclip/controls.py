@@ -93,7 +93,7 @@ def retrieval_with_controls(model, params, dataset_cfg, *, split: str = "validat
     """Scores per control (see the module docstring); ``vocabulary`` decodes the captions
     for the order-sensitive subset (default: the task's)."""
     from plug_jax.data.pipeline import task_vocabulary
-    from plug_jax.families.mplug.eval_io import batches
+    from plug_jax.metrics.controls import batches
     vocabulary = vocabulary or task_vocabulary(dataset_cfg.mixture_or_task_name)
     fn = jax.jit(model.eval_outputs)
     rng = np.random.default_rng(seed)
@@ -175,7 +175,7 @@ def format_controls(res: dict, split: str) -> str:
 
 
 def main(argv=None) -> int:
-    from plug_jax.families.mplug.eval_io import load_checkpoint
+    from plug_jax.metrics.controls import load_checkpoint
     model, params, data, split = load_checkpoint(argv, __doc__.split("\n\n")[0])
     res = retrieval_with_controls(model, params, data, split=split)
     print(format_controls(res, split), flush=True)

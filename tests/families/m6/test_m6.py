@@ -179,3 +179,23 @@ def test_moe_preset_routes_through_prototypes():
     moe = nn.unbox(params)["trunk"]["blocks"]["layers"]["block_1"]["moe"]
     assert moe["wi"]["kernel"].shape[1:3] == (4, 64)  # [layers, experts, d, f]
     assert c.moe_top_k == 2 and c.moe_router == "prototype"
+    # the router's auxiliary losses reach the train step (weighted by the token count)
+    batch = {**batch, "decoder_target_tokens": jnp.array([[5, 6, 1, 0], [7, 1, 0, 0]])}
+    sums = model.loss_sums(params, batch, deterministic=True)
+    assert float(sums["weight"]) == 5.0
+    lb = float(sums["aux_loss/load_balance_loss"]) / 5.0
+    assert lb > 0.0 and sums["moe/tokens_per_expert"].shape == (1, 4)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "base", "10B", "100B", "1T"])
+def test_model_gin_equals_preset(preset):
+    import os
+
+    import gin
+
+    from plug_jax import gin_utils
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "..", "gin_configs")
+    gin_utils.parse_gin([f"models/m6/{preset}.gin"], [], [root])
+    model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+    assert model.config == M6Config.from_preset(preset)
+    assert model.family == "m6"
