@@ -865,8 +865,12 @@ def _eval_summary(model, res: Mapping) -> str:
                        if n.startswith(k + "/") and isinstance(v, float)]
                 if per:
                     own += " (" + ", ".join(f"{n} {v:.3f}" for n, v in per) + ")"
-        return (f"loss {res['loss']:.4f}  perplexity {res['perplexity']:.2f}  "
-                f"token accuracy {res['accuracy']:.4f}{own}")
+        head = f"loss {res['loss']:.4f}"
+        if "perplexity" in res:
+            head += f"  perplexity {res['perplexity']:.2f}"
+        if "accuracy" in res:  # not for models without token predictions (image tokenizer)
+            head += f"  token accuracy {res['accuracy']:.4f}"
+        return head + own
     groups = getattr(model, "eval_groups", ("mlm_loss", "mlm_accuracy", "structural_loss",
                                             "structural_accuracy"))
     extra = "".join(f"  {k.replace('_', ' ')} {res[k]:.4f}" for k in groups
