@@ -191,7 +191,14 @@ def _sums_and_grads(mesh_cfg, k, batch):
 
 def test_eight_devices_two_microbatches_equal_one_device():
     """data 2 x fsdp 4, GradCache over 2 microbatches vs 1 device, 1 batch (float32): the
-    loss and every gradient within 1e-5 (relative to the leaf's largest gradient)."""
+    loss within 1e-5 and every gradient within 3e-5 of the leaf's largest gradient.
+
+    The gradient bound is float32 reduction order: the two programs sum the same terms over
+    devices and microbatches in different orders. On one CPU (an Intel Xeon without AVX-512,
+    2026-12-07) the largest deviation was 1.19e-5 of the leaf's maximum (the text tower's
+    final LayerNorm bias), with several leaves at 6-9e-6; earlier machines stayed under 1e-5.
+    A wrong reduction (negatives missing across devices: the control below) is off by far
+    more."""
     assert len(jax.devices()) == 8
     batch = _batch()
     one_sums, one_grads, p1 = _sums_and_grads(MeshConfig(ici=(1, 1, 1, 1), num_devices=1), 1,
@@ -206,7 +213,7 @@ def test_eight_devices_two_microbatches_equal_one_device():
     assert len(flat1) == len(flat8) > 20
     for path, g1 in flat1:
         scale = max(float(np.abs(g1).max()), 1e-2)  # see test_global_objective.py
-        np.testing.assert_allclose(flat8[path], g1, rtol=0, atol=1e-5 * scale,
+        np.testing.assert_allclose(flat8[path], g1, rtol=0, atol=3e-5 * scale,
                                    err_msg=jax.tree_util.keystr(path))
     # the matrices of all four similarities get gradients from the loss
     for name, _ in MATRICES:
