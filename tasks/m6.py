@@ -10,6 +10,14 @@ The three pre-training transfers M6 names (MODEL_SPECS.md section 6), each a seq
   its tokens collapsed to one mask id each (BART text infilling) -> the description. No image:
   the M6 network reads the source alone (``models.EncoderDecoderLM``, kind ``encdec_lm``).
 
+And text-to-image:
+
+* ``m6_shop_t2i_{en,zh}_v1``: a title (``inputs``) -> the VQGAN codes of its picture
+  (``targets``: ``grid * grid`` ids, code ``c`` as id ``text_vocab_size + c``, no EOS), read
+  from the image-code corpus (``plug_jax.families.m6.image_codes``; written once from a
+  trained tokenizer, located when the task is first read). ``models.TextToImageLM`` samples
+  codes in that id range and decodes them to pixels.
+
 Every task uses the Shop World SentencePiece vocabulary of its language with 100 extra ids
 (the last one is the mask), so one M6 checkpoint reads them all. Image tasks use the
 ``image_text`` feature converter (``image`` float32 ``[64, 64, 3]``, CLIP-normalised);
@@ -36,6 +44,7 @@ from .gpt3 import WORLD_SEED  # noqa: E402
 
 PRODUCTS_CONFIG = "products_64"
 KINDS = ("title", "description", "mm2text", "denoise")
+T2I_KIND = "t2i"
 
 
 def vocabulary(lang: str) -> ShopWorldVocabulary:
@@ -97,6 +106,55 @@ def register_m6_task(name: str, kind: str, lang: str = "en") -> None:
     registry.register_task(name, spec, build)
 
 
+def _t2i_source():
+    """The image-code corpus's splits as a ``seqio.FunctionDataSource`` (the directory is
+    resolved when a split is first read)."""
+    def dataset_fn(split, shuffle_files=False, seed=None):
+        from plug_jax.families.m6 import image_codes
+        arrays = image_codes.read_split(split)
+        return tf.data.Dataset.from_tensor_slices(
+            {k: arrays[k] for k in ("codes", "title_en", "title_zh", "product_id",
+                                    "category", "colour")})
+    return seqio.FunctionDataSource(dataset_fn, splits=("train", "validation", "test"))
+
+
+def register_t2i_task(name: str, lang: str = "en") -> None:
+    """Register (once) the title -> image codes task of ``lang``."""
+    vocab = vocabulary(lang)
+    spec = {"kind": "m6_shop_t2i", "version": VERSION, "lang": lang,
+            "vocab": {k: v for k, v in vocab.spec.items() if k != "cache_dir"}}
+    offset = vocab.vocab_size
+
+    def titles(dataset):
+        return dataset.map(lambda ex: {"inputs": ex[f"title_{lang}"], "codes": ex["codes"],
+                                       "product_id": ex["product_id"]})
+
+    def codes_as_targets(dataset):
+        return dataset.map(lambda ex: {
+            "inputs": ex["inputs"], "product_id": ex["product_id"],
+            "targets": tf.cast(ex["codes"], tf.int32) + offset})
+
+    def build():
+        output = {"inputs": seqio.Feature(vocab, add_eos=True, dtype=tf.int32),
+                  "targets": seqio.Feature(vocab, add_eos=False, dtype=tf.int32)}
+        return seqio.TaskRegistry.add(
+            name, source=_t2i_source(),
+            preprocessors=[titles, functools.partial(seqio.preprocessors.tokenize,
+                                                     copy_pretokenized=False),
+                           codes_as_targets, seqio.preprocessors.append_eos_after_trim],
+            output_features=output, shuffle_buffer_size=1024)
+
+    registry.register_task(name, spec, build)
+
+
+def t2i_code_offset(lang: str = "en") -> int:
+    """The id of code 0 in ``m6_shop_t2i_<lang>_v1``'s targets: the text vocabulary's size."""
+    return vocabulary(lang).vocab_size
+
+
 TASKS = {(kind, lang): f"m6_shop_{kind}_{lang}_v1" for kind in KINDS for lang in ("en", "zh")}
 for (_kind, _lang), _name in TASKS.items():
     register_m6_task(_name, _kind, _lang)
+T2I_TASKS = {lang: f"m6_shop_t2i_{lang}_v1" for lang in ("en", "zh")}
+for _lang, _name in T2I_TASKS.items():
+    register_t2i_task(_name, _lang)

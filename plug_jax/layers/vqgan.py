@@ -49,6 +49,10 @@ straight-through output ``z + stop_gradient(e_code - z)`` and the loss
 
 ``codebook='ema'`` (van den Oord et al. 2017, appendix; not in taming) updates the codebook
 by exponential moving averages instead of gradients; see :class:`VectorQuantizer`.
+``normalize=True`` (ViT-VQGAN, Yu et al. 2022, section 3.2; not in taming) looks codes up by
+cosine similarity: latents and codebook rows are l2-normalised first and the normalised row
+is the quantised vector, which keeps far more of the codebook in use when it is trained from
+scratch (``plug_jax/layers/vq_compact.py``).
 """
 from __future__ import annotations
 
@@ -97,6 +101,12 @@ class VQGANConfig:
       (``vqgan_imagenet_f16_1024``: ch 128, ch_mult (1, 1, 2, 2, 4), 2 res blocks, attention
       at 16, z 256, embed_dim 256, 1024 codes), 256x256 -> 16x16 codes.
 
+    ``norm_groups``: GroupNorm's groups (taming fixes 32; its checkpoints need 32). With as
+    many groups as channels GroupNorm normalises each channel over the picture alone and
+    removes its mean: a narrow network (``ch`` 32) then cannot carry a flat region's colour
+    through its last ``norm_out`` (the decoder's output of a uniform picture would be its
+    bias). ``shop64`` therefore uses 8 groups (4 channels each).
+
     ``double_z`` is taming's ddconfig field; a VQGAN needs it False (``quant_conv`` reads
     ``z_channels``). ``dropout`` is always 0 (taming's VQGAN configs).
     """
@@ -117,6 +127,7 @@ class VQGANConfig:
     codebook: str = "straight_through"
     ema_decay: float = 0.99
     ema_eps: float = 1e-5
+    norm_groups: int = GROUPS
 
     def __post_init__(self):
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
@@ -158,10 +169,12 @@ class VQGANConfig:
         if not self.ch_mult or any(not isinstance(m, int) or m < 1 for m in self.ch_mult):
             raise ValueError(f"VQGANConfig: ch_mult must be a non-empty tuple of positive ints, "
                              f"got {self.ch_mult!r}")
-        bad = [self.ch * m for m in self.ch_mult if (self.ch * m) % GROUPS]
+        positive_int("norm_groups")
+        g = self.norm_groups
+        bad = [self.ch * m for m in self.ch_mult if (self.ch * m) % g]
         if bad:
             raise ValueError(f"VQGANConfig: ch * ch_mult gives {bad[0]} channels, not a multiple "
-                             f"of GroupNorm's {GROUPS} groups; use ch a multiple of {GROUPS}")
+                             f"of GroupNorm's {g} groups; use ch a multiple of {g}")
         down = 2 ** (self.num_resolutions - 1)
         if self.resolution % down:
             raise ValueError(f"VQGANConfig: resolution {self.resolution} is not divisible by "
@@ -240,13 +253,14 @@ class ResnetBlock(nn.Module):
     out_channels: int
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    groups: int = GROUPS
 
     @nn.compact
     def __call__(self, x):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = swish(GroupNorm(name="norm1", **kw)(x))
+        h = swish(GroupNorm(self.groups, name="norm1", **kw)(x))
         h = _conv(self.out_channels, 3, "conv1", **kw)(h)
-        h = swish(GroupNorm(name="norm2", **kw)(h))
+        h = swish(GroupNorm(self.groups, name="norm2", **kw)(h))
         h = _conv(self.out_channels, 3, "conv2", **kw)(h)
         if x.shape[-1] != self.out_channels:
             x = _conv(self.out_channels, 1, "nin_shortcut", **kw)(x)
@@ -258,12 +272,13 @@ class AttnBlock(nn.Module):
 
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    groups: int = GROUPS
 
     @nn.compact
     def __call__(self, x):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         b, hh, ww, c = x.shape
-        h = GroupNorm(name="norm", **kw)(x)
+        h = GroupNorm(self.groups, name="norm", **kw)(x)
         q = _conv(c, 1, "q", **kw)(h).reshape(b, hh * ww, c)
         k = _conv(c, 1, "k", **kw)(h).reshape(b, hh * ww, c)
         v = _conv(c, 1, "v", **kw)(h).reshape(b, hh * ww, c)
@@ -314,18 +329,19 @@ class VQGANEncoder(nn.Module):
     @nn.compact
     def __call__(self, images):
         cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        nk = dict(kw, groups=cfg.norm_groups)
         h = _conv(cfg.ch, 3, "conv_in", **kw)(jnp.asarray(images, self.dtype))
         res = cfg.resolution  # taming decides attention from the config, not the input
         for i, mult in enumerate(cfg.ch_mult):
             for j in range(cfg.num_res_blocks):
-                h = ResnetBlock(cfg.ch * mult, name=f"down_{i}_block_{j}", **kw)(h)
+                h = ResnetBlock(cfg.ch * mult, name=f"down_{i}_block_{j}", **nk)(h)
                 if res in cfg.attn_resolutions:
-                    h = AttnBlock(name=f"down_{i}_attn_{j}", **kw)(h)
+                    h = AttnBlock(name=f"down_{i}_attn_{j}", **nk)(h)
             if i != cfg.num_resolutions - 1:
                 h = Downsample(name=f"down_{i}_downsample", **kw)(h)
                 res //= 2
-        h = _mid(h, kw)
-        h = swish(GroupNorm(name="norm_out", **kw)(h))
+        h = _mid(h, nk)
+        h = swish(GroupNorm(cfg.norm_groups, name="norm_out", **kw)(h))
         return _conv(cfg.z_channels, 3, "conv_out", **kw)(h)
 
 
@@ -339,18 +355,19 @@ class VQGANDecoder(nn.Module):
     @nn.compact
     def __call__(self, z):
         cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        nk = dict(kw, groups=cfg.norm_groups)
         h = _conv(cfg.ch * cfg.ch_mult[-1], 3, "conv_in", **kw)(jnp.asarray(z, self.dtype))
-        h = _mid(h, kw)
+        h = _mid(h, nk)
         res = cfg.code_size
         for i in reversed(range(cfg.num_resolutions)):
             for j in range(cfg.num_res_blocks + 1):
-                h = ResnetBlock(cfg.ch * cfg.ch_mult[i], name=f"up_{i}_block_{j}", **kw)(h)
+                h = ResnetBlock(cfg.ch * cfg.ch_mult[i], name=f"up_{i}_block_{j}", **nk)(h)
                 if res in cfg.attn_resolutions:
-                    h = AttnBlock(name=f"up_{i}_attn_{j}", **kw)(h)
+                    h = AttnBlock(name=f"up_{i}_attn_{j}", **nk)(h)
             if i != 0:
                 h = Upsample(name=f"up_{i}_upsample", **kw)(h)
                 res *= 2
-        h = swish(GroupNorm(name="norm_out", **kw)(h))
+        h = swish(GroupNorm(cfg.norm_groups, name="norm_out", **kw)(h))
         return _conv(cfg.out_ch, 3, "conv_out", **kw)(h)
 
 
@@ -410,6 +427,7 @@ class VectorQuantizer(nn.Module):
     codebook: str = "straight_through"
     ema_decay: float = 0.99
     ema_eps: float = 1e-5
+    normalize: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -433,7 +451,8 @@ class VectorQuantizer(nn.Module):
     def codebook_vectors(self):
         table = self.embedding if self.codebook == "straight_through" else \
             self.ema_embedding.value
-        return jnp.asarray(table, jnp.float32)
+        table = jnp.asarray(table, jnp.float32)
+        return _l2_normalize(table) if self.normalize else table
 
     def lookup(self, codes):
         """Codes ``[B, h, w]`` -> code vectors ``[B, h, w, D]`` (taming's
@@ -447,6 +466,8 @@ class VectorQuantizer(nn.Module):
                              f"codebook {self.embed_dim}")
         e = self.codebook_vectors()
         z = jnp.asarray(z, jnp.float32)
+        if self.normalize:
+            z = _l2_normalize(z)
         flat = z.reshape(-1, self.embed_dim)
         d = (jnp.sum(flat ** 2, axis=1, keepdims=True) + jnp.sum(e ** 2, axis=1)
              - 2 * jnp.einsum("nd,kd->nk", flat, e))
@@ -481,6 +502,10 @@ class VectorQuantizer(nn.Module):
         self.cluster_size.value = size
         self.embed_avg.value = avg
         self.ema_embedding.value = avg / smoothed[:, None]
+
+
+def _l2_normalize(x, eps: float = 1e-6):
+    return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + eps)
 
 
 # ------------------------------------------------------------------------------ the model

@@ -20,7 +20,8 @@ The wrappers live in one module each: ``decoder_lm`` (:class:`DecoderOnlyLM`), `
 (:class:`ImageTextLM`: generation from an encoded image), ``image_text_pretrain``
 (:class:`ImageTextPretrain`: ITC + ITM + MLM + prefix LM, retrieval), ``grounding``
 (:class:`GroundingLM`: a phrase -> a box as location tokens), ``image_tokenizer``
-(:class:`ImageTokenizer`: a VQGAN trained to reconstruct pictures); ``base`` has what they share. Gin files name them as ``models.DecoderOnlyLM`` etc. after
+(:class:`ImageTokenizer`: a VQGAN trained to reconstruct pictures), ``text_to_image``
+(:class:`TextToImageLM`: a title -> image codes, sampled with guidance); ``base`` has what they share. Gin files name them as ``models.DecoderOnlyLM`` etc. after
 ``import plug_jax.models as models``.
 """
 from plug_jax.models.base import (SOWN_COLLECTIONS, add_moe_sums, collect_sown, count_params,
@@ -33,8 +34,9 @@ from plug_jax.models.grounding import GroundingLM
 from plug_jax.models.image_text_lm import ImageTextLM
 from plug_jax.models.image_text_pretrain import ImageTextPretrain
 from plug_jax.models.image_tokenizer import ImageTokenizer
+from plug_jax.models.text_to_image import TextToImageLM
 
 __all__ = ["DecoderOnlyLM", "DualEncoder", "ENCODER_OBJECTIVES", "EncoderDecoderLM", "EncoderModel",
            "GroundingLM", "ImageTextLM", "ImageTextPretrain", "ImageTokenizer",
-           "SOWN_COLLECTIONS", "add_moe_sums", "collect_sown", "count_params",
+           "SOWN_COLLECTIONS", "TextToImageLM", "add_moe_sums", "collect_sown", "count_params",
            "encoder_families", "family_spec", "gpt3", "model_metadata", "token_ce"]

@@ -1,5 +1,6 @@
-"""An image tokenizer as a task model: the VQGAN (``plug_jax/layers/vqgan.py``) trained to
-reconstruct pictures through its codebook (M6 text-to-image draws codes that it decodes).
+"""An image tokenizer as a task model: a VQGAN (``plug_jax/layers/vqgan.py``, taming's network)
+or the compact VQ-VAE (``plug_jax/layers/vq_compact.py``, the one Shop World trains) trained
+to reconstruct pictures through its codebook (M6 text-to-image draws codes that it decodes).
 
 Batches are an image task's (``image_text`` converter; the text is not read): ``image``
 ``[B, H, W, 3]`` normalised with ``pixel_mean`` / ``pixel_std`` (CLIP's, as the Shop World
@@ -48,7 +49,7 @@ def blur_baseline(images, grid: int):
 
 @dataclasses.dataclass(frozen=True)
 class ImageTokenizer:
-    config: Any  # plug_jax.layers.vqgan.VQGANConfig
+    config: Any  # plug_jax.layers.vqgan.VQGANConfig or plug_jax.layers.vq_compact.CompactVQConfig
     family: str = "m6"  # the family whose text-to-image reads the codes (checkpoint metadata)
     pixel_mean: tuple = CLIP_MEAN
     pixel_std: tuple = CLIP_STD
@@ -59,8 +60,8 @@ class ImageTokenizer:
 
     @property
     def module(self):
-        from plug_jax.layers.vqgan import VQGAN
-        return VQGAN(self.config)
+        from plug_jax.layers.vq_compact import build
+        return build(self.config)
 
     def _pixels(self, batch):
         """``[-1, 1]`` pictures from the task's normalised ``image``."""

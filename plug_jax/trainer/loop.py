@@ -968,7 +968,7 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
           methods: Sequence[str] = ("greedy", "top_p", "beam"), temperature: float = 0.8,
           top_k: int = 0, top_p: float = 0.9, num_beams: int = 4,
           length_penalty: float = 1.0, length_penalty_form: str = "power", seed: int = 0,
-          vocabulary=None,
+          guidance: float = 1.0, vocabulary=None,
           params=None, prompts_jsonl: str | None = None,
           weights_dtype: str = "float32") -> list[dict]:
     """Prints continuations of ``prompts`` with each decoding method; returns them.
@@ -977,7 +977,9 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
     :func:`_infer_ranking`. ``prompts_jsonl`` adds the prompts of a JSONL file (one object
     per line: ``text``, ``image``, ``video``; :mod:`plug_jax.data.media`). Models that
     generate from images (``reads_media``) decode from ``image:PATH|question`` prompts:
-    :func:`_infer_media`. ``weights_dtype`` (``bfloat16`` / ``int8``): the matmul weights
+    :func:`_infer_media`. Text-to-image models (``writes_images``) draw pictures of the
+    prompts (titles) and write PNGs (``guidance``: classifier-free guidance scale; 1 = off):
+    :meth:`plug_jax.models.text_to_image.TextToImageLM.infer_images`. ``weights_dtype`` (``bfloat16`` / ``int8``): the matmul weights
     are converted from the restored float ones and stored in that precision
     (:func:`load_weights_dtype`)."""
     weights_dtype = _check_weights_dtype(weights_dtype)
@@ -1008,7 +1010,10 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
     decode_kw = dict(max_new_tokens=max_new_tokens, methods=methods, temperature=temperature,
                      top_k=top_k, top_p=top_p, num_beams=num_beams,
                      length_penalty=length_penalty, length_penalty_form=length_penalty_form,
-                     seed=seed)
+                     seed=seed, guidance=guidance)
+    if getattr(model, "writes_images", False):  # title -> picture codes -> PNG (M6)
+        return model.infer_images(params, dataset_cfg, list(prompts), vocabulary, model_dir,
+                                  decode_kw, step)
     if getattr(model, "reads_media", False):  # text from an encoded image (mPLUG)
         return _infer_media(model, params, dataset_cfg, items, vocabulary, model_dir, step,
                             decode_kw)

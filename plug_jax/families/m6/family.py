@@ -4,7 +4,9 @@ M6 (arXiv 2103.00823) is one transformer over image patches and text with a pref
 (``network.py``). As a family it offers the ``image_to_text`` kind
 (:class:`plug_jax.models.ImageTextLM`: image -> title / description, image + text -> text;
 the prefix computed once per decode, the target over a KV cache) and the ``encdec_lm`` kind
-(:class:`plug_jax.models.EncoderDecoderLM`: text denoising) on one parameter tree. Presets
+(:class:`plug_jax.models.EncoderDecoderLM`: text denoising) on one parameter tree, and the
+``text_to_image`` kind (:class:`plug_jax.models.TextToImageLM`: a title -> VQGAN codes, the
+same network with the codes appended to its vocabulary). Presets
 ``tiny``, ``base``, ``10B``, ``100B`` (M6-T expert prototyping) and ``1T``. No M6 checkpoint
 was released, so there is no converter.
 """
@@ -66,8 +68,9 @@ FAMILY = FamilySpec(
     name="m6",
     config_cls=M6Config,
     listing_order=7,
-    networks={"image_to_text": _network, "encdec_lm": _text_network},
-    flops={"image_to_text": _flops, "encdec_lm": _flops},
+    networks={"image_to_text": _network, "encdec_lm": _text_network,
+              "text_to_image": _text_network},
+    flops={"image_to_text": _flops, "encdec_lm": _flops, "text_to_image": _flops},
     plan_rows=plan_rows,
     feature_converters=("image_text", "encdec"),
     experiments=(Experiment("experiments/m6/shop_title_tiny.gin", _SHORT),
