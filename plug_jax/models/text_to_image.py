@@ -4,8 +4,9 @@ picture, decoded to pixels by the tokenizer that made them.
 :class:`TextToImageLM` is :class:`~plug_jax.models.encdec_lm.EncoderDecoderLM` over a prefix-LM
 network whose vocabulary is the text vocabulary followed by the ``num_codes`` image codes
 (code ``c`` is id ``code_offset + c``, ``code_offset = config.vocab_size - num_codes``; the
-task ``m6_shop_t2i_<lang>_v1`` writes its targets so). Batches are the ``encdec`` converter's,
-unpacked: ``encoder_input_tokens`` (the title and EOS) and ``grid * grid`` target codes.
+task ``m6_shop_t2i_<lang>_v1`` writes its targets so). Batches are the ``encdec`` converter's:
+``encoder_input_tokens`` (the title and EOS) and ``grid * grid`` target codes, one picture per
+row (the experiment binds ``pack = False``; a packed row's titles are dropped together).
 
 Training: the codes' cross-entropy. With ``cond_drop > 0`` each training row's title is
 replaced, with that probability, by the empty title (EOS alone): the unconditional model that
@@ -92,21 +93,30 @@ class TextToImageLM(EncoderDecoderLM):
         if not 0.0 <= float(self.cond_drop) < 1.0:
             raise ValueError(f"TextToImageLM: cond_drop must be in [0, 1), got {self.cond_drop}")
 
+    def with_config(self, config) -> "TextToImageLM":
+        """The same model on another network config (the contract test's ``tiny`` preset):
+        ``num_codes`` kept where it fits the new vocabulary, else half of it."""
+        n = self.num_codes if self.num_codes < config.vocab_size else config.vocab_size // 2
+        return dataclasses.replace(self, config=config, num_codes=n)
+
     @property
     def code_offset(self) -> int:
         return int(self.config.vocab_size) - int(self.num_codes)
 
     def loss_sums(self, params, batch: dict, rng=None, deterministic: bool = False):
-        if "encoder_segment_ids" in batch:
-            raise ValueError("TextToImageLM reads unpacked rows (one title, one picture's "
-                             "codes); fix: bind DatasetConfig.pack = False")
+        batch = dict(batch)
         enc = jnp.asarray(batch["encoder_input_tokens"], jnp.int32)
         if self.cond_drop > 0 and rng is not None and not deterministic:
             drop = jax.random.bernoulli(jax.random.fold_in(rng, 0xC0DE), self.cond_drop,
-                                        (enc.shape[0],))
-            empty = jnp.zeros_like(enc).at[:, 0].set(EOS_ID)
-            enc = jnp.where(drop[:, None], empty, enc)
-        out = self.outputs(params, dict(batch, encoder_input_tokens=enc), rng, deterministic)
+                                        (enc.shape[0],))[:, None]
+            first = jnp.zeros_like(enc).at[:, 0].set(1)
+            batch["encoder_input_tokens"] = jnp.where(drop, first * EOS_ID, enc)
+            if "encoder_segment_ids" in batch:  # packed: the row's one empty source
+                batch["encoder_segment_ids"] = jnp.where(drop, first,
+                                                         batch["encoder_segment_ids"])
+            if "encoder_positions" in batch:
+                batch["encoder_positions"] = jnp.where(drop, 0, batch["encoder_positions"])
+        out = self.outputs(params, batch, rng, deterministic)
         return losses.cross_entropy_sums(out["logits"], batch["decoder_target_tokens"],
                                          batch.get("decoder_loss_weights"), self.z_loss)
 

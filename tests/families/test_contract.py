@@ -233,7 +233,9 @@ def _kind_models(family):
                 converter=gin.query_parameter("%FEATURE_CONVERTER"))
             batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
                      for k, v in loop._dummy_batch(data).items()}
-            found[model.kind] = (dataclasses.replace(model, config=tiny), batch)
+            # a model whose other fields depend on the config adapts them (with_config)
+            found[model.kind] = (model.with_config(tiny) if hasattr(model, "with_config")
+                                 else dataclasses.replace(model, config=tiny), batch)
     finally:
         gin.clear_config()
     missing = [k for k in spec.networks if k not in found]

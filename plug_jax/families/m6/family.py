@@ -74,5 +74,8 @@ FAMILY = FamilySpec(
     plan_rows=plan_rows,
     feature_converters=("image_text", "encdec"),
     experiments=(Experiment("experiments/m6/shop_title_tiny.gin", _SHORT),
-                 Experiment("experiments/m6/shop_denoise_tiny.gin", _SHORT)),
+                 Experiment("experiments/m6/shop_denoise_tiny.gin", _SHORT),
+                 # reads an image-code corpus (image_codes.py); the contract test parses it
+                 # (kinds, snapshot), tests/families/m6/test_text_to_image.py runs it
+                 Experiment("experiments/m6/shop_t2i_tiny.gin", _SHORT)),
 )

@@ -153,16 +153,23 @@ def test_t2i_task_targets_are_the_codes_after_the_text_vocabulary(corpus, monkey
 
 
 # ------------------------------------------------------------------------ the model
-def test_t2i_model_checks_its_vocabulary_and_unpacked_rows():
+def test_t2i_model_checks_its_vocabulary_and_reads_packed_rows_alike():
     with pytest.raises(ValueError, match="do not fit the network's vocabulary"):
         TextToImageLM(M6Config.from_preset("tiny", vocab_size=100), num_codes=100)
     with pytest.raises(ValueError, match="cond_drop"):
         _t2i(cond_drop=1.0)
-    m = _t2i()
+    m = _t2i(cond_drop=0.999)
     b = _batch(m)
     params = nn.unbox(m.init_params(jax.random.PRNGKey(0), b))
-    with pytest.raises(ValueError, match="pack = False"):
-        m.loss_sums(params, dict(b, encoder_segment_ids=np.ones_like(b["encoder_input_tokens"])))
+    enc = b["encoder_input_tokens"]
+    packed = dict(b, encoder_segment_ids=(enc > 0).astype(np.int32),
+                  encoder_positions=np.cumsum(enc > 0, axis=1).astype(np.int32) - 1,
+                  decoder_segment_ids=np.ones_like(b["decoder_target_tokens"]),
+                  decoder_positions=np.tile(np.arange(16, dtype=np.int32), (3, 1)))
+    for deterministic in (True, False):  # with and without the titles dropped
+        a, p = (float(m.loss_sums(params, x, rng=jax.random.PRNGKey(5),
+                                  deterministic=deterministic)["loss"]) for x in (b, packed))
+        assert a == pytest.approx(p, rel=1e-5)
 
 
 def test_condition_dropout_trains_the_empty_title():
