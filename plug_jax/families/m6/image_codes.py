@@ -31,6 +31,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,16 +81,29 @@ def read_split(split: str, directory=None) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+@dataclasses.dataclass(frozen=True)
+class Tokenizer:
+    """A corpus's tokenizer: its config and network (``module``), what encoding and decoding
+    need (``models.ImageTokenizer`` has the same two attributes; this module does not import
+    the models, which read corpora)."""
+
+    config: Any
+
+    @property
+    def module(self):
+        from plug_jax.layers.vq_compact import build
+        return build(self.config)
+
+
 def load_tokenizer(directory=None):
-    """``(ImageTokenizer, params)`` of the corpus's ``tokenizer/`` checkpoint (a VQGAN or a
+    """``(Tokenizer, params)`` of the corpus's ``tokenizer/`` checkpoint (a VQGAN or a
     compact VQ-VAE, as its ``config.json`` says)."""
     from plug_jax.layers.vq_compact import config_from_dict
-    from plug_jax.models.image_tokenizer import ImageTokenizer
     from plug_jax.trainer.checkpointing import load_params
     path = Path(directory) if directory is not None else default_dir()
     read_meta(path)
     config_dict, params, _ = load_params(path / TOKENIZER_DIR)
-    return ImageTokenizer(config_from_dict(config_dict)), params
+    return Tokenizer(config_from_dict(config_dict)), params
 
 
 def encode_pictures(tokenizer, params, pictures: np.ndarray, batch_size: int = 64):
@@ -163,7 +177,8 @@ def write(tokenizer, params, out_dir, *, source: str = "", step=None,
             f"used) in {time.time() - t0:.1f}s", flush=True)
     save_params(out / TOKENIZER_DIR, params,
                 config_dict=dataclasses.asdict(tokenizer.config),
-                metadata={"family": tokenizer.family, "kind": tokenizer.kind,
+                metadata={"family": getattr(tokenizer, "family", "m6"),
+                          "kind": getattr(tokenizer, "kind", "image_tokenizer"),
                           "source": source, "step": step}, overwrite=True)
     meta = {"grid": grid, "n_embed": n, "resolution": tokenizer.config.resolution,
             "tokenizer_source": source, "tokenizer_step": step, "limit": limit}
