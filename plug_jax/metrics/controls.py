@@ -34,10 +34,11 @@ def batches(dataset_cfg, split: str, max_examples: int | None):
             return
 
 
-def load_checkpoint(argv, description: str):
+def load_checkpoint(argv, description: str, *, with_step: bool = False):
     """``(model, params, dataset_cfg, split)`` from gin flags (``--gin_file``,
     ``--gin.NAME=VALUE``) and ``--split``: the experiment's model restored from its
-    ``MODEL_DIR`` (the command lines of ``controls`` and ``grounding_eval``)."""
+    ``MODEL_DIR`` (the command lines of ``controls``, ``grounding_eval``, ``t2i_eval`` and
+    ``image_codes``); ``with_step`` appends the restored step."""
     import argparse
     import sys
 
@@ -60,7 +61,8 @@ def load_checkpoint(argv, description: str):
     params, step, _ = loop.load_for_inference(model, model_dir, data,
                                               loop.MeshConfig(rules="dp"))
     print(f"{model_dir} @ step {step}")
-    return model, jax.device_get(params), data, a.split
+    out = (model, jax.device_get(params), data, a.split)
+    return out + (step,) if with_step else out
 
 
 def _key(row) -> tuple:

@@ -16,7 +16,7 @@ Written by (the tokenizer experiment's gin flags and ``MODEL_DIR``, as ``plug-ev
 them)::
 
     python -m plug_jax.families.m6.image_codes \\
-        --gin_file=experiments/m6/shop_tokenizer_tiny.gin --gin.MODEL_DIR=/tmp/m6_vq \\
+        --gin_file=experiments/m6/shop_tokenizer_f4.gin --gin.MODEL_DIR=/tmp/m6_vq_f4 \\
         [--out DIR]
 
 Each split is written to a temporary file and renamed when complete, so an interrupted run
@@ -58,7 +58,7 @@ def default_dir() -> Path:
 
 def _how_to_write(path) -> str:
     return (f"fix: write it with python -m plug_jax.families.m6.image_codes "
-            f"--gin_file=experiments/m6/shop_tokenizer_tiny.gin --gin.MODEL_DIR=<trained "
+            f"--gin_file=experiments/m6/shop_tokenizer_f4.gin --gin.MODEL_DIR=<trained "
             f"tokenizer> --out {path} (or point ${ENV} at an existing one)")
 
 
@@ -192,35 +192,21 @@ def write(tokenizer, params, out_dir, *, source: str = "", step=None,
 def main(argv=None) -> int:
     import argparse
 
-    import gin
-    import jax
-
-    from plug_jax import gin_utils
-    from plug_jax.cli import add_gin_flags
-    from plug_jax.trainer import loop
-    bindings, rest = gin_utils.split_gin_flags(sys.argv[1:] if argv is None else argv)
-    ap = add_gin_flags(argparse.ArgumentParser(
-        description="Encode the products_64 pictures with a trained image tokenizer."))
+    from plug_jax.metrics.controls import load_checkpoint
+    ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--out", default=None, help=f"output directory (default: ${ENV}, else "
                     f"$PLUG_JAX_DATA_DIR/{CORPUS})")
     ap.add_argument("--limit", type=int, default=None, help="pictures per split (tests)")
-    a = ap.parse_args(rest)
-    search = a.gin_search_paths.split(",") if a.gin_search_paths else None
-    gin_utils.parse_gin(a.gin_file, bindings, search)
-    model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+    own, rest = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
+    model, params, _, _, step = load_checkpoint(
+        rest, "Encode the products_64 pictures with a trained image tokenizer.", with_step=True)
     if getattr(model, "kind", None) != "image_tokenizer":
         raise SystemExit(f"image_codes: the gin config's MODEL is a {type(model).__name__}, "
                          f"not an image tokenizer; fix: pass the tokenizer experiment "
-                         f"(experiments/m6/shop_tokenizer_tiny.gin)")
-    model_dir = gin.query_parameter("%MODEL_DIR")
-    data = loop.DatasetConfig(gin.query_parameter("%MIXTURE_OR_TASK_NAME"),
-                              gin.query_parameter("%TASK_FEATURE_LENGTHS"), batch_size=8,
-                              converter=gin.query_parameter("%FEATURE_CONVERTER"))
-    params, step, _ = loop.load_for_inference(model, model_dir, data,
-                                              loop.MeshConfig(rules="dp"))
-    print(f"tokenizer {model_dir} @ step {step}", flush=True)
-    write(model, jax.device_get(params), a.out or default_dir(), source=str(model_dir),
-          step=None if step is None else int(step), limit=a.limit)
+                         f"(experiments/m6/shop_tokenizer_f4.gin)")
+    import gin
+    write(model, params, own.out or default_dir(), source=str(gin.query_parameter("%MODEL_DIR")),
+          step=None if step is None else int(step), limit=own.limit)
     return 0
 
 
