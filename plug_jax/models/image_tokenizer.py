@@ -12,6 +12,27 @@ the quantiser's loss (taming's commitment and codebook terms, ``beta``) times th
 adversarial loss for sharp large images; at 64 px with 8x8 codes the plain objective is what
 is measured here (docs/decisions.md, "M6 and the VQGAN tokenizer").
 
+Adversarial option (``disc_weight > 0``; 0, the default, leaves params, loss and outputs as
+above): taming's PatchGAN (:class:`~plug_jax.layers.patch_gan.PatchDiscriminator`,
+``disc_ndf``, ``disc_layers``) under the extra top-level params key ``loss_discriminator``
+(taming's ``loss.discriminator``; :meth:`tokenizer_params` strips it). The trainer has one
+optimizer and one loss, so both players share it and ``stop_gradient`` routes each term to
+its own part; with ``n`` the pixel-channel count (``weight``) the loss adds
+
+* ``n * w * g``, ``g = -mean(D(recon))`` with the discriminator's params under
+  ``stop_gradient``: its gradient reaches the tokenizer only (``g_loss``);
+* ``n * d``, ``d = hinge(D(real), D(stop_gradient(recon)))``: the discriminator only
+  (``d_loss``); simultaneous updates, where taming alternates two optimizers.
+
+``w`` (reported as ``g_scale``) is ``disc_weight`` times, with ``disc_adaptive`` (taming's
+``calculate_adaptive_weight``), ``clip(|grad_K mse| / (|grad_K g| + 1e-4), 0, 1e4)`` held
+constant, ``K`` the decoder's last conv kernel (``conv_out``) and ``mse`` this objective's
+pixel term (taming's is L1 + LPIPS). taming's ``disc_start`` (GAN terms off for the first
+steps) needs the step, which ``loss_sums`` does not receive: train without the discriminator
+first, then go on with it through ``INIT_CHECKPOINT`` and ``RESTORE_MODE='params_fresh_opt'``
+(the discriminator starts fresh, as taming's starts training at ``disc_start``). The
+discriminator's gradient is clipped together with the tokenizer's (one global norm).
+
 Whole-set metrics (evaluation): ``psnr`` (dB, pixels in ``[0, 1]``, the mean of per-picture
 PSNRs), ``blur_psnr`` (the baseline: the picture shrunk to the code grid by area averaging and
 enlarged back bilinearly, as many numbers per channel as the tokenizer has codes) and
@@ -20,12 +41,14 @@ enlarged back bilinearly, as many numbers per channel as the tokenizer has codes
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from plug_jax.layers.patch_gan import PatchDiscriminator, generator_loss, hinge_d_loss
 from plug_jax.models.base import model_metadata
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -47,21 +70,60 @@ def blur_baseline(images, grid: int):
     return jax.image.resize(small, (b, h, w, c), method="bilinear")
 
 
+DISC_KEY = "loss_discriminator"  # taming's loss.discriminator
+
+
+def _last_layer_path(params) -> tuple:
+    """The decoder's last conv kernel (taming's ``decoder.conv_out.weight``)."""
+    return ("decoder", "conv_out", "kernel") if "decoder" in params else ("conv_out", "kernel")
+
+
+def _replace(tree, path, value):
+    if not path:
+        return value
+    return {**tree, path[0]: _replace(tree[path[0]], path[1:], value)}
+
+
+def _norm(tree):
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageTokenizer:
     config: Any  # plug_jax.layers.vqgan.VQGANConfig or plug_jax.layers.vq_compact.CompactVQConfig
     family: str = "m6"  # the family whose text-to-image reads the codes (checkpoint metadata)
     pixel_mean: tuple = CLIP_MEAN
     pixel_std: tuple = CLIP_STD
+    # The adversarial option (module docstring); 0 = off. taming: ndf 64, 3 layers, adaptive.
+    disc_weight: float = 0.0
+    disc_ndf: int = 64
+    disc_layers: int = 3
+    disc_adaptive: bool = True
 
     kind = "image_tokenizer"
     token_loss = False  # no perplexity; speed in examples
-    summary_metrics = ("vq_loss", "psnr", "blur_psnr", "code_perplexity", "codes_used")
+    summary_metrics = ("vq_loss", "g_loss", "d_loss", "psnr", "blur_psnr", "code_perplexity",
+                       "codes_used")
+
+    def __post_init__(self):
+        if not float(self.disc_weight) >= 0.0:
+            raise ValueError(f"ImageTokenizer: disc_weight must be >= 0 (0 = no "
+                             f"discriminator), got {self.disc_weight!r}")
 
     @property
     def module(self):
         from plug_jax.layers.vq_compact import build
         return build(self.config)
+
+    @property
+    def discriminator(self) -> PatchDiscriminator:
+        return PatchDiscriminator(ndf=self.disc_ndf, n_layers=self.disc_layers)
+
+    @staticmethod
+    def tokenizer_params(params):
+        """The tokenizer's part of ``params`` (without ``loss_discriminator``): what
+        ``module.apply``, ``image_codes`` and ``vqgan_convert.to_taming`` take."""
+        return {k: v for k, v in params.items() if k != DISC_KEY}
 
     def _pixels(self, batch):
         """``[-1, 1]`` pictures from the task's normalised ``image``."""
@@ -77,19 +139,61 @@ class ImageTokenizer:
 
     def init_params(self, rng, batch: dict):
         image = jnp.zeros(batch["image"].shape, jnp.float32)  # shapes only (abstract batches)
-        return self.module.init(rng, self._pixels({"image": image}))["params"]
+        x = self._pixels({"image": image})
+        params = self.module.init(rng, x)["params"]
+        if self.disc_weight:  # the tokenizer's init is the same with or without
+            params = dict(params)
+            params[DISC_KEY] = self.discriminator.init(jax.random.fold_in(rng, 0xD15C),
+                                                       x)["params"]
+        return params
 
     def loss_sums(self, params, batch: dict, rng=None, deterministic: bool = False) -> dict:
         x = self._pixels(batch)
-        recon, _, aux = self.module.apply({"params": params}, x, train=not deterministic)
+        tok = self.tokenizer_params(params)
         n = jnp.asarray(x.size, jnp.float32)
-        sq = jnp.sum(jnp.square(jnp.asarray(recon, jnp.float32) - x))
-        return {"loss": sq + aux["loss"] * n, "weight": n,
-                "vq_loss": aux["loss"] * n, "vq_weight": n}
+
+        def forward(p):
+            recon, _, aux = self.module.apply({"params": p}, x, train=not deterministic)
+            return jnp.asarray(recon, jnp.float32), aux
+
+        if not self.disc_weight:
+            recon, aux = forward(tok)
+            sq = jnp.sum(jnp.square(recon - x))
+            return {"loss": sq + aux["loss"] * n, "weight": n,
+                    "vq_loss": aux["loss"] * n, "vq_weight": n}
+
+        sg = jax.lax.stop_gradient
+        disc, d_params = self.discriminator, params[DISC_KEY]
+
+        def gen(r):  # the generator's term: the discriminator is a constant here
+            return generator_loss(disc.apply({"params": sg(d_params)}, r))
+
+        w = jnp.asarray(self.disc_weight, jnp.float32)
+        if self.disc_adaptive:
+            # taming's adaptive weight: |grad_K mse| / |grad_K g| at the last conv kernel K,
+            # both gradients pulled back from the reconstruction through K alone (a vjp in K)
+            path = _last_layer_path(tok)
+            last = functools.reduce(lambda t, k: t[k], path, tok)
+            recon, pull, aux = jax.vjp(lambda k: forward(_replace(tok, path, k)), last,
+                                       has_aux=True)
+            r = sg(recon)
+            mse_k, = pull(2.0 * (r - x) / n)  # d mean((r - x)^2) / dr
+            g_k, = pull(jax.grad(gen)(r))
+            w = w * sg(jnp.clip(_norm(mse_k) / (_norm(g_k) + 1e-4), 0.0, 1e4))
+        else:
+            recon, aux = forward(tok)
+        sq = jnp.sum(jnp.square(recon - x))
+        g = gen(recon)  # gradient to the tokenizer only
+        d = hinge_d_loss(disc.apply({"params": d_params}, x),  # to the discriminator only
+                         disc.apply({"params": d_params}, sg(recon)))
+        return {"loss": sq + (aux["loss"] + w * g + d) * n, "weight": n,
+                "vq_loss": aux["loss"] * n, "vq_weight": n,
+                "g_loss": g * n, "g_scale": w * n, "g_weight": n,
+                "d_loss": d * n, "d_weight": n}
 
     def reconstruct(self, params, images):
         """``[-1, 1]`` pictures -> ``(reconstruction, codes)``."""
-        recon, codes, _ = self.module.apply({"params": params}, images)
+        recon, codes, _ = self.module.apply({"params": self.tokenizer_params(params)}, images)
         return recon, codes
 
     def eval_outputs(self, params, batch: dict) -> dict:
@@ -114,13 +218,19 @@ class ImageTokenizer:
         """3x the forward FLOPs of one picture (XLA's count of the convolutions), x batch."""
         h, w, c = (int(v) for v in lengths.get("image", (self.config.resolution,) * 2 + (3,)))
         img = jax.ShapeDtypeStruct((1, h, w, c), jnp.float32)
-        params = jax.eval_shape(lambda x: self.module.init(jax.random.PRNGKey(0), x), img)
-        cost = jax.jit(lambda p, x: self.module.apply(p, x)).lower(params, img).cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        return 3.0 * batch * float((cost or {}).get("flops", 0.0))
+        flops = 0.0
+        # with the discriminator, three passes of it (real, fake for d, fake for g) per picture
+        # (the adaptive weight's extra backward passes are left out: an estimate)
+        parts = [(self.module, 1)] + ([(self.discriminator, 3)] if self.disc_weight else [])
+        for module, passes in parts:
+            params = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x), img)
+            cost = jax.jit(lambda p, x: module.apply(p, x)).lower(params, img).cost_analysis()
+            cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+            flops += passes * float((cost or {}).get("flops", 0.0))
+        return 3.0 * batch * flops
 
     def metadata(self) -> dict:
         return model_metadata(self)
 
 
-__all__ = ["ImageTokenizer", "blur_baseline", "psnr"]
+__all__ = ["DISC_KEY", "ImageTokenizer", "blur_baseline", "psnr"]

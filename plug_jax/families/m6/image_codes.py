@@ -159,6 +159,8 @@ def write(tokenizer, params, out_dir, *, source: str = "", step=None,
     """Encodes every split's pictures with ``tokenizer`` and writes the corpus to
     ``out_dir`` (see the module docstring); ``limit`` caps each split (tests)."""
     from plug_jax.trainer.checkpointing import save_params
+    strip = getattr(tokenizer, "tokenizer_params", None)  # drops a GAN discriminator's params
+    params = strip(params) if strip is not None else params
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if (out / META_FILE).exists():
