@@ -4,6 +4,8 @@ The three pre-training transfers M6 names (MODEL_SPECS.md section 6), each a seq
 
 * ``m6_shop_title_{en,zh}_v1`` and ``m6_shop_description_{en,zh}_v1`` (image-to-text): a
   picture of one product (``shop_world/products_64``) -> its title / its description.
+* ``m6_shop_title128_{en,zh}_v1``: the same at 128x128 (``shop_world/products_128``), for
+  the image tokenizers trained at that size.
 * ``m6_shop_mm2text_{en,zh}_v1`` (multimodality-to-text): the picture and the start of its
   description (``inputs``: a random 20-80 % of the tokens, PALM's split) -> the rest.
 * ``m6_shop_denoise_{en,zh}_v1`` (text-to-text): a description with spans covering 30 % of
@@ -43,6 +45,7 @@ from .curricula import EXTRA_IDS  # noqa: E402
 from .gpt3 import WORLD_SEED  # noqa: E402
 
 PRODUCTS_CONFIG = "products_64"
+PRODUCT_SIZES = (64, 128)
 KINDS = ("title", "description", "mm2text", "denoise")
 T2I_KIND = "t2i"
 
@@ -72,13 +75,18 @@ def _infilling(dataset, output_features):
     return pp.text_infilling(dataset, mask_id=vocab.vocab_size - 1)
 
 
-def register_m6_task(name: str, kind: str, lang: str = "en") -> None:
-    """Register (once) an M6 task of ``kind`` in :data:`KINDS`."""
+def register_m6_task(name: str, kind: str, lang: str = "en", size: int = 64) -> None:
+    """Register (once) an M6 task of ``kind`` in :data:`KINDS` (pictures of ``size``: 64 or
+    128)."""
     if kind not in KINDS:
         raise ValueError(f"unknown M6 task kind {kind!r}; use one of {KINDS}")
+    if size not in PRODUCT_SIZES:
+        raise ValueError(f"M6 product pictures come at {PRODUCT_SIZES} px, not {size}")
     vocab = vocabulary(lang)
     spec = {"kind": f"m6_shop_{kind}", "version": VERSION, "lang": lang,
             "vocab": {k: v for k, v in vocab.spec.items() if k != "cache_dir"}}
+    if size != 64:
+        spec["size"] = size
     feature = functools.partial(seqio.Feature, vocabulary=vocab, add_eos=True, dtype=tf.int32)
     tokenize = functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False)
 
@@ -89,7 +97,7 @@ def register_m6_task(name: str, kind: str, lang: str = "en") -> None:
                 lambda ds: ds.map(lambda ex: {"targets": ex["description"]}),
                 tokenize, _infilling, _keep, seqio.preprocessors.append_eos_after_trim]
         else:
-            source = ShopWorldTfdsSource(PRODUCTS_CONFIG, features=[
+            source = ShopWorldTfdsSource(f"products_{size}", features=[
                 "image", "product_id", "category", "colour", f"title_{lang}",
                 f"description_{lang}"])
             preprocessors = [functools.partial(_image_pairs, kind=kind, lang=lang), tokenize]
@@ -155,6 +163,9 @@ def t2i_code_offset(lang: str = "en") -> int:
 TASKS = {(kind, lang): f"m6_shop_{kind}_{lang}_v1" for kind in KINDS for lang in ("en", "zh")}
 for (_kind, _lang), _name in TASKS.items():
     register_m6_task(_name, _kind, _lang)
+TITLE128_TASKS = {lang: f"m6_shop_title128_{lang}_v1" for lang in ("en", "zh")}
+for _lang, _name in TITLE128_TASKS.items():
+    register_m6_task(_name, "title", _lang, size=128)
 T2I_TASKS = {lang: f"m6_shop_t2i_{lang}_v1" for lang in ("en", "zh")}
 for _lang, _name in T2I_TASKS.items():
     register_t2i_task(_name, _lang)

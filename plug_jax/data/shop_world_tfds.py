@@ -294,6 +294,12 @@ add_config(ConfigSpec("products_64", "64x64 pictures of one product each, with i
                       "material.", functools.partial(_product_image_features, 64),
                       _product_image_example(64),
                       {"train": 4_000, "validation": 200, "test": 400}, default=False))
+add_config(ConfigSpec("products_128", "128x128 pictures of one product each (as products_64: "
+                      "the same products, layouts and labels at the same indices; the image "
+                      "tokenizers' larger resolution).",
+                      functools.partial(_product_image_features, 128),
+                      _product_image_example(128),
+                      {"train": 4_000, "validation": 200, "test": 400}, default=False))
 add_config(ConfigSpec("videos_8", "8-frame 64x64 product videos with events, captions, "
                       "moments and temporal QA (zh, en).",
                       functools.partial(_video_features, 8, 64), _video_example(8, 64),
