@@ -27,6 +27,8 @@ class M6Config(FamilyConfig):
     ffn_size: int | None = None  # default 4 * hidden_size
     head_dim: int | None = None  # default hidden_size // num_heads
     max_text_positions: int = 512  # source and target each count from 0
+    target_grid: int = 0  # > 0: the targets are a g x g grid of image codes in raster order;
+    #                       each also gets a learned row and column embedding (text-to-image)
     image_size: int = 256
     patch_size: int = 16
     num_channels: int = 3
@@ -49,6 +51,11 @@ class M6Config(FamilyConfig):
             raise ValueError(f"M6Config: image_size {self.image_size} is not a multiple of "
                              f"patch_size {self.patch_size}; fix: choose a patch size that "
                              f"divides the image size")
+        if self.target_grid < 0 or self.target_grid ** 2 > self.max_text_positions:
+            raise ValueError(f"M6Config: target_grid {self.target_grid} needs "
+                             f"{self.target_grid ** 2} target positions, more than "
+                             f"max_text_positions {self.max_text_positions}; fix: raise "
+                             f"max_text_positions or set target_grid to the code grid's side")
         self.check_basics("M6Config")
         self.check_moe("M6Config", num_layers=self.num_layers)
 

@@ -128,6 +128,11 @@ class M6(nn.Module):
         self.text_positions = Embed(cfg.max_text_positions, cfg.hidden_size,
                                     axes=(None, A.EMBED), dtype=dt, param_dtype=pdt,
                                     embedding_init=init)
+        if cfg.target_grid:
+            self.code_rows = Embed(cfg.target_grid, cfg.hidden_size, axes=(None, A.EMBED),
+                                   dtype=dt, param_dtype=pdt, embedding_init=init)
+            self.code_cols = Embed(cfg.target_grid, cfg.hidden_size, axes=(None, A.EMBED),
+                                   dtype=dt, param_dtype=pdt, embedding_init=init)
         self.type_embed = Embed(3, cfg.hidden_size, axes=(None, A.EMBED), dtype=dt,
                                 param_dtype=pdt, embedding_init=init)
         self.patch_embed = PatchEmbed(cfg.hidden_size, cfg.patch_size, dtype=dt,
@@ -153,10 +158,17 @@ class M6(nn.Module):
         return x + self._type(IMAGE_TYPE)
 
     def embed_text(self, ids, positions, type_id: int):
-        """int ``[B, L]`` ids at ``positions`` -> ``[B, L, D]``."""
+        """int ``[B, L]`` ids at ``positions`` -> ``[B, L, D]``. With ``target_grid`` g, a
+        target at position p (the input that predicts code p of the raster) also gets the
+        row ``p // g`` and column ``p % g`` embeddings (positions past the grid clip)."""
         ids = jnp.asarray(ids, jnp.int32)
-        return (self.token_embed(ids) + self.text_positions(jnp.asarray(positions, jnp.int32))
-                + self._type(type_id))
+        positions = jnp.asarray(positions, jnp.int32)
+        x = self.token_embed(ids) + self.text_positions(positions) + self._type(type_id)
+        g = self.config.target_grid
+        if g and type_id == TARGET_TYPE:
+            x = (x + self.code_rows(jnp.clip(positions // g, 0, g - 1))
+                 + self.code_cols(positions % g))
+        return x
 
     def _prefix(self, features: dict):
         """``(x [B, P, D], valid bool [B, P])`` of the image and (with ``encoder_text``) the

@@ -28,10 +28,11 @@ SMALL_VQ = CompactVQConfig(resolution=64, channels=(8, 16), num_res_blocks=1, em
 TEXT_VOCAB = 612  # the Shop World en vocabulary with 100 extra ids
 
 
-def _t2i(num_codes=32, cond_drop=0.1, codes_dir=None):
+def _t2i(num_codes=32, cond_drop=0.1, codes_dir=None, target_grid=0):
     cfg = M6Config.from_preset("tiny", vocab_size=TEXT_VOCAB + num_codes, image_size=64,
                                max_text_positions=300, dropout_rate=0.0,
-                               attention_dropout_rate=0.0, scan_layers=False)
+                               attention_dropout_rate=0.0, scan_layers=False,
+                               target_grid=target_grid)
     return TextToImageLM(cfg, num_codes=num_codes, cond_drop=cond_drop, codes_dir=codes_dir)
 
 
@@ -203,9 +204,10 @@ def _code_logp(model, params, enc, codes_so_far):
                            keepdims=True)) - logits.max(-1, keepdims=True)
 
 
-@pytest.mark.parametrize("guidance", [1.0, 3.0])
-def test_greedy_codes_follow_the_guided_code_distribution_of_the_recompute_path(guidance):
-    m = _t2i()
+@pytest.mark.parametrize("guidance,target_grid", [(1.0, 0), (3.0, 0), (3.0, 3)])
+def test_greedy_codes_follow_the_guided_code_distribution_of_the_recompute_path(guidance,
+                                                                                target_grid):
+    m = _t2i(target_grid=target_grid)
     b = _batch(m, b=2)
     params = nn.unbox(m.init_params(jax.random.PRNGKey(7), b))
     enc = b["encoder_input_tokens"]
@@ -219,6 +221,28 @@ def test_greedy_codes_follow_the_guided_code_distribution_of_the_recompute_path(
         uncond = _code_logp(m, params, empty, codes[:, :t])
         want = uncond + guidance * (cond - uncond)
         np.testing.assert_array_equal(codes[:, t], want.argmax(-1))
+
+
+def test_target_grid_adds_a_row_and_a_column_embedding_to_each_code_position():
+    with pytest.raises(ValueError, match="target_grid 20 needs 400 target positions"):
+        M6Config.from_preset("tiny", target_grid=20, max_text_positions=300)
+    plain, gridded = _t2i(), _t2i(target_grid=4)
+    b = _batch(plain, t=16)
+    p0 = nn.unbox(plain.init_params(jax.random.PRNGKey(0), b))
+    p1 = nn.unbox(gridded.init_params(jax.random.PRNGKey(0), b))
+    assert "code_rows" not in p0 and set(p1) - set(p0) == {"code_rows", "code_cols"}
+    net = gridded.module
+    ids = np.asarray(b["decoder_input_tokens"][:1])
+    pos = np.arange(16, dtype=np.int32)[None]
+    got = net.apply({"params": p1}, ids, pos, 2, method=net.embed_text)  # 2: target type
+    base = plain.module
+    shared = {k: p1[k] for k in p0}
+    want = (base.apply({"params": shared}, ids, pos, 2, method=base.embed_text)
+            + p1["code_rows"]["embedding"][pos // 4] + p1["code_cols"]["embedding"][pos % 4])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    src = net.apply({"params": p1}, ids, pos, 1, method=net.embed_text)  # source: no grid
+    np.testing.assert_allclose(src, base.apply({"params": shared}, ids, pos, 1,
+                                               method=base.embed_text), atol=1e-6)
 
 
 def test_sampled_codes_stay_in_the_code_range_and_top_k_limits_them():
