@@ -34,6 +34,10 @@ INSTALL_REQUIRES = [
     # Index-based input (plug_jax.data.indexed): grain's index_shuffle, a keyed permutation
     # evaluated per index (docs/decisions.md).
     "grain==0.2.18",
+    # ChatPLUG's local knowledge retriever (plug_jax/families/chatplug/retrieval.py): BM25
+    # on sparse matrices, numpy only; saves its index as .npy (allow_pickle=False) + JSON
+    # (docs/decisions.md).
+    "bm25s==0.3.11",
 ]
 
 EXTRAS = {
