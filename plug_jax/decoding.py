@@ -41,6 +41,10 @@ Conventions (details in ``docs/decoding.md``):
 * Beam search scores a hypothesis as ``sum(log p) / length ** length_penalty`` where
   ``length`` is the number of generated tokens including the EOS token (the
   ``transformers`` convention).
+* Optional logits processors (``repetition_penalty``, ``no_repeat_ngram_size``,
+  ``min_length``; :func:`process_logits`) act on each row's (each beam's) real prompt
+  tokens and generated tokens: on the raw logits in :func:`generate`, on the log-softmax
+  in :func:`beam_search` (both as ``transformers`` does). Off by default.
 """
 from __future__ import annotations
 
@@ -239,12 +243,107 @@ def _prefill(step_fn, init_cache_fn, params, prompt_ids, prompt_mask, max_len):
     return logits[:, -1].astype(jnp.float32), cache
 
 
+# ------------------------------------------------------------ logits processors
+def process_logits(logits: jax.Array, seqs: jax.Array, seq_mask: jax.Array,
+                   num_generated, *, eos_id: int | None = None,
+                   repetition_penalty=1.0, no_repeat_ngram_size: int = 0,
+                   min_length: int = 0) -> jax.Array:
+    """The repetition penalty, no-repeat n-gram and minimum-length processors of
+    ``transformers`` (``RepetitionPenaltyLogitsProcessor``, ``NoRepeatNGramLogitsProcessor``,
+    ``MinNewTokensLengthLogitsProcessor``), in that order, vectorised with fixed shapes.
+
+    Args:
+      logits: float ``[R, V]``, the scores of each row's next token.
+      seqs: int ``[R, L]``, a token buffer holding each row's sequence so far.
+      seq_mask: bool ``[R, L]``, which slots of ``seqs`` hold the sequence. The True slots
+        of a row must be contiguous (the sequence, in order); the rest (left padding,
+        slots not yet written) is ignored.
+      num_generated: int scalar or ``[R]``: tokens generated so far (the next one is
+        generated token number ``num_generated``, counting from 0).
+      eos_id: the token ``min_length`` bans (None: ``min_length`` is ignored).
+      repetition_penalty: CTRL's penalty (Keskar et al. 2019): the score of every token
+        id present in the sequence is divided by it if positive, multiplied by it if
+        negative. 1.0 = off; may be traced.
+      no_repeat_ngram_size: ``n > 0``: every token that would complete an ``n``-gram
+        already in the sequence (its last ``n - 1`` tokens followed by that token occur
+        earlier in it) gets ``-inf``. 0 = off (static).
+      min_length: ``eos_id`` gets ``-inf`` while ``num_generated + 1 < min_length``: a row
+        that finishes has at least ``min_length`` generated tokens, its EOS included (the
+        count of ``GenerateOutput.lengths``). This is ``transformers``'
+        ``min_new_tokens = min_length - 1``, and its ``min_length`` of an encoder-decoder
+        whose decoder starts from one start token (there ``input_ids`` is the start token
+        and the tokens generated so far). 0 or 1 = off (static).
+
+    With every option off the logits are returned unchanged (the same array).
+    """
+    rows, vocab = logits.shape
+    seq_mask = jnp.asarray(seq_mask, jnp.bool_)
+    seqs = jnp.asarray(seqs, jnp.int32)
+    row_ids = jnp.arange(rows)[:, None]
+    if not (isinstance(repetition_penalty, (int, float)) and repetition_penalty == 1.0):
+        # Slots outside the sequence (and ids outside the vocabulary) go to a spare column.
+        ids = jnp.where(seq_mask & (seqs >= 0) & (seqs < vocab), seqs, vocab)
+        present = jnp.zeros((rows, vocab + 1), jnp.bool_).at[row_ids, ids].set(True)
+        penalty = jnp.asarray(repetition_penalty, logits.dtype)
+        penalised = jnp.where(logits < 0, logits * penalty, logits / penalty)
+        logits = jnp.where(present[:, :vocab], penalised, logits)
+    n = int(no_repeat_ngram_size)
+    if n > 0 and n <= seqs.shape[1]:
+        length = seqs.shape[1]
+        # End of each row's sequence (one past its last True slot) and its last n-1 tokens.
+        end = jnp.max(jnp.where(seq_mask, jnp.arange(1, length + 1), 0), axis=1)
+        width = length - n + 1
+        windows = jnp.stack([seqs[:, j:j + width] for j in range(n)], axis=-1)  # [R, W, n]
+        in_seq = jnp.stack([seq_mask[:, j:j + width] for j in range(n)], -1).all(-1)
+        if n == 1:
+            matches = in_seq
+        else:
+            idx = jnp.clip(end[:, None] - (n - 1) + jnp.arange(n - 1), 0, length - 1)
+            prefix = jnp.take_along_axis(seqs, idx, axis=1)  # [R, n-1]
+            matches = in_seq & jnp.all(windows[..., :-1] == prefix[:, None, :], axis=-1)
+        last = windows[..., -1]
+        banned_ids = jnp.where(matches & (last >= 0) & (last < vocab), last, vocab)
+        banned = jnp.zeros((rows, vocab + 1), jnp.bool_).at[row_ids, banned_ids].set(True)
+        logits = jnp.where(banned[:, :vocab], -jnp.inf, logits)
+    if eos_id is not None and int(min_length) > 1:
+        too_short = jnp.asarray(num_generated) + 1 < int(min_length)
+        too_short = jnp.broadcast_to(too_short, (rows,))[:, None]
+        logits = jnp.where(too_short & (jnp.arange(vocab) == eos_id), -jnp.inf, logits)
+    return logits
+
+
+def _processors(prompt_ids, prompt_mask, rows_per_prompt, eos_id, repetition_penalty,
+                use_repetition_penalty, no_repeat_ngram_size, min_length):
+    """``process(logits [R, V], generated [R, N], t) -> logits`` of the decoding loops
+    (``R`` = prompts x ``rows_per_prompt``), or None when every processor is off. A row's
+    sequence is its real prompt tokens (left padding excluded) followed by its first
+    ``t`` generated tokens."""
+    min_on = eos_id is not None and min_length > 1
+    if not (use_repetition_penalty or no_repeat_ngram_size > 0 or min_on):
+        return None
+    prompt_ids = jnp.repeat(prompt_ids, rows_per_prompt, axis=0)
+    prompt_mask = jnp.repeat(prompt_mask, rows_per_prompt, axis=0)
+
+    def process(logits, generated, t):
+        seqs = jnp.concatenate([prompt_ids, generated], axis=1)
+        written = jnp.broadcast_to(jnp.arange(generated.shape[1]) < t, generated.shape)
+        seq_mask = jnp.concatenate([prompt_mask, written], axis=1)
+        return process_logits(
+            logits, seqs, seq_mask, t, eos_id=eos_id,
+            repetition_penalty=repetition_penalty if use_repetition_penalty else 1.0,
+            no_repeat_ngram_size=no_repeat_ngram_size, min_length=min_length)
+
+    return process
+
+
 # ---------------------------------------------------------------- sampling loop
 @functools.partial(jax.jit, static_argnames=(
     "step_fn", "init_cache_fn", "max_new_tokens", "method", "top_k", "use_top_p",
-    "eos_id", "pad_id"))
-def _generate_jit(params, prompt_ids, prompt_mask, temperature, top_p, rng, *, step_fn,
-                  init_cache_fn, max_new_tokens, method, top_k, use_top_p, eos_id, pad_id):
+    "eos_id", "pad_id", "use_repetition_penalty", "no_repeat_ngram_size", "min_length"))
+def _generate_jit(params, prompt_ids, prompt_mask, temperature, top_p, rng,
+                  repetition_penalty=1.0, *, step_fn, init_cache_fn, max_new_tokens, method,
+                  top_k, use_top_p, eos_id, pad_id, use_repetition_penalty=False,
+                  no_repeat_ngram_size=0, min_length=0):
     batch, prompt_len = prompt_ids.shape
     n = max_new_tokens
     params = _prepare(step_fn, params)
@@ -254,15 +353,20 @@ def _generate_jit(params, prompt_ids, prompt_mask, temperature, top_p, rng, *, s
     first_pos = jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32)  # position of token 0
     pick = functools.partial(_sample, method=method, temperature=temperature,
                              top_k=top_k, top_p=top_p, use_top_p=use_top_p)
+    process = _processors(prompt_ids, prompt_mask, 1, eos_id, repetition_penalty,
+                          use_repetition_penalty, no_repeat_ngram_size, min_length)
 
-    def choose(t, logits, done):
+    def choose(t, logits, done, tokens):
+        if process is not None:  # on the raw logits, before temperature and filters
+            logits = process(logits, tokens, t)
         tok = pick(logits, jax.random.fold_in(rng, t))
         tok = jnp.where(done, pad_id, tok)
         new_done = done if eos_id is None else done | (tok == eos_id)
         return tok, new_done
 
-    tok, done = choose(0, logits, jnp.zeros((batch,), jnp.bool_))
-    tokens = jnp.full((batch, n), pad_id, jnp.int32).at[:, 0].set(tok)
+    tokens = jnp.full((batch, n), pad_id, jnp.int32)
+    tok, done = choose(0, logits, jnp.zeros((batch,), jnp.bool_), tokens)
+    tokens = tokens.at[:, 0].set(tok)
     lengths = jnp.ones((batch,), jnp.int32)
 
     def cond(state):
@@ -273,7 +377,7 @@ def _generate_jit(params, prompt_ids, prompt_mask, temperature, top_p, rng, *, s
         t, tok, tokens, done, lengths, cache = state
         logits, cache = step_fn(params, cache, tok[:, None], (first_pos + t - 1)[:, None],
                                 jnp.ones((batch, 1), jnp.bool_))
-        new_tok, new_done = choose(t, logits[:, -1].astype(jnp.float32), done)
+        new_tok, new_done = choose(t, logits[:, -1].astype(jnp.float32), done, tokens)
         tokens = jax.lax.dynamic_update_slice(tokens, new_tok[:, None], (0, t))
         lengths = lengths + (~done).astype(jnp.int32)
         return t + 1, new_tok, tokens, new_done, lengths, cache
@@ -304,7 +408,9 @@ def _check_prompt(prompt_ids, prompt_mask, max_new_tokens):
 def generate(step_fn: StepFn, init_cache_fn: InitCacheFn, params, prompt_ids,
              prompt_mask=None, max_new_tokens: int = 32, *, method: str = "greedy",
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             eos_id: int | None = None, pad_id: int = 0, rng=None) -> GenerateOutput:
+             eos_id: int | None = None, pad_id: int = 0, rng=None,
+             repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+             min_length: int = 0) -> GenerateOutput:
     """Greedy or sampled continuation of left-padded prompts.
 
     Args:
@@ -321,6 +427,13 @@ def generate(step_fn: StepFn, init_cache_fn: InitCacheFn, params, prompt_ids,
       eos_id: token that finishes a row (None = rows never finish early).
       pad_id: written after a row's EOS and where the loop stopped early.
       rng: PRNG key, required for sampling; step ``t`` uses ``fold_in(rng, t)``.
+      repetition_penalty, no_repeat_ngram_size, min_length: the logits processors of
+        :func:`process_logits` (defaults: off), applied to the raw logits of every step
+        before the temperature and the filters (transformers' order). A row's sequence is
+        its real prompt tokens followed by the tokens it generated (for an
+        encoder-decoder: the decoder start token and the generated tokens);
+        ``min_length`` needs ``eos_id``. The penalty is traced (on / off is static);
+        the other two are static.
 
     Returns:
       :class:`GenerateOutput` ``(tokens [B, N], lengths [B], done [B], num_steps)``.
@@ -341,11 +454,29 @@ def generate(step_fn: StepFn, init_cache_fn: InitCacheFn, params, prompt_ids,
         temperature, top_k, top_p, use_top_p = 1.0, 0, 1.0, False
     if rng is None:
         rng = jax.random.PRNGKey(0)
+    proc = _processor_args(repetition_penalty, no_repeat_ngram_size, min_length, eos_id)
     return _generate_jit(params, prompt_ids, prompt_mask, jnp.float32(temperature),
-                         jnp.float32(top_p), rng, step_fn=step_fn,
-                         init_cache_fn=init_cache_fn, max_new_tokens=int(max_new_tokens),
-                         method=method, top_k=top_k, use_top_p=use_top_p,
-                         eos_id=None if eos_id is None else int(eos_id), pad_id=int(pad_id))
+                         jnp.float32(top_p), rng, jnp.float32(repetition_penalty),
+                         step_fn=step_fn, init_cache_fn=init_cache_fn,
+                         max_new_tokens=int(max_new_tokens), method=method, top_k=top_k,
+                         use_top_p=use_top_p, eos_id=None if eos_id is None else int(eos_id),
+                         pad_id=int(pad_id), **proc)
+
+
+def _processor_args(repetition_penalty, no_repeat_ngram_size, min_length, eos_id) -> dict:
+    """The static processor options of the jits, checked; options that change nothing
+    are normalised to off so that they do not cause recompiles."""
+    if isinstance(repetition_penalty, (int, float)) and repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+    if int(no_repeat_ngram_size) < 0:
+        raise ValueError(f"no_repeat_ngram_size must be >= 0, got {no_repeat_ngram_size}")
+    if int(min_length) < 0:
+        raise ValueError(f"min_length must be >= 0, got {min_length}")
+    return dict(use_repetition_penalty=not (isinstance(repetition_penalty, (int, float))
+                                            and repetition_penalty == 1.0),
+                no_repeat_ngram_size=int(no_repeat_ngram_size),
+                min_length=int(min_length) if eos_id is not None and int(min_length) > 1
+                else 0)
 
 
 # ------------------------------------------------------------------ beam search
@@ -357,10 +488,11 @@ def _take(x, idx):
 
 @functools.partial(jax.jit, static_argnames=(
     "step_fn", "init_cache_fn", "max_new_tokens", "num_beams", "eos_id", "pad_id",
-    "length_penalty_form"))
-def _beam_search_jit(params, prompt_ids, prompt_mask, length_penalty, *, step_fn,
-                     init_cache_fn, max_new_tokens, num_beams, eos_id, pad_id,
-                     length_penalty_form="power"):
+    "length_penalty_form", "use_repetition_penalty", "no_repeat_ngram_size", "min_length"))
+def _beam_search_jit(params, prompt_ids, prompt_mask, length_penalty, repetition_penalty=1.0,
+                     *, step_fn, init_cache_fn, max_new_tokens, num_beams, eos_id, pad_id,
+                     length_penalty_form="power", use_repetition_penalty=False,
+                     no_repeat_ngram_size=0, min_length=0):
     batch, prompt_len = prompt_ids.shape
     n, k = max_new_tokens, num_beams
     params = _prepare(step_fn, params)
@@ -375,6 +507,8 @@ def _beam_search_jit(params, prompt_ids, prompt_mask, length_penalty, *, step_fn
     logits = jnp.repeat(logits, k, axis=0)
     first_pos = jnp.repeat(jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32), k)
     neg_inf = jnp.float32(-jnp.inf)
+    process = _processors(prompt_ids, prompt_mask, k, eos_id, repetition_penalty,
+                          use_repetition_penalty, no_repeat_ngram_size, min_length)
 
     def norm(logp, length):
         length = jnp.asarray(length, jnp.float32)
@@ -384,7 +518,10 @@ def _beam_search_jit(params, prompt_ids, prompt_mask, length_penalty, *, step_fn
 
     def select(t, logits, alive_seqs, alive_logp, fin_seqs, fin_scores, fin_lens):
         """Extends the alive beams by token ``t``; EOS extensions move to finished."""
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(batch, k, vocab)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        if process is not None:  # each beam's own sequence; on the log-probs (transformers)
+            logp = process(logp, alive_seqs.reshape(batch * k, n), t)
+        logp = logp.reshape(batch, k, vocab)
         cand = (alive_logp[:, :, None] + logp).reshape(batch, k * vocab)
         # 2k candidates: at most k of them end in EOS (one per beam), so >= k stay alive.
         vals, idx = jax.lax.top_k(cand, 2 * k)
@@ -457,7 +594,9 @@ def _beam_search_jit(params, prompt_ids, prompt_mask, length_penalty, *, step_fn
 def beam_search(step_fn: StepFn, init_cache_fn: InitCacheFn, params, prompt_ids,
                 prompt_mask=None, max_new_tokens: int = 32, *, num_beams: int = 4,
                 length_penalty: float = 1.0, eos_id: int | None = None,
-                pad_id: int = 0, length_penalty_form: str = "power") -> BeamSearchOutput:
+                pad_id: int = 0, length_penalty_form: str = "power",
+                repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+                min_length: int = 0) -> BeamSearchOutput:
     """Beam search with separately tracked finished hypotheses (t5x / transformers style).
 
     Each step extends the ``num_beams`` alive beams of every row to their ``2 * num_beams``
@@ -473,6 +612,13 @@ def beam_search(step_fn: StepFn, init_cache_fn: InitCacheFn, params, prompt_ids,
     so stopping early never changes the result). The cache is expanded to
     ``B * num_beams`` rows after the prefill and gathered along axis 0 on reordering.
 
+    ``repetition_penalty``, ``no_repeat_ngram_size``, ``min_length`` (defaults: off): the
+    processors of :func:`process_logits`, applied to every beam on its own sequence (real
+    prompt tokens, then the beam's tokens so far). As in ``transformers``' beam search they
+    act on the log-softmax of the logits, not on the raw logits: the penalty multiplies a
+    present token's (negative) log-probability, and the processed log-probabilities are
+    what the beam scores add up (they are not renormalised).
+
     Returns:
       :class:`BeamSearchOutput`: best ``sequences [B, N]`` (pad after EOS), ``scores [B]``,
       ``lengths [B]``, and every row's ``num_beams`` hypotheses, best first.
@@ -483,11 +629,14 @@ def beam_search(step_fn: StepFn, init_cache_fn: InitCacheFn, params, prompt_ids,
     if length_penalty_form not in LENGTH_PENALTY_FORMS:
         raise ValueError(f"unknown length_penalty_form {length_penalty_form!r}; choose one of "
                          f"{LENGTH_PENALTY_FORMS}")
+    proc = _processor_args(repetition_penalty, no_repeat_ngram_size, min_length, eos_id)
     return _beam_search_jit(params, prompt_ids, prompt_mask, jnp.float32(length_penalty),
+                            jnp.float32(repetition_penalty),
                             step_fn=step_fn, init_cache_fn=init_cache_fn,
                             max_new_tokens=int(max_new_tokens), num_beams=int(num_beams),
                             eos_id=None if eos_id is None else int(eos_id),
-                            pad_id=int(pad_id), length_penalty_form=length_penalty_form)
+                            pad_id=int(pad_id), length_penalty_form=length_penalty_form,
+                            **proc)
 
 
 # ------------------------------------------------------- encoder-decoder adapters

@@ -968,7 +968,8 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
           methods: Sequence[str] = ("greedy", "top_p", "beam"), temperature: float = 0.8,
           top_k: int = 0, top_p: float = 0.9, num_beams: int = 4,
           length_penalty: float = 1.0, length_penalty_form: str = "power", seed: int = 0,
-          guidance: float = 1.0, vocabulary=None,
+          repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+          min_length: int = 0, guidance: float = 1.0, vocabulary=None,
           params=None, prompts_jsonl: str | None = None,
           weights_dtype: str = "float32") -> list[dict]:
     """Prints continuations of ``prompts`` with each decoding method; returns them.
@@ -981,7 +982,10 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
     prompts (titles) and write PNGs (``guidance``: classifier-free guidance scale; 1 = off):
     :meth:`plug_jax.models.text_to_image.TextToImageLM.infer_images`. ``weights_dtype`` (``bfloat16`` / ``int8``): the matmul weights
     are converted from the restored float ones and stored in that precision
-    (:func:`load_weights_dtype`)."""
+    (:func:`load_weights_dtype`). ``repetition_penalty``, ``no_repeat_ngram_size`` and
+    ``min_length`` (off by default) apply to every text decoding method
+    (:func:`plug_jax.decoding.process_logits`; ChatPLUG's released defaults are 1.2, 6
+    and 10)."""
     weights_dtype = _check_weights_dtype(weights_dtype)
     carried = False
     if vocabulary is None:
@@ -1010,7 +1014,8 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
     decode_kw = dict(max_new_tokens=max_new_tokens, methods=methods, temperature=temperature,
                      top_k=top_k, top_p=top_p, num_beams=num_beams,
                      length_penalty=length_penalty, length_penalty_form=length_penalty_form,
-                     seed=seed, guidance=guidance)
+                     seed=seed, guidance=guidance, repetition_penalty=repetition_penalty,
+                     no_repeat_ngram_size=no_repeat_ngram_size, min_length=min_length)
     if getattr(model, "writes_images", False):  # title -> picture codes -> PNG (M6)
         return model.infer_images(params, dataset_cfg, list(prompts), vocabulary, model_dir,
                                   decode_kw, step)
@@ -1076,23 +1081,27 @@ def _decode_with_methods(model, params, ids, mask, vocabulary, kw: dict) -> list
     step_fn, init_cache = model.decode_fns()
     eos = getattr(vocabulary, "eos_id", None)
     n = kw["max_new_tokens"]
+    proc = dict(repetition_penalty=kw.get("repetition_penalty", 1.0),
+                no_repeat_ngram_size=kw.get("no_repeat_ngram_size", 0),
+                min_length=kw.get("min_length", 0))
     results = []
     for method in kw["methods"]:
         if method == "greedy":
             out = decoding.generate(step_fn, init_cache, params, ids, mask, n,
-                                    eos_id=eos).tokens
+                                    eos_id=eos, **proc).tokens
         elif method in ("sample", "top_p", "top_k"):
             out = decoding.generate(step_fn, init_cache, params, ids, mask, n,
                                     method="sample", temperature=kw["temperature"],
                                     top_k=kw["top_k"],
                                     top_p=kw["top_p"] if method != "top_k" else 1.0,
-                                    eos_id=eos, rng=jax.random.PRNGKey(kw["seed"])).tokens
+                                    eos_id=eos, rng=jax.random.PRNGKey(kw["seed"]),
+                                    **proc).tokens
         elif method == "beam":
             out = decoding.beam_search(step_fn, init_cache, params, ids, mask, n,
                                        num_beams=kw["num_beams"],
                                        length_penalty=kw["length_penalty"],
                                        length_penalty_form=kw["length_penalty_form"],
-                                       eos_id=eos).sequences
+                                       eos_id=eos, **proc).sequences
         else:
             raise TrainError(f"unknown decoding method {method!r}; fix: use greedy, top_p, "
                              f"top_k or beam")
