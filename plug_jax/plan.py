@@ -166,6 +166,20 @@ def _spec_str(spec) -> str:
     return "P(" + ", ".join(entry(e) for e in tuple(spec)) + ")"
 
 
+def _compile_uncached(lowered):
+    """``lowered.compile()`` without the persistent compilation cache: a planned program is
+    compiled only for its memory analysis and never runs, so writing its executable to the
+    cache is wasted disk (and serialising a large SPMD executable for fake CPU devices once
+    aborted a test worker inside jaxlib)."""
+    import jax
+    previous = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        return lowered.compile()
+    finally:
+        jax.config.update("jax_enable_compilation_cache", previous)
+
+
 # -------------------------------------------------------------------------- plan
 def plan_train(*, model, train_dataset_cfg, mesh=None, optimizer=None,
                learning_rate: Any = 1e-3, num_microbatches: int = 1,
@@ -243,7 +257,7 @@ def plan_train(*, model, train_dataset_cfg, mesh=None, optimizer=None,
     abstract_rng = jax.eval_shape(lambda: jax.random.PRNGKey(0))
     lowered = step_fn.lower(abstract_state, abstract_batch, abstract_rng)
     t1 = time.perf_counter()
-    compiled = lowered.compile()
+    compiled = _compile_uncached(lowered)
     t2 = time.perf_counter()
 
     params_total, params_dev = _tree_bytes(builder.abstract["params"],
