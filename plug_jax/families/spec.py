@@ -50,6 +50,9 @@ class Converter:
     ``round_trip_config(config) -> config`` (either direction, optional): the config that round
     trip starts from, given the family's ``tiny`` preset, for a format that cannot hold every
     config (e.g. a format without the copy head: ``lambda c: c.replace(copy=False)``).
+    ``round_trip_params(params) -> params`` (optional): the part of the family's random params
+    the format holds, for a format without some heads (XLM-R has no pre-training sentence
+    head: the encoder and pooler round-trip).
     """
 
     format: str
@@ -61,6 +64,7 @@ class Converter:
     fixture: Callable[[Any, Any, str], None] | None = None
     checked_by: str | None = None
     round_trip_config: Callable[[Any], Any] | None = None
+    round_trip_params: Callable[[Any], Any] | None = None
 
     def __post_init__(self):
         if self.direction not in DIRECTIONS:

@@ -381,6 +381,10 @@ def test_converter_round_trip(family, fmt, tmp_path, record_property):
     config_fn = next((c.round_trip_config for c in (exp, imp) if c is not None
                       and c.round_trip_config is not None), None)
     config, params = _random_params(family, kind, config_fn)
+    select = next((c.round_trip_params for c in (exp, imp) if c is not None
+                   and c.round_trip_params is not None), None)
+    if select is not None:  # the part of the params the format holds
+        params = select(params)
     # what a user passes to get this model back: the options the converter says it uses
     options = {"preset": None, "vocab_size": None, "num_ranks": 1, "drop_embedding_norm": False,
                "scan_layers": bool(getattr(config, "scan_layers", True))}

@@ -57,6 +57,23 @@ def _hf_config_dict(hf_config: Any) -> dict:
                     f"{type(hf_config).__name__}")
 
 
+def _check_encoder_config(c: Mapping, api: str) -> str:
+    """One error line for BERT-like config options the structbert encoder cannot express;
+    returns the ``StructBERTConfig.activation`` of ``hidden_act``."""
+    if c.get("is_decoder", False) or c.get("add_cross_attention", False):
+        raise ValueError(f"{api}: is_decoder / add_cross_attention models are not supported; "
+                         f"the structbert family is a bidirectional encoder")
+    pet = c.get("position_embedding_type", "absolute") or "absolute"
+    if pet != "absolute":
+        raise ValueError(f"{api}: position_embedding_type {pet!r} is not supported (only "
+                         f"learned absolute positions)")
+    act = c.get("hidden_act", "gelu")
+    if act not in HF_ACTIVATIONS:
+        raise ValueError(f"{api}: hidden_act {act!r} is not supported; supported: "
+                         f"{', '.join(sorted(HF_ACTIVATIONS))}")
+    return HF_ACTIVATIONS[act]
+
+
 def config_from_bert(hf_config: Any, state_dict: Mapping | None = None, *,
                      scan_layers: bool = True, **overrides) -> StructBERTConfig:
     """``StructBERTConfig`` of a ``transformers`` ``BertConfig`` / ``MegatronBertConfig``, or of
@@ -73,20 +90,13 @@ def config_from_bert(hf_config: Any, state_dict: Mapping | None = None, *,
     if model_type not in MODEL_TYPES:
         hint = ("; a ModelScope SbertConfig dir converts with plug-convert --source modelscope"
                 " (convert_modelscope.config_from_modelscope)"
-                if model_type == "structbert" else "")
+                if model_type == "structbert" else
+                "; XLM-R / RoBERTa converts with plug-convert --source xlmr "
+                "(convert_xlmr.load_xlmr_checkpoint)"
+                if model_type in ("xlm-roberta", "roberta") else "")
         raise ValueError(f"{api}: model_type {model_type!r} cannot be converted to family "
                          f"'structbert' (supported: {', '.join(MODEL_TYPES)}){hint}")
-    if c.get("is_decoder", False) or c.get("add_cross_attention", False):
-        raise ValueError(f"{api}: is_decoder / add_cross_attention BERT models are not supported; "
-                         f"the structbert family is a bidirectional encoder")
-    pet = c.get("position_embedding_type", "absolute") or "absolute"
-    if pet != "absolute":
-        raise ValueError(f"{api}: position_embedding_type {pet!r} is not supported (only "
-                         f"learned absolute positions)")
-    act = c.get("hidden_act", "gelu")
-    if act not in HF_ACTIVATIONS:
-        raise ValueError(f"{api}: hidden_act {act!r} is not supported; supported: "
-                         f"{', '.join(sorted(HF_ACTIVATIONS))}")
+    act = _check_encoder_config(c, api)
     classes = 2
     if state_dict is not None:
         for k in ("cls.seq_relationship.weight", "seq_relationship.weight"):
@@ -102,7 +112,7 @@ def config_from_bert(hf_config: Any, state_dict: Mapping | None = None, *,
         max_position_embeddings=int(c.get("max_position_embeddings", 512)),
         type_vocab_size=int(c.get("type_vocab_size", 2)),
         layer_norm_epsilon=float(c.get("layer_norm_eps", 1e-12)),
-        activation=HF_ACTIVATIONS[act],
+        activation=act,
         norm_placement=MODEL_TYPES[model_type],
         num_sentence_classes=classes,
         dropout_rate=float(c.get("hidden_dropout_prob", 0.1)),
@@ -119,17 +129,24 @@ def to_bert_config(config: StructBERTConfig):
     ``MegatronBertConfig`` (pre-LN). HF's pre-training heads always have 2 sentence classes."""
     import transformers
 
-    if config.activation not in TO_HF_ACTIVATIONS:
-        raise ValueError(f"to_bert_config: activation {config.activation!r} has no HF equivalent")
     cls = transformers.MegatronBertConfig if config.pre_norm else transformers.BertConfig
-    return cls(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-               num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
-               intermediate_size=config.mlp_dim, hidden_act=TO_HF_ACTIVATIONS[config.activation],
-               hidden_dropout_prob=config.dropout_rate,
-               attention_probs_dropout_prob=config.attention_dropout_rate,
-               max_position_embeddings=config.max_position_embeddings,
-               type_vocab_size=config.type_vocab_size, initializer_range=config.initializer_range,
-               layer_norm_eps=config.layer_norm_epsilon)
+    return cls(**_hf_encoder_kwargs(config, "to_bert_config"))
+
+
+def _hf_encoder_kwargs(config: StructBERTConfig, api: str) -> dict:
+    """The ``BertConfig``-style keyword arguments (shared by BERT and XLM-R) of ``config``."""
+    if config.activation not in TO_HF_ACTIVATIONS:
+        raise ValueError(f"{api}: activation {config.activation!r} has no HF equivalent")
+    return dict(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+                intermediate_size=config.mlp_dim,
+                hidden_act=TO_HF_ACTIVATIONS[config.activation],
+                hidden_dropout_prob=config.dropout_rate,
+                attention_probs_dropout_prob=config.attention_dropout_rate,
+                max_position_embeddings=config.max_position_embeddings,
+                type_vocab_size=config.type_vocab_size,
+                initializer_range=config.initializer_range,
+                layer_norm_eps=config.layer_norm_epsilon)
 
 
 # --------------------------------------------------------------------- key layouts
@@ -185,32 +202,29 @@ def _top_entries(pre_norm: bool) -> dict[str, list[tuple[str, str, str]]]:
     return {"encoder": enc, "pooler": _dense("pooler.dense", "pooler"), "heads": heads}
 
 
-def _normalise_keys(sd: Mapping[str, Any]) -> dict[str, Any]:
+def _normalise_keys(sd: Mapping[str, Any], prefix: str = "bert.") -> dict[str, Any]:
+    """``sd`` without ``prefix`` (the base model's name in a task model) and with old
+    ``LayerNorm.gamma`` / ``beta`` names as ``weight`` / ``bias``."""
     out = {}
     for k, v in sd.items():
-        if k.startswith("bert."):
-            k = k[len("bert."):]
+        if k.startswith(prefix):
+            k = k[len(prefix):]
         if k.endswith("LayerNorm.gamma"):
             k = k[: -len("gamma")] + "weight"
         elif k.endswith("LayerNorm.beta"):
             k = k[: -len("beta")] + "bias"
         if k in out:
-            raise ValueError(f"state dict has tensor {k!r} twice (with and without the 'bert.' "
-                             f"prefix or as gamma/beta and weight/bias)")
+            raise ValueError(f"state dict has tensor {k!r} twice (with and without the "
+                             f"{prefix!r} prefix or as gamma/beta and weight/bias)")
         out[k] = v
     return out
 
 
 # ------------------------------------------------------------------------------ import
-def _from_state_dict(state_dict: Mapping, config: StructBERTConfig, layout: str, api: str,
-                     strict: bool) -> dict:
-    want_pre = layout == "megatron-bert"
-    if config.pre_norm != want_pre:
-        fix = "from_megatron_bert_state_dict" if config.pre_norm else "from_bert_state_dict"
-        raise ValueError(f"{api}: config.norm_placement is {config.norm_placement!r} but this "
-                         f"reads the {layout} layout; use {fix} or fix the config")
-    sd = _normalise_keys(state_dict)
-    tf = _transforms(config)
+def _reader(sd: Mapping, tf: Mapping[str, tuple[Callable, Callable]], api: str,
+            layout: str) -> tuple[Callable[[str, str], np.ndarray], set]:
+    """``(take, used)``: ``take(key, kind)`` is ``sd[key]`` through ``tf[kind]``'s import side
+    as float32 (one error line naming a missing key); ``used`` collects the keys taken."""
     used: set[str] = set()
 
     def take(key: str, kind: str) -> np.ndarray:
@@ -221,6 +235,40 @@ def _from_state_dict(state_dict: Mapping, config: StructBERTConfig, layout: str,
         x = cio.to_numpy(sd[key])
         return np.ascontiguousarray(tf[kind][0](x), dtype=np.float32)
 
+    return take, used
+
+
+def _read_layers(take: Callable, config: StructBERTConfig, pre_norm: bool) -> dict:
+    """``params['encoder']['stack']`` from ``encoder.layer.N.*`` (scanned per the config)."""
+    layers = []
+    for i in range(config.num_layers):
+        layer = {path: take(f"encoder.layer.{i}.{key}", kind)
+                 for key, path, kind in _layer_entries(pre_norm)}
+        layers.append(cio.unflatten_tree(layer))
+    return cio.assemble_decoder(layers, config.scan_layers)
+
+
+def _check_leftover(sd: Mapping, used: set, api: str, strict: bool, what: str,
+                    hints: Mapping[str, str] | None = None) -> None:
+    """With ``strict``, one error line naming the first tensor of ``sd`` not ``used`` (the
+    non-persistent buffers excepted); ``hints`` maps key prefixes to extra advice."""
+    leftover = sorted(k for k in sd if k not in used and k not in _BUFFERS)
+    if strict and leftover:
+        more = f" (and {len(leftover) - 1} more)" if len(leftover) > 1 else ""
+        hint = next((h for pre, h in (hints or {}).items() if leftover[0].startswith(pre)), "")
+        raise ValueError(f"{api}: unexpected tensor {leftover[0]!r}{more} is not part of "
+                         f"{what}{hint}; pass strict=False to ignore it")
+
+
+def _from_state_dict(state_dict: Mapping, config: StructBERTConfig, layout: str, api: str,
+                     strict: bool) -> dict:
+    want_pre = layout == "megatron-bert"
+    if config.pre_norm != want_pre:
+        fix = "from_megatron_bert_state_dict" if config.pre_norm else "from_bert_state_dict"
+        raise ValueError(f"{api}: config.norm_placement is {config.norm_placement!r} but this "
+                         f"reads the {layout} layout; use {fix} or fix the config")
+    sd = _normalise_keys(state_dict)
+    take, used = _reader(sd, _transforms(config), api, layout)
     flat: dict[str, np.ndarray] = {}
     groups = _top_entries(want_pre)
     parts = ["encoder"]
@@ -233,13 +281,8 @@ def _from_state_dict(state_dict: Mapping, config: StructBERTConfig, layout: str,
             if key == "cls.predictions.bias" and key not in sd and _TIED[1] in sd:
                 key = _TIED[1]  # some exports keep only the decoder's copy of the bias
             flat[path] = take(key, kind)
-    layers = []
-    for i in range(config.num_layers):
-        layer = {path: take(f"encoder.layer.{i}.{key}", kind)
-                 for key, path, kind in _layer_entries(want_pre)}
-        layers.append(cio.unflatten_tree(layer))
     params = cio.unflatten_tree(flat)
-    params["encoder"]["stack"] = cio.assemble_decoder(layers, config.scan_layers)
+    params["encoder"]["stack"] = _read_layers(take, config, want_pre)
 
     # The tied MLM decoder must really be tied: plug_jax has no separate output matrix.
     if _TIED[0] in sd:
@@ -253,30 +296,37 @@ def _from_state_dict(state_dict: Mapping, config: StructBERTConfig, layout: str,
                 cio.to_numpy(sd[_TIED[1]]), flat["mlm_head/output_bias"]):
             raise ValueError(f"{api}: {_TIED[1]} differs from cls.predictions.bias; an untied "
                              f"MLM decoder bias is not supported")
-    leftover = sorted(k for k in sd if k not in used and k not in _BUFFERS)
-    if strict and leftover:
-        more = f" (and {len(leftover) - 1} more)" if len(leftover) > 1 else ""
-        raise ValueError(f"{api}: unexpected tensor {leftover[0]!r}{more} is not part of a "
-                         f"{layout} pre-training model of this config (num_layers="
-                         f"{config.num_layers}); pass strict=False to ignore it")
+    _check_leftover(sd, used, api, strict, f"a {layout} pre-training model of this config "
+                    f"(num_layers={config.num_layers})")
     _check_shapes(config, params, api)
     return params
 
 
-def _check_shapes(config: StructBERTConfig, params: Mapping, api: str) -> None:
+def _check_shapes(config: StructBERTConfig, params: Mapping, api: str,
+                  num_labels: int | None = None) -> None:
     """One line if ``params`` differ in names or shapes from ``StructBERTForPreTraining``
-    (only the parts present: an encoder-only checkpoint gives an encoder-only tree)."""
+    (only the parts present: an encoder-only checkpoint gives an encoder-only tree), or, with
+    ``num_labels``, from ``StructBERTForSequenceClassification``."""
+    import jax
+    import jax.numpy as jnp
     from flax import linen as nn
 
-    from plug_jax.families.structbert.network import abstract_params
+    from plug_jax.families.structbert.network import (StructBERTForSequenceClassification,
+                                                      abstract_params)
 
-    want = {k: tuple(v.shape)
-            for k, v in cio.flatten_tree(nn.unbox(abstract_params(config))).items()}
+    if num_labels is None:
+        tree, model = abstract_params(config), "StructBERTForPreTraining"
+    else:
+        net = StructBERTForSequenceClassification(config, num_labels=num_labels)
+        ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+        tree = jax.eval_shape(lambda r, x: net.init(r, x), jax.random.PRNGKey(0), ids)["params"]
+        model = "StructBERTForSequenceClassification"
+    want = {k: tuple(v.shape) for k, v in cio.flatten_tree(nn.unbox(tree)).items()}
     got = {k: tuple(np.shape(v)) for k, v in cio.flatten_tree(params).items()}
     for k in sorted(got):
         if k not in want:
-            raise ValueError(f"{api}: converted params have {k} that StructBERTForPreTraining"
-                             f"(config) does not use")
+            raise ValueError(f"{api}: converted params have {k} that {model}(config) does "
+                             f"not use")
         if want[k] != got[k]:
             hint = ""
             if k.startswith("sentence_head/"):
@@ -312,6 +362,30 @@ def from_megatron_bert_state_dict(state_dict: Mapping, config: StructBERTConfig,
                             "from_megatron_bert_state_dict", strict)
 
 
+def _read_checkpoint(path: str | os.PathLike, config: Any, api: str, config_names: tuple,
+                     config_kind: str) -> tuple[Any, dict]:
+    """``(config, state_dict)`` of a ``save_pretrained`` directory or one weights file; the
+    config (when None) is the first of ``config_names`` beside the weights, read as a dict."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        files, cfg_dir = cio.find_hf_weights(p), p
+    elif os.path.isfile(p):
+        files, cfg_dir = [p], os.path.dirname(p) or "."
+    else:
+        raise FileNotFoundError(f"{api}: {p} does not exist")
+    if config is None:
+        for name in config_names:
+            if os.path.isfile(os.path.join(cfg_dir, name)):
+                config = os.path.join(cfg_dir, name)
+                break
+        else:
+            raise ValueError(f"{api}: no {' or '.join(config_names)} next to {p}; pass "
+                             f"config= ({config_kind}, a dict or a JSON path)")
+    if isinstance(config, (str, os.PathLike)):
+        config = cio.read_json(config)
+    return config, cio.load_weights_files(files)
+
+
 def load_bert_checkpoint(path: str | os.PathLike, config: Any = None, *,
                          scan_layers: bool = True, strict: bool = True,
                          **overrides) -> tuple[StructBERTConfig, dict]:
@@ -323,31 +397,25 @@ def load_bert_checkpoint(path: str | os.PathLike, config: Any = None, *,
     a config dict or a JSON path, when it cannot be found next to the weights. Files are read
     with safetensors or ``torch.load(weights_only=True)`` only.
     """
-    api = "load_bert_checkpoint"
-    p = os.fspath(path)
-    if os.path.isdir(p):
-        files, cfg_dir = cio.find_hf_weights(p), p
-    elif os.path.isfile(p):
-        files, cfg_dir = [p], os.path.dirname(p) or "."
-    else:
-        raise FileNotFoundError(f"{api}: {p} does not exist")
-    if config is None:
-        for name in ("config.json", "bert_config.json"):
-            if os.path.isfile(os.path.join(cfg_dir, name)):
-                config = os.path.join(cfg_dir, name)
-                break
-        else:
-            raise ValueError(f"{api}: no config.json or bert_config.json next to {p}; pass "
-                             f"config= (a BertConfig, a dict or a JSON path)")
-    if isinstance(config, (str, os.PathLike)):
-        config = cio.read_json(config)
-    sd = cio.load_weights_files(files)
+    config, sd = _read_checkpoint(path, config, "load_bert_checkpoint",
+                                  ("config.json", "bert_config.json"), "a BertConfig")
     cfg = config_from_bert(config, sd, scan_layers=scan_layers, **overrides)
     fn = from_megatron_bert_state_dict if cfg.pre_norm else from_bert_state_dict
     return cfg, fn(sd, cfg, strict=strict)
 
 
 # ------------------------------------------------------------------------------ export
+def _write_layers(config: StructBERTConfig, stack: Mapping, prefix: str, pre_norm: bool,
+                  tf: Mapping[str, tuple[Callable, Callable]], api: str) -> dict:
+    """``{prefix}encoder.layer.N.*`` tensors of ``params['encoder']['stack']``."""
+    out = {}
+    for i, layer in enumerate(cio.split_layers(stack, config.num_layers, api)):
+        lf = cio.flatten_tree(layer)
+        for key, path, kind in _layer_entries(pre_norm):
+            out[f"{prefix}encoder.layer.{i}.{key}"] = tf[kind][1](np.asarray(lf[path], np.float32))
+    return out
+
+
 def _to_state_dict(config: StructBERTConfig, params: Mapping, layout: str, api: str,
                    as_numpy: bool) -> dict:
     want_pre = layout == "megatron-bert"
@@ -373,11 +441,7 @@ def _to_state_dict(config: StructBERTConfig, params: Mapping, layout: str, api: 
                 continue
             name = key if key.startswith("cls.") else prefix + key
             out[name] = tf[kind][1](flat[path])
-    stack = p["encoder"]["stack"]
-    for i, layer in enumerate(cio.split_layers(stack, config.num_layers, api)):
-        lf = cio.flatten_tree(layer)
-        for key, path, kind in _layer_entries(want_pre):
-            out[f"{prefix}encoder.layer.{i}.{key}"] = tf[kind][1](np.asarray(lf[path], np.float32))
+    out.update(_write_layers(config, p["encoder"]["stack"], prefix, want_pre, tf, api))
     if has_heads:  # the tied copies, as in BertForPreTraining.state_dict()
         out[_TIED[0]] = out[prefix + "embeddings.word_embeddings.weight"].copy()
         out[_TIED[1]] = out["cls.predictions.bias"].copy()

@@ -66,6 +66,45 @@ def _export_hf(config, params, out, options) -> str:
     return f"{count:,} parameters (model.safetensors + config.json){note}"
 
 
+def _import_xlmr(path, options):
+    from plug_jax.families.structbert.convert_xlmr import load_xlmr_checkpoint
+    report = options.get("report")
+    report = report if isinstance(report, list) else None
+    config, params = load_xlmr_checkpoint(path, scan_layers=options["scan_layers"],
+                                          drop_lm_head=True, report=report)
+    if report is not None:
+        if "classifier" in params:
+            n = int(params["classifier"]["kernel"].shape[-1])
+            report.append(f"classifier: {n} labels (XLM-R classifier.dense -> pooler, "
+                          f"out_proj -> classifier); use models.EncoderModel.objectives="
+                          f"('classify',) and num_labels={n}")
+        report.append("token ids are XLM-R's (<s>=0, <pad>=1, </s>=2; a SentencePiece piece p "
+                      "is id p+1): feed XLMRobertaTokenizer ids with an explicit attention "
+                      "mask (plug_jax's ids > 0 mask would drop <s>), or convert in Python "
+                      "with pad_to_zero=True and xlmr_ids_to_plug (convert_xlmr)")
+    return config, params
+
+
+def _export_xlmr(config, params, out, options) -> str:
+    from safetensors.numpy import save_file
+
+    from plug_jax.families.structbert.convert_xlmr import to_xlmr_config, to_xlmr_state_dict
+    sd = to_xlmr_state_dict(config, params, as_numpy=True, strict=False)
+    has_cls = "classifier.out_proj.weight" in sd
+    labels = int(sd["classifier.out_proj.weight"].shape[0]) if has_cls else None
+    hf_cfg = to_xlmr_config(config, labels)
+    hf_cfg.architectures = ["XLMRobertaForSequenceClassification" if has_cls
+                            else "XLMRobertaModel"]
+    hf_cfg.save_pretrained(out)
+    save_file(sd, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    count = int(sum(v.size for v in sd.values()))
+    dropped = sorted(set(params) - {"encoder", "pooler", "classifier"})
+    note = (f"; not written (XLM-R has no place for them): {', '.join(dropped)}"
+            if dropped else "")
+    return (f"{count:,} parameters (model.safetensors + config.json, "
+            f"{hf_cfg.architectures[0]}){note}")
+
+
 def _import_modelscope(path, options):
     from plug_jax.families.structbert.convert_modelscope import load_modelscope_checkpoint
     report = options.get("report")
@@ -111,6 +150,14 @@ FAMILY = FamilySpec(
                   "(config.json + weights)", uses=("preset", "vocab_size"), describe=describe),
         Converter("hf", "export", _export_hf, "config.json + model.safetensors "
                   "(BertForPreTraining, or MegatronBertForPreTraining for pre-LN)"),
+        Converter("xlmr", "import", _import_xlmr, "transformers XLM-R / RoBERTa folder "
+                  "(config.json + weights: XLMRobertaModel or "
+                  "XLMRobertaForSequenceClassification)", describe=describe),
+        Converter("xlmr", "export", _export_xlmr, "config.json + model.safetensors "
+                  "(XLMRobertaForSequenceClassification for classifier params, else "
+                  "XLMRobertaModel)",
+                  # XLM-R holds no pre-training heads: the encoder and pooler round-trip
+                  round_trip_params=lambda p: {k: p[k] for k in ("encoder", "pooler")}),
         Converter("modelscope", "import", _import_modelscope, "ModelScope StructBERT dir "
                   "(SbertConfig config.json + pytorch_model.bin: SbertForMaskedLM fill-mask, "
                   "SbertForSequenceClassification, SbertModel)", uses=("allow_missing",),
