@@ -52,8 +52,14 @@ def base_parser(prog: str, mode: str | None) -> argparse.ArgumentParser:
         ap.set_defaults(prompts_jsonl=None)
     if mode in (None, "infer"):
         add_weights_dtype_flag(ap, "(infer) ")
+        ap.add_argument("--chat", action="store_true",
+                        help="(infer) a multi-turn chat (families with a chat mode: "
+                             "ChatPLUG): the --prompt flags are the user's turns in order; "
+                             "without them, one turn a line from standard input")
+        ap.add_argument("--show_passages", action="store_true",
+                        help="(infer --chat) print the passages each response read")
     else:
-        ap.set_defaults(weights_dtype=None)
+        ap.set_defaults(weights_dtype=None, chat=False, show_passages=False)
     from plug_jax import distributed
     distributed.add_flags(ap)  # --coordinator_address, --num_processes, --process_id, ...
     return ap

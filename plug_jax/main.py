@@ -10,7 +10,8 @@ t5x-style flags::
 * ``--print_config`` prints every binding with the file and line (or flag) that set it,
   then exits without running.
 * The operative config is written to ``MODEL_DIR/config.gin``.
-* ``plug-infer`` prints continuations of the gin-bound prompts (or ``--prompt`` flags).
+* ``plug-infer`` prints continuations of the gin-bound prompts (or ``--prompt`` flags);
+  ``--chat`` (ChatPLUG) chats over several turns, ``--show_passages`` shows what it read.
 * ``plug-eval`` runs the generation evaluation (ROUGE-L vs. the lead baseline,
   ``runs/eval_generation.gin``) instead of ``loop.evaluate`` when gin sets
   ``EVAL_GENERATION = True``.
@@ -84,6 +85,10 @@ def run(argv: Sequence[str] | None = None, mode: str | None = None, prog: str = 
                 kw["prompts_jsonl"] = args.prompts_jsonl
             if args.weights_dtype:
                 kw["weights_dtype"] = args.weights_dtype
+            if args.chat:  # --chat without --prompt: the turns come from standard input
+                kw.update(chat=True, prompts=list(args.prompt or []))
+            if args.show_passages:
+                kw["show_passages"] = True
             gin_utils.call_with_gin_errors(configurable(loop.infer), **kw)
     except user_errors() as e:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)

@@ -971,7 +971,8 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
           repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
           min_length: int = 0, guidance: float = 1.0, vocabulary=None,
           params=None, prompts_jsonl: str | None = None,
-          weights_dtype: str = "float32") -> list[dict]:
+          weights_dtype: str = "float32", chat: bool = False,
+          show_passages: bool = False, chat_stream=None) -> list[dict]:
     """Prints continuations of ``prompts`` with each decoding method; returns them.
 
     Dual encoders (models with ``rank``) rank texts for images instead: see
@@ -985,8 +986,14 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
     (:func:`load_weights_dtype`). ``repetition_penalty``, ``no_repeat_ngram_size`` and
     ``min_length`` (off by default) apply to every text decoding method
     (:func:`plug_jax.decoding.process_logits`; ChatPLUG's released defaults are 1.2, 6
-    and 10)."""
+    and 10). ``chat``: a multi-turn chat instead (families whose spec has a ``chat`` extra:
+    ChatPLUG, ``plug_jax/families/chatplug/chat.py``): ``prompts`` are the user's turns in
+    order (none: read from ``chat_stream``, default standard input), decoded with the
+    first of ``methods``; ``show_passages`` prints the passages each response read."""
     weights_dtype = _check_weights_dtype(weights_dtype)
+    chat_fn = _chat_hook(model) if chat else None
+    if show_passages and not chat:
+        raise TrainError("--show_passages applies to the chat mode; fix: add --chat")
     carried = False
     if vocabulary is None:
         vocabulary, carried = inference_vocabulary(model_dir, dataset_cfg)
@@ -1009,13 +1016,19 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
         params = multihost_utils.process_allgather(params, tiled=True)
     params = jax.device_get(params)
     params = load_weights_dtype(model, params, dataset_cfg, weights_dtype)
-    if hasattr(model, "rank"):  # dual encoders: rank texts for images (or videos)
-        return _infer_ranking(model, params, dataset_cfg, items, vocabulary, model_dir, step)
     decode_kw = dict(max_new_tokens=max_new_tokens, methods=methods, temperature=temperature,
                      top_k=top_k, top_p=top_p, num_beams=num_beams,
                      length_penalty=length_penalty, length_penalty_form=length_penalty_form,
                      seed=seed, guidance=guidance, repetition_penalty=repetition_penalty,
                      no_repeat_ngram_size=no_repeat_ngram_size, min_length=min_length)
+    if chat_fn is not None:
+        from plug_jax.cli import configurable
+        return configurable(chat_fn)(
+            model=model, params=params, vocabulary=vocabulary, dataset_cfg=dataset_cfg,
+            prompts=list(prompts), decode_kw=decode_kw, show_passages=show_passages,
+            model_dir=model_dir, step=step, stream=chat_stream)
+    if hasattr(model, "rank"):  # dual encoders: rank texts for images (or videos)
+        return _infer_ranking(model, params, dataset_cfg, items, vocabulary, model_dir, step)
     if getattr(model, "writes_images", False):  # title -> picture codes -> PNG (M6)
         return model.infer_images(params, dataset_cfg, list(prompts), vocabulary, model_dir,
                                   decode_kw, step)
@@ -1072,6 +1085,17 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
         for res in results:
             print(f"[{res['method']}] {res['prompt']} ▸ {res['continuation']}", flush=True)
     return results
+
+
+def _chat_hook(model):
+    """The family's chat loop (``FamilySpec.extras['chat']``), or a one-line error."""
+    from plug_jax.families import registry
+    family = getattr(model, "family", None)
+    fn = registry.get(family).extras.get("chat") if family in registry.names() else None
+    if fn is None:
+        raise TrainError(f"family {family!r} has no chat mode (a family declares one as "
+                         f"FamilySpec.extras['chat']); fix: drop --chat")
+    return fn
 
 
 def _decode_with_methods(model, params, ids, mask, vocabulary, kw: dict) -> list:

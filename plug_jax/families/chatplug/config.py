@@ -99,11 +99,12 @@ PRESETS: dict[str, ChatPLUGConfig] = {
     "3.7B": ChatPLUGConfig(),
     # ChatPLUG-240M: mT5-base shape with a reduced Chinese vocabulary [I] (module docstring).
     "240M": ChatPLUGConfig(vocab_size=VOCAB_240M, **_MT5_BASE),
-    # Tests and Shop World: 2 + 2 layers, 4 passages of 32 tokens (inputs 128).
+    # Tests and Shop World: 2 + 2 layers; the Shop World dialogue experiment's 6 passages of
+    # 224 tokens (inputs 1344).
     "tiny": ChatPLUGConfig(vocab_size=1152, d_model=64, d_kv=16, d_ff=128, num_layers=2,
                            num_heads=4, relative_attention_num_buckets=16,
                            relative_attention_max_distance=64, dropout_rate=0.0,
-                           num_passages=4, passage_length=32, max_decoder_length=64),
+                           num_passages=6, passage_length=224, max_decoder_length=64),
 }
 PRESETS = {k: dataclasses.replace(v, preset=k) for k, v in PRESETS.items()}
 

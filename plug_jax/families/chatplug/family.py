@@ -1,6 +1,7 @@
 """ChatPLUG's :class:`~plug_jax.families.spec.FamilySpec` (``plug_jax.families.chatplug.FAMILY``)."""
 from __future__ import annotations
 
+from plug_jax.families.chatplug.chat import run_chat
 from plug_jax.families.chatplug.config import ChatPLUGConfig
 from plug_jax.families.spec import Converter, Experiment, FamilySpec, PlanRow
 
@@ -78,5 +79,7 @@ FAMILY = FamilySpec(
     ),
     plan_rows=plan_rows,
     feature_converters=("encdec",),
-    experiments=(Experiment("experiments/chatplug/shop_fid_title_tiny.gin", _SHORT),),
+    experiments=(Experiment("experiments/chatplug/shop_dialogue_zh_tiny.gin", _SHORT),
+                 Experiment("experiments/chatplug/shop_fid_title_tiny.gin", _SHORT)),
+    extras={"chat": run_chat},  # plug-infer --chat (chat.py; gin-configurable)
 )

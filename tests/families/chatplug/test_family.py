@@ -191,7 +191,7 @@ def test_registered_converters_round_trip(fmt, tmp_path):
     got_cfg, got = imp.fn(str(tmp_path), {"preset": "tiny", "scan_layers": True,
                                           "report": report})
     assert got_cfg == cfg
-    assert "4 passages x 32 tokens" in report[0] and "config.json" in report[0]
+    assert "6 passages x 224 tokens" in report[0] and "config.json" in report[0]
     want = _leaves(params)
     have = _leaves(got)
     assert have.keys() == want.keys()
