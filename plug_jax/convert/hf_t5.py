@@ -293,22 +293,10 @@ def load_t5_checkpoint(path: str | os.PathLike, config: Any = None, *,
     (``.safetensors`` / ``.bin`` / ``.pt``, transformers or XDPX layout, found from the keys)
     with ``config.json`` beside it, or ``config=`` (an HF config, a dict or a JSON path)."""
     api = "load_t5_checkpoint"
-    p = os.fspath(path)
-    if os.path.isdir(p):
-        files, cfg_dir = cio.find_hf_weights(p), p
-    elif os.path.isfile(p):
-        files, cfg_dir = [p], os.path.dirname(p) or "."
-    else:
-        raise WeightsLoadError(f"{api}: {p} does not exist")
-    if config is None:
-        config = os.path.join(cfg_dir, "config.json")
-        if not os.path.isfile(config):
-            raise WeightsLoadError(f"{api}: no config.json next to {p}; fix: pass config= "
-                                   f"(a T5Config / MT5Config, a dict or a JSON path)")
-    if isinstance(config, (str, os.PathLike)):
-        config = cio.read_json(config)
+    config, sd = cio.read_checkpoint(
+        path, config, api=api, missing_error=WeightsLoadError, config_error=WeightsLoadError,
+        fix="fix: pass config= (a T5Config / MT5Config, a dict or a JSON path)")
     cfg = config_from_hf(config, scan_layers=scan_layers, **overrides)
-    sd = cio.load_weights_files(files)
     fn = from_xdpx_state_dict if looks_like_xdpx(sd) else from_hf_state_dict
     return cfg, fn(sd, cfg, strict=strict)
 

@@ -139,6 +139,33 @@ def find_hf_weights(directory: str | os.PathLike) -> list[str]:
         f"*.index.json (save the model with save_pretrained)")
 
 
+def read_checkpoint(path: str | os.PathLike, config: Any = None, *, api: str,
+                    config_names: tuple[str, ...] = ("config.json",),
+                    fix: str = "pass config= (a config object, a dict or a JSON path)",
+                    missing_error: type[Exception] = FileNotFoundError,
+                    config_error: type[Exception] = ValueError) -> tuple[Any, dict]:
+    """``(config, state_dict)`` of a ``save_pretrained`` directory (:func:`find_hf_weights`)
+    or one weights file. ``config``: as given (a path is read as JSON), else the first of
+    ``config_names`` beside the weights, read as a dict; none there raises ``config_error``
+    ending in ``fix``. A path that does not exist raises ``missing_error``. The converters'
+    shared loader (BERT / XLM-R / ModelScope StructBERT, GPT-2, T5 / MT5 / XDPX)."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        files, cfg_dir = find_hf_weights(p), p
+    elif os.path.isfile(p):
+        files, cfg_dir = [p], os.path.dirname(p) or "."
+    else:
+        raise missing_error(f"{api}: {p} does not exist")
+    if config is None:
+        config = next((os.path.join(cfg_dir, n) for n in config_names
+                       if os.path.isfile(os.path.join(cfg_dir, n))), None)
+        if config is None:
+            raise config_error(f"{api}: no {' or '.join(config_names)} next to {p}; {fix}")
+    if isinstance(config, (str, os.PathLike)):
+        config = read_json(config)
+    return config, load_weights_files(files)
+
+
 def read_json(path: str | os.PathLike) -> dict:
     path = os.fspath(path)
     try:

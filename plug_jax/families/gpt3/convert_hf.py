@@ -135,20 +135,9 @@ def _load_source(model_or_dir: Any, config: Any) -> tuple[dict, Mapping[str, Any
     """(hf config dict, state dict) from a model, a state dict, a directory or a file."""
     api = "from_transformers"
     if isinstance(model_or_dir, (str, os.PathLike)):
-        path = os.fspath(model_or_dir)
-        if os.path.isdir(path):
-            files, cfg_dir = cio.find_hf_weights(path), path
-        elif os.path.isfile(path):
-            files, cfg_dir = [path], os.path.dirname(path) or "."
-        else:
-            raise FileNotFoundError(f"{api}: {path} does not exist")
-        if config is None:
-            cfg_path = os.path.join(cfg_dir, "config.json")
-            if not os.path.isfile(cfg_path):
-                raise ValueError(f"{api}: no config.json next to {path}; pass config= (a "
-                                 f"GPT2Config or its dict)")
-            config = cio.read_json(cfg_path)
-        return _hf_config_dict(config), cio.load_weights_files(files)
+        config, sd = cio.read_checkpoint(model_or_dir, config, api=api,
+                                         fix="pass config= (a GPT2Config or its dict)")
+        return _hf_config_dict(config), sd
     if hasattr(model_or_dir, "state_dict") and hasattr(model_or_dir, "config"):
         return _hf_config_dict(config if config is not None else model_or_dir.config), \
             model_or_dir.state_dict()

@@ -366,24 +366,8 @@ def _read_checkpoint(path: str | os.PathLike, config: Any, api: str, config_name
                      config_kind: str) -> tuple[Any, dict]:
     """``(config, state_dict)`` of a ``save_pretrained`` directory or one weights file; the
     config (when None) is the first of ``config_names`` beside the weights, read as a dict."""
-    p = os.fspath(path)
-    if os.path.isdir(p):
-        files, cfg_dir = cio.find_hf_weights(p), p
-    elif os.path.isfile(p):
-        files, cfg_dir = [p], os.path.dirname(p) or "."
-    else:
-        raise FileNotFoundError(f"{api}: {p} does not exist")
-    if config is None:
-        for name in config_names:
-            if os.path.isfile(os.path.join(cfg_dir, name)):
-                config = os.path.join(cfg_dir, name)
-                break
-        else:
-            raise ValueError(f"{api}: no {' or '.join(config_names)} next to {p}; pass "
-                             f"config= ({config_kind}, a dict or a JSON path)")
-    if isinstance(config, (str, os.PathLike)):
-        config = cio.read_json(config)
-    return config, cio.load_weights_files(files)
+    return cio.read_checkpoint(path, config, api=api, config_names=config_names,
+                               fix=f"pass config= ({config_kind}, a dict or a JSON path)")
 
 
 def load_bert_checkpoint(path: str | os.PathLike, config: Any = None, *,

@@ -379,19 +379,11 @@ def load_modelscope_checkpoint(path: str | os.PathLike, *, scan_layers: bool = T
     ``label_mapping.json`` for the labels), or one weights file with ``config.json`` beside
     it. Files are read with safetensors or ``torch.load(weights_only=True)`` only."""
     api = "load_modelscope_checkpoint"
+    config_json, sd = cio.read_checkpoint(
+        path, api=api, fix="it holds ModelScope's SbertConfig; a transformers BERT dir "
+                           "converts with --source hf")
     p = os.fspath(path)
-    if os.path.isdir(p):
-        files, model_dir = cio.find_hf_weights(p), p
-    elif os.path.isfile(p):
-        files, model_dir = [p], os.path.dirname(p) or "."
-    else:
-        raise FileNotFoundError(f"{api}: {p} does not exist")
-    cfg_path = os.path.join(model_dir, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise ValueError(f"{api}: no config.json in {model_dir} (ModelScope's SbertConfig "
-                         f"file); a transformers BERT dir converts with --source hf")
-    config_json = cio.read_json(cfg_path)
-    sd = cio.load_weights_files(files)
+    model_dir = p if os.path.isdir(p) else (os.path.dirname(p) or ".")
     report = report if report is not None else []
     config = config_from_modelscope(config_json, sd, scan_layers=scan_layers, **overrides)
     num_labels = None
