@@ -56,12 +56,10 @@ def plan_generation(preset: str = "3.7B", batch: int = 1, beams: int = 3,
     t0 = time.perf_counter()
     lowered = jax.jit(generate).lower(params, ids)
     t1 = time.perf_counter()
-    compiled = lowered.compile()
+    compiled = plan.compile_uncached(lowered)
     t2 = time.perf_counter()
-    mem = compiled.memory_analysis()
-    stats = {f: int(getattr(mem, f"{f}_size_in_bytes", 0) or 0)
-             for f in ("argument", "output", "alias", "temp")}
-    total = stats["argument"] + stats["output"] - stats["alias"] + stats["temp"]
+    stats = plan.compiled_memory(compiled)
+    total = stats.pop("peak")
     hw = plan.HARDWARE[hardware]
     usable = int(hw.memory_bytes * (1.0 - plan.HEADROOM))
     leaves = jax.tree_util.tree_leaves(params)

@@ -166,7 +166,7 @@ def _spec_str(spec) -> str:
     return "P(" + ", ".join(entry(e) for e in tuple(spec)) + ")"
 
 
-def _compile_uncached(lowered):
+def compile_uncached(lowered):
     """``lowered.compile()`` without the persistent compilation cache: a planned program is
     compiled only for its memory analysis and never runs, so writing its executable to the
     cache is wasted disk (and serialising a large SPMD executable for fake CPU devices once
@@ -178,6 +178,20 @@ def _compile_uncached(lowered):
         return lowered.compile()
     finally:
         jax.config.update("jax_enable_compilation_cache", previous)
+
+
+def compiled_memory(compiled) -> dict:
+    """XLA's ``memory_analysis`` of a compiled program: ``{argument, output, alias, temp,
+    generated_code}`` bytes and ``peak`` = argument + output - alias + temp (what plug-plan
+    compares with a device's memory less :data:`HEADROOM`); ``{}`` when the backend gives
+    no statistics."""
+    mem = compiled.memory_analysis()
+    if not mem:
+        return {}
+    stats = {f: int(getattr(mem, f"{f}_size_in_bytes", 0) or 0)
+             for f in ("argument", "output", "alias", "temp", "generated_code")}
+    stats["peak"] = stats["argument"] + stats["output"] - stats["alias"] + stats["temp"]
+    return stats
 
 
 # -------------------------------------------------------------------------- plan
@@ -257,7 +271,7 @@ def plan_train(*, model, train_dataset_cfg, mesh=None, optimizer=None,
     abstract_rng = jax.eval_shape(lambda: jax.random.PRNGKey(0))
     lowered = step_fn.lower(abstract_state, abstract_batch, abstract_rng)
     t1 = time.perf_counter()
-    compiled = _compile_uncached(lowered)
+    compiled = compile_uncached(lowered)
     t2 = time.perf_counter()
 
     params_total, params_dev = _tree_bytes(builder.abstract["params"],
@@ -272,13 +286,10 @@ def plan_train(*, model, train_dataset_cfg, mesh=None, optimizer=None,
     n_params = sum(int(math.prod(x.shape))
                    for x in jax.tree_util.tree_leaves(builder.abstract["params"]))
 
-    mem = compiled.memory_analysis()
-    stats = {f: int(getattr(mem, f"{f}_size_in_bytes", 0) or 0)
-             for f in ("argument", "output", "alias", "temp", "generated_code")} if mem else {}
+    stats = compiled_memory(compiled)
+    peak = stats.pop("peak", None)
     state_dev = params_dev + opt_dev + step_dev + ms_dev
-    if stats:
-        peak = stats["argument"] + stats["output"] - stats["alias"] + stats["temp"]
-    else:  # no statistics from this backend: state twice (no donation assumed) + batch
+    if peak is None:  # no statistics from this backend: state twice (no donation assumed) + batch
         peak = 2 * state_dev + batch_dev
     usable = int(capacity * (1.0 - HEADROOM))
     measured = _measure(builder, compiled, dummy, batch_sh) if measure else None
