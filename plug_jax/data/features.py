@@ -19,7 +19,8 @@ A dim may be an ``int`` (fixed) or the name of a task feature: ``("targets",)`` 
 
 Registered here: ``decoder``, ``encdec``, ``prefix_lm`` (seqio's converters), ``encoder``,
 ``encdec_mlm`` (``plug_jax.data.pipeline``), ``image_text`` and ``video_text``
-(``plug_jax.data.multimodal``). Importing this module never imports TensorFlow or seqio.
+(``plug_jax.data.multimodal``), ``amtss_student`` (``plug_jax.families.amtss.features``).
+Importing this module never imports TensorFlow or seqio.
 """
 from __future__ import annotations
 
@@ -358,6 +359,25 @@ def video_text_spec(lengths: Lengths) -> dict[str, FeatureSpec]:
                             "{'frames': (8, 224, 224, 3), 'targets': 32}", lengths)
 
 
+def amtss_student_spec(lengths: Lengths) -> dict[str, FeatureSpec]:
+    """``plug_jax.families.amtss.features.StudentFeatureConverter`` (the AMTSS student, never
+    packed): the encoder's tokens and token types, ``label`` and ``lang`` ``[1]``, and the
+    precomputed ``teacher_logits`` float32 ``[N, C]`` with ``teacher_mask`` float32 ``[N]``,
+    ``(N, C) = lengths['teacher_logits']`` (teachers, classes)."""
+    _need("amtss_student", lengths, "inputs", "teacher_logits",
+          example="{'inputs': 32, 'teacher_logits': (6, 5)}")
+    dims = _as_dims(lengths["teacher_logits"], "teacher_logits")
+    if len(dims) != 2:
+        raise ValueError(f"the 'amtss_student' feature converter needs 'teacher_logits' as "
+                         f"(teachers, classes) in task_feature_lengths, got "
+                         f"{lengths['teacher_logits']!r}; fix: e.g. (6, 5)")
+    return {**_tokens(("encoder_input_tokens", "encoder_token_types"), "inputs"),
+            "label": FeatureSpec("label", "int32", (1,)),
+            "lang": FeatureSpec("lang", "int32", (1,)),
+            "teacher_logits": FeatureSpec("teacher_logits", "float32", dims),
+            "teacher_mask": FeatureSpec("teacher_mask", "float32", dims[:1])}
+
+
 register_feature_converter("decoder", decoder_spec, "seqio:DecoderFeatureConverter",
                            description="decoder-only LM (GPT-3)")
 register_feature_converter("encdec", encdec_spec, "seqio:EncDecFeatureConverter",
@@ -376,3 +396,7 @@ register_feature_converter("image_text", image_text_spec,
 register_feature_converter("video_text", video_text_spec,
                            "plug_jax.data.multimodal:VideoTextFeatureConverter",
                            description="video frames + caption / answer tokens (HiTeA)")
+register_feature_converter("amtss_student", amtss_student_spec,
+                           "plug_jax.families.amtss.features:StudentFeatureConverter",
+                           description="encoder tokens + label, lang and the teachers' "
+                                       "logits [N, C] (AMTSS student)")

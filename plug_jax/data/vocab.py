@@ -170,6 +170,51 @@ def ensure_model_file(vocab_size: Optional[int] = None, seed: int = 0, lang: str
     return str(path)
 
 
+def ensure_corpus_model(corpus, vocab_size: int, name: str,
+                        cache_dir: Optional[str | os.PathLike] = None) -> str:
+    """Path of a SentencePiece model trained on ``corpus`` (a sequence of texts) with the
+    Shop World trainer options and normalisation (single-threaded, and without the temporary
+    rules file's path in the proto: the same bytes on every machine), cached in ``vocab/`` of
+    the cache dir as ``{name}_{vocab_size}_{key}.model`` (``key`` hashes the corpus, the size
+    and the options) and trained first if missing: for tasks whose text is not the Shop World
+    documents (e.g. the AMTSS multilingual queries).
+    A size SentencePiece cannot build raises a one-line ``ValueError``."""
+    if not re.fullmatch(r"[a-z0-9_]+", name):
+        raise ValueError(f"ensure_corpus_model: name {name!r} is not lower-case [a-z0-9_]")
+    corpus = tuple(corpus)
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"trainer": _TRAINER_VERSION, "options": _TRAINER_OPTIONS,
+                              "rules": _NORMALIZATION_RULES, "vocab_size": int(vocab_size)},
+                             sort_keys=True).encode())
+    for text in corpus:
+        digest.update(text.encode("utf-8") + b"\0")
+    path = (default_cache_dir(cache_dir) / "vocab"
+            / f"{name}_{int(vocab_size)}_{digest.hexdigest()[:16]}.model")
+    if not path.exists():
+        buf = io.BytesIO()
+        with tempfile.TemporaryDirectory() as tmp:
+            rules = os.path.join(tmp, "rules.tsv")
+            with open(rules, "w", encoding="utf-8") as f:
+                f.write(_NORMALIZATION_RULES)
+            try:
+                spm.SentencePieceTrainer.train(
+                    sentence_iterator=iter(corpus), model_writer=buf,
+                    vocab_size=int(vocab_size), normalization_rule_tsv=rules,
+                    **_TRAINER_OPTIONS)
+            except RuntimeError as e:
+                first = " ".join(str(e).split())
+                raise ValueError(f"SentencePiece could not train a vocab_size={vocab_size} "
+                                 f"{name!r} vocabulary ({first})") from None
+        # The proto records the temporary rules file's path; drop it, so the bytes (and
+        # vocab_fingerprint) depend on the corpus and options only.
+        from sentencepiece import sentencepiece_model_pb2
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(buf.getvalue())
+        proto.normalizer_spec.ClearField("normalization_rule_tsv")
+        _write_once(path, proto.SerializeToString())
+    return str(path)
+
+
 class ShopWorldVocabulary(seqio.SentencePieceVocabulary):
     """A ``seqio.SentencePieceVocabulary`` whose model is trained and cached at first use.
 

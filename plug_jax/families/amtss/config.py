@@ -65,6 +65,18 @@ class AMTSSConfig:
         return dataclasses.replace(self, **kw)
 
     @classmethod
+    def from_dict(cls, data) -> "AMTSSConfig":
+        """The config ``dataclasses.asdict`` recorded (checkpoint metadata, ``config.json``):
+        the encoder as a dict, ``languages`` as a list; unknown keys are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in dict(data).items() if k in known}
+        if isinstance(kw.get("encoder"), dict):
+            names = {f.name for f in dataclasses.fields(StructBERTConfig)}
+            kw["encoder"] = StructBERTConfig(**{k: v for k, v in kw["encoder"].items()
+                                                if k in names})
+        return cls(**kw)
+
+    @classmethod
     def from_preset(cls, name: str, **overrides) -> "AMTSSConfig":
         """``overrides``: this config's fields, or the encoder's (``hidden_size=128``)."""
         if name not in PRESETS:

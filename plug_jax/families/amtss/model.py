@@ -19,8 +19,10 @@ and ``predict`` for the classes. Sums: those of
 examples of that language), which ``trainer.step.extra_metrics`` reports as ``<lang>_loss``,
 ``<lang>_accuracy`` and ``<lang>_tokens``.
 
-Not registered with the family registry yet (README, "Not implemented yet"), so the network
-is built here from the config, not through ``FamilySpec.network``.
+The network comes from the family registry (``FamilySpec.network('amtss_student', config)``).
+Gin files build it as ``@amtss_model.AMTSSStudentModel()`` after
+``import plug_jax.families.amtss.model as amtss_model`` (``gin_configs/models/amtss/``).
+``plug-infer`` prompts are ``"<lang>\\t<query>"`` (:meth:`AMTSSStudentModel.infer_texts`).
 """
 from __future__ import annotations
 
@@ -31,9 +33,9 @@ import jax.numpy as jnp
 
 from plug_jax.families.amtss import losses
 from plug_jax.families.amtss.config import AMTSSConfig
-from plug_jax.families.amtss.network import AMTSSStudent, param_count
+from plug_jax.families.amtss.network import param_count
 from plug_jax.families.amtss.weights import check_weighting
-from plug_jax.models.base import model_metadata
+from plug_jax.models.base import family_spec, model_metadata
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,20 +48,33 @@ class AMTSSStudentModel:
     temperature: float = 2.0
     tau: float = 1.0
     alpha: float = 1.0
+    label_names: tuple = ()
 
     family = "amtss"
     kind = "amtss_student"
     accuracy_name = "classification accuracy"
+    token_loss = False  # a classifier: no perplexity in the eval line
 
     def __post_init__(self):
         check_weighting(self.weighting)
         if self.temperature <= 0 or self.tau < 0 or self.alpha < 0:
             raise ValueError(f"AMTSSStudentModel: need temperature > 0, tau >= 0, alpha >= 0; "
                              f"got {self.temperature}, {self.tau}, {self.alpha}")
+        object.__setattr__(self, "label_names", tuple(self.label_names))
+        if self.label_names and len(self.label_names) != self.config.num_labels:
+            raise ValueError(f"AMTSSStudentModel: {len(self.label_names)} label_names for "
+                             f"num_labels={self.config.num_labels}; give one name per label")
 
     @property
     def module(self):
-        return AMTSSStudent(self.config)
+        return family_spec(self.family).network(self.kind, self.config)
+
+    @property
+    def eval_groups(self) -> tuple[str, ...]:
+        """What the eval line prints after the accuracy: the loss terms and each
+        language's accuracy."""
+        return ("distill_loss", "ce_loss",
+                *(f"{name}_accuracy" for name in self.config.languages))
 
     def init_params(self, rng, batch: dict):
         ids = jnp.zeros(batch["encoder_input_tokens"].shape, jnp.int32)
@@ -113,6 +128,37 @@ class AMTSSStudentModel:
         head = param_count(self.config) - body
         att = 12 * enc.num_layers * enc.hidden_size * n
         return float(batch * (n * (6.0 * (body - emb) + att) + 6.0 * head))
+
+    # ---------------------------------------------------------------- inference
+    def prompt_batch(self, vocabulary, prompts, max_length: int = 32) -> dict:
+        """The batch of ``"<lang>\\t<query>"`` prompts: ``[CLS] query`` ids as the student's
+        tasks give them (``tasks/amtss.py``: the last extra id is ``[CLS]``), and ``lang``."""
+        import numpy as np
+        ids = np.zeros((len(prompts), max_length), np.int32)
+        lang = np.zeros((len(prompts),), np.int32)
+        cls = vocabulary.vocab_size - 1
+        for r, prompt in enumerate(prompts):
+            name, sep, text = prompt.partition("\t")
+            if not sep or name not in self.config.languages:
+                raise ValueError(f"plug-infer prompt {prompt!r}: write '<lang>\\t<query>' "
+                                 f"with <lang> one of {list(self.config.languages)}")
+            row = [cls, *vocabulary.encode(text)][:max_length]
+            ids[r, :len(row)] = row
+            lang[r] = self.config.languages.index(name)
+        return {"encoder_input_tokens": ids, "lang": lang}
+
+    def infer_texts(self, params, vocabulary, prompts, max_length: int = 32) -> list[dict]:
+        """The predicted class of each ``"<lang>\\t<query>"`` prompt, with its probability."""
+        import numpy as np
+        batch = self.prompt_batch(vocabulary, prompts, max_length)
+        probs = np.asarray(jax.nn.softmax(self.outputs(params, batch), -1))
+        names = self.label_names or tuple(str(i) for i in range(self.config.num_labels))
+        out = []
+        for r, prompt in enumerate(prompts):
+            k = int(np.argmax(probs[r]))
+            out.append({"prompt": prompt, "label": k, "label_name": names[k],
+                        "probability": float(probs[r, k])})
+        return out
 
     def metadata(self) -> dict:
         meta = model_metadata(self)
