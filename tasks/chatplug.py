@@ -67,13 +67,7 @@ dialogue and every template exactly. It is cached like the Shop World vocabulary
 from __future__ import annotations
 
 import functools
-import hashlib
-import io
-import json
-import os
-import tempfile
 import threading
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -83,7 +77,6 @@ from plug_jax.data import configure_tensorflow
 tf = configure_tensorflow()
 
 import seqio  # noqa: E402
-import sentencepiece as spm  # noqa: E402
 
 from plug_jax.data import registry, shop_world  # noqa: E402
 from plug_jax.data import vocab as shop_vocab  # noqa: E402
@@ -136,37 +129,13 @@ def vocabulary_corpus(seed: int, lang: str) -> tuple[str, ...]:
             + tuple(templates.template_texts(lang)))
 
 
-def dialogue_model_path(vocab_size: int, seed: int, lang: str,
-                        cache_dir: Optional[str] = None) -> Path:
-    blob = json.dumps({"base": shop_vocab.vocab_cache_key(vocab_size, seed, lang),
-                       "corpus": DIALOGUE_CORPUS, "dialogues": NUM_VOCAB_DIALOGUES,
-                       "templates": templates.template_texts(lang)}, sort_keys=True)
-    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return (shop_vocab.default_cache_dir(cache_dir) / "vocab"
-            / f"shop_dialogue_{lang}_{vocab_size}_{key}.model")
-
-
 def ensure_dialogue_model_file(vocab_size: int, seed: int, lang: str,
                                cache_dir: Optional[str] = None) -> str:
-    """Path of the cached dialogue SentencePiece model, trained first if missing (the Shop
-    World trainer options: single-threaded, so the bytes are the same on every machine)."""
-    path = dialogue_model_path(vocab_size, seed, lang, cache_dir)
-    if not path.exists():
-        buf = io.BytesIO()
-        with tempfile.TemporaryDirectory() as tmp:
-            rules = os.path.join(tmp, "rules.tsv")
-            with open(rules, "w", encoding="utf-8") as f:
-                f.write(shop_vocab._NORMALIZATION_RULES)
-            try:
-                spm.SentencePieceTrainer.train(
-                    sentence_iterator=iter(vocabulary_corpus(int(seed), lang)),
-                    model_writer=buf, vocab_size=int(vocab_size),
-                    normalization_rule_tsv=rules, **shop_vocab._TRAINER_OPTIONS)
-            except RuntimeError as e:
-                raise ValueError(shop_vocab._vocab_size_error(str(e), vocab_size, lang)) \
-                    from None
-        shop_vocab._write_once(path, buf.getvalue())
-    return str(path)
+    """Path of the cached dialogue SentencePiece model, trained first if missing
+    (:func:`plug_jax.data.vocab.ensure_corpus_model`: the Shop World trainer options,
+    single-threaded, so the bytes are the same on every machine; keyed by the corpus)."""
+    return shop_vocab.ensure_corpus_model(vocabulary_corpus(int(seed), lang), vocab_size,
+                                          f"shop_dialogue_{lang}", cache_dir)
 
 
 class ShopDialogueVocabulary(shop_vocab.ShopWorldVocabulary):
