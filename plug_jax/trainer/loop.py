@@ -1022,8 +1022,12 @@ def infer(*, model, model_dir: str, dataset_cfg: DatasetConfig, prompts: Sequenc
                      seed=seed, guidance=guidance, repetition_penalty=repetition_penalty,
                      no_repeat_ngram_size=no_repeat_ngram_size, min_length=min_length)
     if chat_fn is not None:
-        from plug_jax.cli import configurable
-        return configurable(chat_fn)(
+        import gin
+        try:  # gin's configured version when a gin file binds it (chat.run_chat.index_dir)
+            chat_fn = gin.get_configurable(chat_fn)
+        except (KeyError, ValueError):
+            pass
+        return chat_fn(
             model=model, params=params, vocabulary=vocabulary, dataset_cfg=dataset_cfg,
             prompts=list(prompts), decode_kw=decode_kw, show_passages=show_passages,
             model_dir=model_dir, step=step, stream=chat_stream)

@@ -183,3 +183,33 @@ def test_chat_errors_are_one_line(tiny_model):
     with pytest.raises(loop.TrainError, match="family 'gpt3' has no chat mode"):
         loop.infer(model=gpt, model_dir="/tmp/unused", dataset_cfg=data, prompts=["x"],
                    params={}, chat=True)
+
+
+def test_chat_knobs_are_gin_bindings(tiny_model, capsys, monkeypatch):
+    """loop.infer calls gin's configured chat loop: a gin file that imports the chat module
+    picks the catalog split (and the profiles) the chat retrieves from."""
+    import gin
+
+    from plug_jax.tasks import chatplug as tasks
+    model, params = tiny_model
+    asked = []
+
+    def fake(lang, split):
+        asked.append((lang, split))
+        return Recorder()
+    monkeypatch.setattr(tasks, "shop_retriever", fake)
+    gin.clear_config()
+    gin.parse_config("\n".join([
+        "from __gin__ import dynamic_registration",
+        "import plug_jax.families.chatplug.chat as chat",
+        "chat.run_chat.catalog_split = 'validation'",
+        "chat.run_chat.user_profile = '用户画像：儿童。'"]))
+    try:
+        out, _ = _infer_chat(model, params, ["你好"], capsys)
+    finally:
+        gin.clear_config()
+    assert asked == [("zh", "validation")]
+    profile = templates.SUFFIX_TEMPLATES["zh"]["user_profile"].format(user_profile="用户画像：儿童。")
+    assert any(p.endswith(profile) for p in out[0]["passages"])
+    _infer_chat(model, params, ["你好"], capsys)  # unbound again: the test catalog
+    assert asked[-1] == ("zh", "test")
