@@ -118,7 +118,11 @@ def _features(provider) -> str:
     parts = []
     for key, f in provider.output_features.items():
         v = f.vocabulary
-        parts.append(f"{key}[{type(v).__name__} {v.vocab_size}{', eos' if f.add_eos else ''}]")
+        try:
+            size = v.vocab_size
+        except Exception as e:  # noqa: BLE001  a user's model file not there (yet): list anyway
+            size = f"? ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
+        parts.append(f"{key}[{type(v).__name__} {size}{', eos' if f.add_eos else ''}]")
     return ", ".join(parts) or "untokenized text features"
 
 

@@ -14,6 +14,11 @@ from plug_jax.data import features
 
 PIXEL_TASK = "test_typed_pixels"
 VIDEO_TASK = "test_typed_frames"
+# The AMTSS student's task over the contract's committed teacher-logits file (registered in
+# the test: its name depends on the file's path).
+AMTSS_TASK = "amtss_student_over_the_contract_logits"
+AMTSS_LOGITS = os.path.join(os.path.dirname(__file__), "..", "families", "amtss", "testdata",
+                            "contract_teacher_logits.npz")
 IMAGE = (5, 7, 3)  # odd sizes: nothing lines up by accident
 FRAMES = (2, 5, 7, 3)
 NUM = {"train": 10, "validation": 6}
@@ -207,6 +212,7 @@ TEXT_CASES = [
     ("encoder", "structbert_sentiment_zh_v1", {"inputs": 32}),
     ("image_text", PIXEL_TASK, {"image": IMAGE, "targets": TARGETS}),
     ("video_text", VIDEO_TASK, {"frames": FRAMES, "targets": TARGETS, "inputs": INPUTS}),
+    ("amtss_student", AMTSS_TASK, {"inputs": 32, "teacher_logits": (6, 5)}),
 ]
 
 
@@ -219,6 +225,9 @@ def test_every_registered_converter_has_a_case():
                          ids=[f"{c}-{t}" for c, t, _ in TEXT_CASES])
 def test_spec_matches_the_batches(pipeline, converter, task, lengths, pack):
     import plug_jax.tasks  # noqa: F401
+    if task == AMTSS_TASK:
+        from plug_jax.tasks import amtss
+        task = amtss.student_task(os.path.abspath(AMTSS_LOGITS))
     specs = features.feature_spec(converter, lengths, pack=pack)
     it = pipeline.get_batch_iterator(task, lengths, "validation", 4, shuffle=False,
                                      pack=pack, converter=converter)
